@@ -1,0 +1,179 @@
+"""The interface every token-reduction method implements, and the registry that names them.
+
+A method sees a :class:`CropBatch`: the feature-layer patch features of C crops (for LLaVA-1.5 a
+crop is an image; for LLaVA-NeXT each 336 px tile and the base image are crops) together with
+whatever it asked the vision tower to capture. It returns a :class:`CropSelection`: per crop, the
+feature vectors to project and, for tokens that are original patches, their raster positions
+(LLaVA-NeXT needs them to place tokens in its packed layout).
+
+Methods are resolved by name through :data:`METHODS`; :func:`build_method` checks parameter names
+so that a typo is an error, not a silently ignored keyword.
+"""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, ContextManager, Sequence
+
+import torch
+
+from ..errors import ConfigError, UnknownMethodError
+from ..vision import TowerOutput
+
+__all__ = [
+    "CropBatch",
+    "CropSelection",
+    "TowerRequest",
+    "PruningMethod",
+    "METHODS",
+    "register_method",
+    "build_method",
+    "available_methods",
+    "parse_layers",
+]
+
+
+@dataclass(frozen=True)
+class TowerRequest:
+    """What a method needs captured during the vision pass."""
+
+    qk_layers: tuple[int, ...] = ()  # 0-based encoder layers whose (q, k) projections are kept
+    attention_layers: tuple[int, ...] = ()  # eager path only: layers whose probabilities are kept
+    eager: bool = False  # run the faithful eager tower (all attention maps materialised)
+
+
+@dataclass
+class CropBatch:
+    """The input of a before-projector method: C crops of a batch."""
+
+    features: torch.Tensor  # [C, P, D] feature-layer patch tokens (CLS dropped), raster order
+    grid: tuple[int, int]  # (H, W), H * W == P
+    tower: TowerOutput  # what the tower captured for this method
+    budgets: list[int | None]  # per crop: tokens to keep, or None for the method's own rule
+    crop_keys: list[str] = field(default_factory=list)  # per crop: a stable id (seeds random methods)
+    feature_attention_layer: int = -1  # 0-based encoder layer whose output is the feature layer
+
+    @property
+    def num_crops(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def num_patches(self) -> int:
+        return self.features.shape[1]
+
+
+@dataclass
+class CropSelection:
+    """The output of a method, one entry per crop."""
+
+    features: list[torch.Tensor]  # [N_c, D] tokens to project, in the order they enter the LLM
+    positions: list[torch.Tensor | None]  # [N_c] raster index per token, or None if tokens are synthetic
+    stats: list[dict[str, int]]  # per crop counters: tokens_kept (+ method-specific ones)
+
+    @classmethod
+    def from_masks(cls, features: torch.Tensor, keep: torch.Tensor, stats: list[dict[str, int]]) -> "CropSelection":
+        """Subset methods: ``keep`` [C, P] bool; kept tokens stay in raster order."""
+        positions = [row.nonzero(as_tuple=False).flatten() for row in keep]
+        return cls(
+            features=[f[p] for f, p in zip(features, positions)],
+            positions=positions,
+            stats=stats,
+        )
+
+
+class PruningMethod:
+    """Base class. Subclasses set ``name``, define ``__init__`` with keyword parameters (validated
+    there), and implement :meth:`tower_request` and :meth:`select`."""
+
+    name: ClassVar[str] = ""
+    #: "projector": reduces crops before the projector. "llm": acts inside the language model.
+    stage: ClassVar[str] = "projector"
+    #: tokens to keep per crop grid (LLaVA-1.5) or per image (LLaVA-NeXT); None = the method's rule
+    budget: int | None = None
+
+    def params(self) -> dict[str, Any]:
+        """The resolved parameters, for records and run names."""
+        return {}
+
+    def check(self, grid: tuple[int, int], num_layers: int, feature_attention_layer: int) -> None:
+        """Validate the parameters against the model they are attached to (grid of patch tokens,
+        encoder depth, the 0-based layer whose output is the feature layer). Raise ConfigError."""
+
+    def tower_request(self) -> TowerRequest:
+        return TowerRequest()
+
+    def select(self, crops: CropBatch) -> CropSelection:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def llm_context(self, model: Any, inputs: Any, stats: list[dict[str, Any]]) -> ContextManager[None]:
+        """For methods that act inside the language model (``stage == "llm"``): a context manager
+        entered around the LLM call (``generate`` or a forward) that installs temporary, instance-level
+        hooks and removes them on exit. ``inputs`` is the :class:`hivtp.inputs.MergedInputs` of the call
+        (image positions per sample); ``stats`` are the per-sample ``last_stats`` rows, which the
+        method may update (e.g. ``tokens_kept``). Before-projector methods keep the default no-op."""
+        return nullcontext()
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+
+METHODS: dict[str, type[PruningMethod]] = {}
+
+
+def register_method(cls: type[PruningMethod]) -> type[PruningMethod]:
+    """Class decorator: add a method to the registry under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} needs a non-empty `name` to be registered.")
+    if cls.name in METHODS and METHODS[cls.name] is not cls:
+        raise ValueError(f"method name {cls.name!r} is already registered by {METHODS[cls.name].__name__}.")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def available_methods() -> list[str]:
+    return sorted(METHODS)
+
+
+def method_parameters(cls: type[PruningMethod]) -> list[str]:
+    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+
+def build_method(name: str | PruningMethod, **params: Any) -> PruningMethod:
+    """Instantiate a registered method by name, with a clear error for unknown names / params."""
+    if isinstance(name, PruningMethod):
+        if params:
+            raise ConfigError("pass parameters either to the method object or to attach(), not both.")
+        return name
+    if name not in METHODS:
+        raise UnknownMethodError(f"unknown method {name!r}; available methods: {', '.join(available_methods())}.")
+    cls = METHODS[name]
+    allowed = method_parameters(cls)
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"unknown parameter(s) {unknown} for method {name!r}; it accepts: {', '.join(allowed) or 'none'}."
+        )
+    return cls(**params)
+
+
+def parse_layers(layers: Sequence[int] | str | int) -> tuple[int, ...]:
+    """Score layers from a sequence, an int, or a dash/comma string (``"6-7-8"`` as in lmms-eval
+    ``--model_args``, where commas separate arguments)."""
+    if isinstance(layers, bool):
+        raise ConfigError(f"score layers must be integers, got {layers!r}.")
+    if isinstance(layers, int):
+        return (layers,)
+    if isinstance(layers, str):
+        parts = [p for p in layers.replace(",", "-").replace(" ", "-").split("-") if p]
+        try:
+            return tuple(int(p) for p in parts)
+        except ValueError:
+            raise ConfigError(f"cannot read score layers from {layers!r}; write them like '6-7-8'.") from None
+    try:
+        out = tuple(int(x) for x in layers)
+    except (TypeError, ValueError):
+        raise ConfigError(f"score layers must be integers, got {layers!r}.") from None
+    return out

@@ -1,0 +1,265 @@
+"""The pruning engine: a wrapper around a LLaVA instance that prunes image tokens at prefill.
+
+``PrunedModel.generate`` takes exactly what the wrapped model's ``generate`` takes. Inside:
+
+1. ``vision``  run the CLIP tower on every crop, up to the feature layer only, capturing what the
+               method asked for (q/k of its score layers, or eager attention maps);
+2. ``select``  the method picks tokens per crop (scoring + selection: the method's own overhead);
+3. ``project`` the projector runs on the kept tokens only; the adapter assembles per-image features;
+4. ``merge``   placeholder runs are shortened to the kept counts, samples left-padded, features
+               written into the embeddings;
+5. ``llm``     the wrapped model's own ``generate`` runs on ``inputs_embeds`` (+ the shortened
+               ``input_ids``), so decoding, caching and stopping are the model's.
+
+The returned sequences start with the caller's original ``input_ids``, so they compare one to one
+with the unmodified model's output. The wrapped model is never modified: no class is patched, and
+any temporary hook or attention switch is undone before returning.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .adapters.base import CropLayout, ImageFeatures, ModelAdapter
+from .errors import InputMismatchError
+from .inputs import MergedInputs, merge_image_tokens, split_images_by_sample
+from .methods.base import CropBatch, PruningMethod
+from .vision import run_tower, run_tower_eager
+
+__all__ = ["PrunedModel", "PreparedInputs", "STAT_KEYS"]
+
+#: keys every ``last_stats`` entry carries (harness.md), whatever the method
+STAT_KEYS = ("tokens_kept", "tokens_global", "tokens_local", "tokens_corrected", "select_ms")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class PreparedInputs:
+    """Everything the language model needs for prefill, plus per-sample accounting."""
+
+    merged: MergedInputs
+    stats: list[dict[str, Any]]
+
+
+class PrunedModel:
+    """A LLaVA / LLaVA-NeXT model with a token-reduction method attached (see module docstring).
+
+    Attribute access falls through to the wrapped model (``.config``, ``.device``, ``.eval()`` ...),
+    so code that holds a ``LlavaForConditionalGeneration`` keeps working with this object.
+    """
+
+    def __init__(self, model: nn.Module, method: PruningMethod, adapter: ModelAdapter) -> None:
+        self.model = model
+        self.method = method
+        self.adapter = adapter
+        self.last_stats: list[dict[str, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails; guard against recursion before __init__ ran.
+        if name == "model":
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def __repr__(self) -> str:
+        return f"PrunedModel({type(self.model).__name__}, method={self.method!r})"
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    # --- stages ------------------------------------------------------------------------------
+    def layout(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None) -> CropLayout:
+        return self.adapter.crops(pixel_values.to(self.adapter.vision_tower.device), image_sizes)
+
+    @torch.no_grad()
+    def run_vision(self, layout: CropLayout):
+        """Stage 1: the tower on every crop, up to the feature layer, with the method's captures."""
+        request = self.method.tower_request()
+        vision = self.adapter.vision_tower
+        if request.eager:
+            return run_tower_eager(vision, layout.pixel_values, self.adapter.feature_indices, request.attention_layers)
+        return run_tower(vision, layout.pixel_values, self.adapter.feature_indices, request.qk_layers)
+
+    @torch.no_grad()
+    def select_tokens(self, tower, layout: CropLayout, crop_keys: list[str] | None = None):
+        """Stage 2: the method's scoring + selection on every crop."""
+        batch = CropBatch(
+            features=self.adapter.patch_features(tower),
+            grid=self.adapter.grid,
+            tower=tower,
+            budgets=self.adapter.crop_budgets(layout, getattr(self.method, "budget", None)),
+            crop_keys=crop_keys or [],
+            feature_attention_layer=self.adapter.feature_attention_layer,
+        )
+        return self.method.select(batch)
+
+    @torch.no_grad()
+    def encode_images(
+        self,
+        pixel_values: torch.Tensor,
+        image_sizes: torch.Tensor | None = None,
+        crop_keys: list[str] | None = None,
+    ) -> tuple[ImageFeatures, CropLayout, float]:
+        """Stages 1-3: per-image projected features of the kept tokens, and the select time (ms)."""
+        layout = self.layout(pixel_values, image_sizes)
+        return self._encode(layout, crop_keys)
+
+    def _encode(self, layout: CropLayout, crop_keys: list[str] | None) -> tuple[ImageFeatures, CropLayout, float]:
+        tower = self.run_vision(layout)
+        device = layout.pixel_values.device
+        _sync(device)
+        start = time.perf_counter()
+        selection = self.select_tokens(tower, layout, crop_keys)
+        _sync(device)
+        select_ms = (time.perf_counter() - start) * 1e3
+        return self.adapter.assemble(selection, layout), layout, select_ms
+
+    @torch.no_grad()
+    def prepare_inputs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        sample_ids: list[Any] | None = None,
+    ) -> PreparedInputs:
+        """Stages 1-4: the shortened, left-padded LLM inputs with image features written in."""
+        if pixel_values is None:
+            raise InputMismatchError("prepare_inputs needs pixel_values; text-only prompts need no pruning.")
+        if sample_ids is not None and len(sample_ids) != input_ids.shape[0]:
+            raise InputMismatchError(f"got {len(sample_ids)} sample_ids for a batch of {input_ids.shape[0]}.")
+        device = self.device
+        input_ids = input_ids.to(device)
+        attention_mask = attention_mask.to(device) if attention_mask is not None else None
+        layout = self.layout(pixel_values, image_sizes)
+        # Check the prompt against the images before spending time in the vision tower.
+        placeholders = (input_ids == self.adapter.image_token_id)
+        if attention_mask is not None:
+            placeholders &= attention_mask.bool()
+        per_sample = split_images_by_sample(placeholders.sum(-1).tolist(), layout.tokens_per_image)
+        crop_keys = self._crop_keys(layout, per_sample, sample_ids)
+        images, layout, select_ms = self._encode(layout, crop_keys)
+        merged = merge_image_tokens(
+            input_ids,
+            attention_mask,
+            images.features,
+            layout.tokens_per_image,
+            per_sample,
+            self.adapter.image_token_id,
+            self.adapter.pad_token_id,
+            self.model.get_input_embeddings(),
+        )
+        stats = self._sample_stats(images, layout, per_sample, select_ms)
+        return PreparedInputs(merged=merged, stats=stats)
+
+    # --- user-facing calls -------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        sample_ids: list[Any] | None = None,
+        **generate_kwargs: Any,
+    ):
+        """Same call as the wrapped model's ``generate``; prunes image tokens at prefill.
+
+        ``sample_ids`` (optional) names the samples, so methods with randomness can seed per sample.
+        Use ``max_new_tokens`` rather than ``max_length``: the pruned prompt is shorter.
+        """
+        if pixel_values is None:  # text only: nothing to prune
+            self.last_stats = []
+            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+        if input_ids is None:
+            raise InputMismatchError("generate needs input_ids with image placeholder tokens (use the processor).")
+        prepared = self.prepare_inputs(input_ids, attention_mask, pixel_values, image_sizes, sample_ids)
+        self.last_stats = prepared.stats
+        merged = prepared.merged
+        with self.method.llm_context(self.model, merged, self.last_stats):
+            out = self.model.generate(
+                input_ids=merged.input_ids,
+                inputs_embeds=merged.inputs_embeds,
+                attention_mask=merged.attention_mask,
+                **generate_kwargs,
+            )
+        return self._restore_prompt(out, input_ids.to(merged.input_ids.device), merged.input_ids.shape[1])
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        sample_ids: list[Any] | None = None,
+        **kwargs: Any,
+    ):
+        """One forward pass over the *pruned* sequence (e.g. for log-likelihoods). The logits are
+        right-aligned with the caller's sequence: ``logits[:, -k:]`` covers its last k tokens."""
+        if pixel_values is None:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        if "labels" in kwargs:
+            raise InputMismatchError(
+                "labels are not supported on a pruned forward (positions move); compute the loss from "
+                "the right-aligned logits instead."
+            )
+        prepared = self.prepare_inputs(input_ids, attention_mask, pixel_values, image_sizes, sample_ids)
+        self.last_stats = prepared.stats
+        merged = prepared.merged
+        with self.method.llm_context(self.model, merged, self.last_stats):
+            return self.model(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask, **kwargs)
+
+    forward = __call__
+
+    # --- helpers -----------------------------------------------------------------------------
+    @staticmethod
+    def _restore_prompt(out, original_ids: torch.Tensor, pruned_len: int):
+        sequences = out if isinstance(out, torch.Tensor) else out.sequences
+        restored = torch.cat([original_ids, sequences[:, pruned_len:]], dim=1)
+        if isinstance(out, torch.Tensor):
+            return restored
+        out.sequences = restored
+        return out
+
+    @staticmethod
+    def _crop_keys(layout: CropLayout, per_sample: list[list[int]], sample_ids: list[Any] | None) -> list[str]:
+        if sample_ids is None:
+            return []
+        image_key = {}
+        for b, images in enumerate(per_sample):
+            for j, i in enumerate(images):
+                image_key[i] = f"{sample_ids[b]}/{j}"
+        seen: dict[int, int] = {}
+        keys = []
+        for i in layout.image_of_crop:
+            keys.append(f"{image_key[i]}/{seen.get(i, 0)}")
+            seen[i] = seen.get(i, 0) + 1
+        return keys
+
+    @staticmethod
+    def _sample_stats(
+        images: ImageFeatures, layout: CropLayout, per_sample: list[list[int]], select_ms: float
+    ) -> list[dict[str, Any]]:
+        """Sum per-image counters per sample; ``select_ms`` is the batch's select time, amortised."""
+        out = []
+        for images_of_sample in per_sample:
+            row: dict[str, Any] = {k: 0 for k in STAT_KEYS}
+            row["tokens_total"] = 0
+            for i in images_of_sample:
+                for key, value in images.stats[i].items():
+                    row[key] = row.get(key, 0) + value
+                row["tokens_total"] += layout.tokens_per_image[i]
+            row["images"] = len(images_of_sample)
+            row["select_ms"] = select_ms / len(per_sample)
+            out.append(row)
+        return out

@@ -1,0 +1,216 @@
+"""HIVTP's two-stage token selection on a grid of importance scores (spec sections 2-5).
+
+Stage 1 (global retaining): split the H x W grid into ``regions x regions`` equal regions and keep
+the top ``floor(n_region * keep_ratio)`` tokens of each region by score.
+Stage 2 (local retaining): tile the grid with non-overlapping ``window x window`` windows; in each
+window keep the single best token that stage 1 did not keep (a window fully kept by stage 1 adds
+nothing).
+Output: the union, as sorted raster indices (``p = row * W + col``).
+
+Everything is vectorised over the batch: regions and windows are reshapes of the score tensor, so
+there is no Python loop on the hot path. Ties go to the lower raster index (DECISION): stage 1 uses
+a stable sort and stage 2 ``argmax`` (which returns the first maximum); within a region or window,
+local raster order agrees with global raster order, so "first" means "lowest raster index".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .errors import ConfigError
+
+__all__ = [
+    "Selection",
+    "select",
+    "select_masks",
+    "fit_to_budget",
+    "validate_geometry",
+    "region_keep_count",
+    "rule_token_bounds",
+]
+
+
+@dataclass
+class Selection:
+    """Result of HIVTP on a batch of grids. Masks are ``[B, H*W]`` bool in raster order."""
+
+    global_mask: torch.Tensor
+    local_mask: torch.Tensor
+    added_mask: torch.Tensor  # tokens added by the exact-budget correction (none without a budget)
+    corrected: torch.Tensor  # [B] long: tokens added or dropped by the correction (0 without budget)
+
+    @property
+    def keep_mask(self) -> torch.Tensor:
+        return self.global_mask | self.local_mask | self.added_mask
+
+    def indices(self) -> list[torch.Tensor]:
+        """One sorted LongTensor of kept raster indices per sample."""
+        return [row.nonzero(as_tuple=False).flatten() for row in self.keep_mask]
+
+    def counts(self) -> dict[str, torch.Tensor]:
+        return {
+            "tokens_kept": self.keep_mask.sum(-1),
+            "tokens_global": self.global_mask.sum(-1),
+            "tokens_local": self.local_mask.sum(-1),
+            "tokens_corrected": self.corrected,
+        }
+
+
+def region_keep_count(n_region: int, keep_ratio: float) -> int:
+    """``floor(n_region * keep_ratio)``, computed so that float representation error cannot drop a
+    token: ``100 * 0.29`` is ``28.999999999999996`` in binary floating point, but 29 is meant.
+    Rounding the product to 9 decimals first is exact for any ratio written with <= 9 decimals."""
+    return int(math.floor(round(n_region * keep_ratio, 9)))
+
+
+def validate_geometry(height: int, width: int, regions: int, keep_ratio: float, window: int) -> None:
+    """Raise ConfigError for any geometry the rule cannot apply to; never fall back silently."""
+    for name, value in (("regions", regions), ("window", window)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) or not 0 < keep_ratio <= 1:
+        raise ConfigError(
+            f"keep_ratio must be a number in (0, 1], got {keep_ratio!r}. "
+            "Use 1.0 to keep every token, or `budget=` for a token count."
+        )
+    if height % regions or width % regions:
+        raise ConfigError(
+            f"regions={regions} does not divide the {height}x{width} token grid into equal regions. "
+            f"Choose regions among the divisors of {math.gcd(height, width)}."
+        )
+    rh, rw = height // regions, width // regions
+    if rh % window or rw % window:
+        raise ConfigError(
+            f"window={window} does not tile a {rh}x{rw} region (grid {height}x{width}, regions={regions}). "
+            f"Choose window among the divisors of {math.gcd(rh, rw)}."
+        )
+
+
+def rule_token_bounds(height: int, width: int, regions: int, keep_ratio: float, window: int) -> tuple[int, int]:
+    """Smallest and largest token count the pure rule can produce on this geometry.
+
+    Per region: exactly ``k`` global tokens; each of the ``n_win`` windows adds one local token unless
+    all its tokens are global. At most ``floor(k / window^2)`` windows can be fully global, and at
+    most ``n_region - k`` windows can hold a non-global token.
+    """
+    validate_geometry(height, width, regions, keep_ratio, window)
+    n_region = (height // regions) * (width // regions)
+    k = region_keep_count(n_region, keep_ratio)
+    n_win = n_region // (window * window)
+    least = k + n_win - min(k // (window * window), n_win)
+    most = k + min(n_win, n_region - k)
+    return regions * regions * least, regions * regions * most
+
+
+def _check_scores(scores: torch.Tensor) -> None:
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 3:
+        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ConfigError(f"scores must be a [B, H, W] tensor, got {shape}.")
+    if not scores.is_floating_point():
+        raise ConfigError(f"scores must be floating point, got {scores.dtype}.")
+    if not torch.isfinite(scores).all():
+        raise ConfigError("scores contain NaN or inf; importance scores must be finite.")
+
+
+def _to_blocks(x: torch.Tensor, bh: int, bw: int) -> torch.Tensor:
+    """[B, H, W] -> [B, H//bh, W//bw, bh*bw]: each block flattened in its own raster order."""
+    b, h, w = x.shape
+    return x.reshape(b, h // bh, bh, w // bw, bw).permute(0, 1, 3, 2, 4).reshape(b, h // bh, w // bw, bh * bw)
+
+
+def _from_blocks(x: torch.Tensor, bh: int, bw: int) -> torch.Tensor:
+    """Inverse of :func:`_to_blocks`."""
+    b, nh, nw, _ = x.shape
+    return x.reshape(b, nh, nw, bh, bw).permute(0, 1, 3, 2, 4).reshape(b, nh * bh, nw * bw)
+
+
+def select_masks(scores: torch.Tensor, regions: int = 2, keep_ratio: float = 0.25, window: int = 2) -> Selection:
+    """The pure HIVTP rule; returns global and local masks (see module docstring)."""
+    _check_scores(scores)
+    b, h, w = scores.shape
+    validate_geometry(h, w, regions, keep_ratio, window)
+    rh, rw = h // regions, w // regions
+    k = region_keep_count(rh * rw, keep_ratio)
+
+    # Stage 1: per-region top-k. Stable descending sort => equal scores keep raster order.
+    region_scores = _to_blocks(scores, rh, rw)  # [B, R, R, rh*rw]
+    order = torch.sort(region_scores, dim=-1, descending=True, stable=True).indices[..., :k]
+    region_global = torch.zeros_like(region_scores, dtype=torch.bool).scatter_(-1, order, True)
+    global_grid = _from_blocks(region_global, rh, rw)  # [B, H, W]
+
+    # Stage 2: best non-global token per window. Windows tile regions exactly (validated), so
+    # tiling the whole grid from the origin is the same as tiling each region.
+    win_scores = _to_blocks(scores, window, window)  # [B, H/w, W/w, w*w]
+    win_global = _to_blocks(global_grid, window, window)
+    candidates = win_scores.masked_fill(win_global, float("-inf"))
+    best = candidates.argmax(dim=-1, keepdim=True)  # first maximum => lowest raster index on ties
+    has_candidate = (~win_global).any(dim=-1, keepdim=True)
+    win_local = torch.zeros_like(win_global).scatter_(-1, best, True) & has_candidate
+    local_grid = _from_blocks(win_local, window, window)
+
+    global_mask = global_grid.reshape(b, h * w)
+    return Selection(
+        global_mask=global_mask,
+        local_mask=local_grid.reshape(b, h * w),
+        added_mask=torch.zeros_like(global_mask),
+        corrected=torch.zeros(b, dtype=torch.long, device=scores.device),
+    )
+
+
+def fit_to_budget(scores: torch.Tensor, selection: Selection, budget: int | Sequence[int | None]) -> Selection:
+    """Make the kept count exactly ``budget`` per sample (spec section 5).
+
+    Too many: drop the lowest-scoring local tokens first, then the lowest global ones.
+    Too few: add the highest-scoring unkept tokens.
+    Both are one rule: keep the top ``budget`` tokens by (class, score, -raster index) with classes
+    global > local > unkept. Two stable sorts give that lexicographic order. ``budget`` is one int
+    for the whole batch or one entry per sample (``None`` leaves that sample as the rule made it).
+    """
+    b, h, w = scores.shape
+    n = h * w
+    budgets = [budget] * b if not isinstance(budget, (list, tuple)) else list(budget)
+    if len(budgets) != b:
+        raise ConfigError(f"got {len(budgets)} budgets for a batch of {b} grids.")
+    for x in budgets:
+        if x is not None and (isinstance(x, bool) or not isinstance(x, int) or not 1 <= x <= n):
+            raise ConfigError(f"budget must be an integer in [1, {n}] for a {h}x{w} grid, got {x!r}.")
+    if selection.added_mask.any():
+        raise ConfigError("fit_to_budget expects the pure rule's selection, not an already corrected one.")
+
+    before = selection.keep_mask.sum(-1)
+    target = torch.tensor([before[i] if x is None else x for i, x in enumerate(budgets)], device=scores.device)
+    flat = scores.reshape(b, n)
+    cls = selection.global_mask.long() * 2 + selection.local_mask.long()  # 2 global, 1 local, 0 unkept
+    by_score = torch.sort(flat, dim=-1, descending=True, stable=True).indices
+    by_class = torch.sort(cls.gather(-1, by_score), dim=-1, descending=True, stable=True).indices
+    ranked = by_score.gather(-1, by_class)  # [B, n] token ids, best first
+    rank = torch.empty_like(ranked).scatter_(-1, ranked, torch.arange(n, device=scores.device).expand(b, n))
+    keep = rank < target[:, None]
+    return Selection(
+        global_mask=selection.global_mask & keep,
+        local_mask=selection.local_mask & keep,
+        added_mask=keep & ~selection.keep_mask,
+        corrected=(before - target).abs(),
+    )
+
+
+def select(
+    scores: torch.Tensor,
+    regions: int = 2,
+    keep_ratio: float = 0.25,
+    window: int = 2,
+    budget: int | None = None,
+) -> list[torch.Tensor]:
+    """Public API: ``scores [B, H, W]`` -> list of B sorted LongTensors of kept raster indices.
+
+    With ``budget=None`` this is the pure rule; with an integer budget the rule's result is corrected
+    to exactly ``budget`` tokens (see :func:`fit_to_budget`).
+    """
+    selection = select_masks(scores, regions=regions, keep_ratio=keep_ratio, window=window)
+    if budget is not None:
+        selection = fit_to_budget(scores, selection, budget)
+    return selection.indices()
