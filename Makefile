@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-stamp
 PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
 PYTEST_ARGS ?=
 
-.PHONY: help setup models test test-fast reproduce bench-gpu clean
+.PHONY: help setup models data toy-model test test-fast reproduce reproduce-paper figures sweep bench-gpu clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,6 +36,24 @@ test-fast: setup  ## skip the real-shape (7B / ViT-L) tests
 
 reproduce: setup models  ## the offline experiment end to end (CPU, minutes)
 	$(PY) scripts/reproduce.py
+
+data: setup  ## build the offline mini-benchmarks under artifacts/data (POPE, GQA, MME, ScienceQA-IMG schemas)
+	$(PY) scripts/build_data.py
+
+toy-model: setup  ## train the small LLaVA on the procedural world (2 CPU cores, <= 60 min)
+	$(PY) scripts/train_toy.py
+
+reproduce-paper: setup  ## the paper profile (GPU + model hub); DRY_RUN=1 only composes the configs
+	$(PY) scripts/reproduce.py --profile paper $(if $(DRY_RUN),--dry-run,)
+
+figures: setup  ## regenerate every table and figure from the CSVs under results/
+	$(PY) scripts/figures.py
+
+sweep: setup  ## a Hydra multirun sweep: make sweep SWEEP=geometry
+	$(PY) -m hivtp.run -m +sweep=$(SWEEP)
+
+bench-gpu:  ## every GPU measurement (latency at real shapes); runs on a GPU machine with torch+transformers
+	bash scripts/bench_gpu.sh
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf artifacts .pytest_cache build *.egg-info

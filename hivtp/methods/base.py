@@ -3,8 +3,11 @@
 A method sees a :class:`CropBatch`: the feature-layer patch features of C crops (for LLaVA-1.5 a
 crop is an image; for LLaVA-NeXT each 336 px tile and the base image are crops) together with
 whatever it asked the vision tower to capture. It returns a :class:`CropSelection`: per crop, the
-feature vectors to project and, for tokens that are original patches, their raster positions
-(LLaVA-NeXT needs them to place tokens in its packed layout).
+feature vectors to project and, for each of them, the raster position on the crop's grid that the
+token stands for (its own patch for kept tokens; for merged tokens, e.g. pooling cells or
+VisionZip's contextual tokens, the patch of the cell / target they were merged into). Positions
+are unique within a crop. LLaVA-1.5 feeds the tokens in the order returned; LLaVA-NeXT places them
+by position in its packed (stitched, unpadded) layout.
 
 Methods are resolved by name through :data:`METHODS`; :func:`build_method` checks parameter names
 so that a typo is an error, not a silently ignored keyword.
@@ -69,7 +72,7 @@ class CropSelection:
     """The output of a method, one entry per crop."""
 
     features: list[torch.Tensor]  # [N_c, D] tokens to project, in the order they enter the LLM
-    positions: list[torch.Tensor | None]  # [N_c] raster index per token, or None if tokens are synthetic
+    positions: list[torch.Tensor]  # [N_c] long: unique raster index each token stands for
     stats: list[dict[str, int]]  # per crop counters: tokens_kept (+ method-specific ones)
 
     @classmethod
