@@ -120,7 +120,7 @@ class PruningMethod:
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
-        return f"{type(self).__name__}({args})"
+        return f"{self.name}({args})"
 
 
 METHODS: dict[str, type[PruningMethod]] = {}

@@ -1,0 +1,99 @@
+"""Shipped shapes, offline checkpoints and the tokenizer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hivtp.errors import ConfigError, MissingArtifactError
+from hivtp.zoo import (
+    available_shapes,
+    build_processor,
+    build_tokenizer,
+    resolve_checkpoint,
+    shape_config,
+    shape_spec,
+)
+
+
+def meta_model(name, **kw):
+    from hivtp.zoo import _model_class
+
+    config = shape_config(name, **kw)
+    with torch.device("meta"):
+        return _model_class(config)(config)
+
+
+def test_llava_1_5_7b_shape_has_the_published_parameter_count():
+    # llava-hf/llava-1.5-7b-hf: 7,063,427,072 parameters (CLIP ViT-L/14-336 303.5M, projector 21.0M,
+    # Vicuna-7B with a 32064-token vocabulary 6.74B).
+    model = meta_model("llava-1.5-7b")
+    assert sum(p.numel() for p in model.parameters()) == 7_063_427_072
+    vc = model.config.vision_config
+    assert (vc.image_size // vc.patch_size) ** 2 == 576 and vc.num_hidden_layers == 24
+    assert model.config.vision_feature_layer == -2
+
+
+def test_text_layers_override_cuts_only_the_llm():
+    full, cut = shape_config("llava-1.5-7b"), shape_config("llava-1.5-7b", text_layers=1)
+    assert cut.text_config.num_hidden_layers == 1 and full.text_config.num_hidden_layers == 32
+    assert cut.vision_config.to_dict() == full.vision_config.to_dict()
+
+
+def test_tiny_shape_keeps_the_real_vision_geometry():
+    tiny, real = shape_config("tiny-llava").vision_config, shape_config("llava-1.5-7b").vision_config
+    for key in ("image_size", "patch_size", "num_hidden_layers"):
+        assert getattr(tiny, key) == getattr(real, key)
+
+
+def test_checkpoint_round_trip(tiny_llava_dir, tiny_llava):
+    from transformers import LlavaForConditionalGeneration
+
+    stamp = json.loads((tiny_llava_dir / "hivtp_build.json").read_text())
+    assert stamp == {"shape": "tiny-llava", "seed": 0, "dtype": "float32", "weights": "random"}
+    assert (tiny_llava_dir / "model.safetensors").is_file()
+    model, processor = tiny_llava
+    again = LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert processor.tokenizer.padding_side == "left"
+    assert processor.tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id
+
+
+def test_processor_expands_image_to_576_tokens(tiny_llava):
+    model, processor = tiny_llava
+    from helpers import llava_inputs
+
+    inputs = llava_inputs(processor, seeds=[0])
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 576
+    assert inputs["pixel_values"].shape == (1, 3, 336, 336)
+
+
+def test_tokenizer_round_trips_text():
+    tok = build_tokenizer()
+    text = "Is there a small red circle to the left of the star? Answer yes or no."
+    ids = tok(text)["input_ids"]
+    assert ids[0] == tok.bos_token_id
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    assert len(ids) < 25  # BPE merges make the benchmark vocabulary compact
+
+
+def test_unknown_shape_and_missing_checkpoint(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="unknown model shape 'llava-13b'"):
+        shape_spec("llava-13b")
+    monkeypatch.setenv("HIVTP_ARTIFACTS", str(tmp_path))
+    with pytest.raises(MissingArtifactError, match="Run `make models`"):
+        resolve_checkpoint("tiny-llava")
+    assert resolve_checkpoint("llava-hf/llava-1.5-7b-hf") == "llava-hf/llava-1.5-7b-hf"
+
+
+def test_real_shape_has_no_offline_processor():
+    with pytest.raises(ConfigError, match="no shipped tokenizer"):
+        build_processor("llava-1.5-7b")
+
+
+def test_every_shape_builds_on_meta():
+    for name in available_shapes():
+        model = meta_model(name)
+        assert model.config.vision_feature_select_strategy == "default"
