@@ -99,6 +99,7 @@ class PrunedModel:
             budgets=self.adapter.crop_budgets(layout, getattr(self.method, "budget", None)),
             crop_keys=crop_keys or [],
             feature_attention_layer=self.adapter.feature_attention_layer,
+            valid=self.adapter.crop_valid_masks(layout),
         )
         return self.method.select(batch)
 

@@ -28,3 +28,19 @@ def tiny_llava(tiny_llava_dir):
     model = LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir).eval()
     processor = AutoProcessor.from_pretrained(tiny_llava_dir)
     return model, processor
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_next_dir(tmp_path_factory):
+    """A tiny LLaVA-NeXT checkpoint on disk (random weights, shipped tokenizer, 3 grid pinpoints)."""
+    return build_checkpoint("tiny-llava-next", tmp_path_factory.mktemp("ckpt") / "tiny-llava-next", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_next(tiny_llava_next_dir):
+    """(model, processor) of the tiny LLaVA-NeXT, loaded with from_pretrained."""
+    from transformers import AutoProcessor, LlavaNextForConditionalGeneration
+
+    model = LlavaNextForConditionalGeneration.from_pretrained(tiny_llava_next_dir).eval()
+    processor = AutoProcessor.from_pretrained(tiny_llava_next_dir)
+    return model, processor

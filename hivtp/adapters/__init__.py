@@ -8,9 +8,10 @@ from torch import nn
 
 from .base import CropLayout, ImageFeatures, ModelAdapter, unsupported
 from .llava import LlavaAdapter
+from .llava_next import LlavaNextAdapter
 
 #: every adapter, most specific first; LLaVA-NeXT registers itself here when available
-ADAPTERS: list[type[ModelAdapter]] = [LlavaAdapter]
+ADAPTERS: list[type[ModelAdapter]] = [LlavaNextAdapter, LlavaAdapter]
 
 
 def adapter_class_for(model: nn.Module) -> type[ModelAdapter]:
@@ -25,4 +26,4 @@ def adapter_for(model: nn.Module, **params: Any) -> ModelAdapter:
     return adapter_class_for(model)(model, **params)
 
 
-__all__ = ["ADAPTERS", "CropLayout", "ImageFeatures", "ModelAdapter", "LlavaAdapter", "adapter_for", "adapter_class_for"]
+__all__ = ["ADAPTERS", "CropLayout", "ImageFeatures", "ModelAdapter", "LlavaAdapter", "LlavaNextAdapter", "adapter_for", "adapter_class_for"]

@@ -99,6 +99,10 @@ class ModelAdapter:
         pool = [tower.hidden_states[i][:, 1:] for i in self.feature_indices]
         return pool[0] if len(pool) == 1 else torch.cat(pool, dim=-1)
 
+    def crop_valid_masks(self, layout: CropLayout) -> torch.Tensor | None:
+        """[C, P] bool: positions the model's packing keeps; None = all (no unpadding here)."""
+        return None
+
     def crop_budgets(self, layout: CropLayout, budget: int | None) -> list[int | None]:
         return [budget] * len(layout.image_of_crop)
 

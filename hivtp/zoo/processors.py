@@ -52,3 +52,24 @@ def build_processor_for(config, spec: dict):
     if kind not in PROCESSOR_BUILDERS:
         raise ConfigError(f"no processor builder for kind {kind!r}; known: {sorted(PROCESSOR_BUILDERS)}.")
     return PROCESSOR_BUILDERS[kind](config, spec)
+
+
+@register_processor("llava_next")
+def llava_next_processor(config, spec: dict):
+    """LLaVA-NeXT (anyres): the image processor tiles with the model's own ``image_grid_pinpoints``."""
+    from transformers import LlavaNextImageProcessor, LlavaNextProcessor
+
+    vc = config.vision_config
+    image_processor = LlavaNextImageProcessor(
+        size={"shortest_edge": vc.image_size},
+        crop_size={"height": vc.image_size, "width": vc.image_size},
+        image_grid_pinpoints=[list(p) for p in config.image_grid_pinpoints],
+    )
+    return LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=build_tokenizer(spec["tokenizer"], chat_template=None),
+        patch_size=vc.patch_size,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        chat_template=CHAT_TEMPLATES[spec["chat_template"]],
+        num_additional_image_tokens=1,
+    )
