@@ -16,6 +16,13 @@ from .base import (
 )
 from . import hivtp as _hivtp  # noqa: F401  (registers "hivtp")
 from . import none as _none  # noqa: F401  (registers "none")
+from . import random as _random  # noqa: F401  (registers "random")
+from . import pool as _pool  # noqa: F401  (registers "pool")
+from . import fastervlm as _fastervlm  # noqa: F401  (registers "fastervlm")
+from . import visionzip as _visionzip  # noqa: F401  (registers "visionzip")
+from . import divprune as _divprune  # noqa: F401  (registers "divprune")
+from . import fastv as _fastv  # noqa: F401  (registers "fastv")
+from . import pdrop as _pdrop  # noqa: F401  (registers "pdrop", stretch)
 
 __all__ = [
     "METHODS",

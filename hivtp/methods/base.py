@@ -57,6 +57,10 @@ class CropBatch:
     budgets: list[int | None]  # per crop: tokens to keep, or None for the method's own rule
     crop_keys: list[str] = field(default_factory=list)  # per crop: a stable id (seeds random methods)
     feature_attention_layer: int = -1  # 0-based encoder layer whose output is the feature layer
+    #: [C, P] bool: positions the model's packing keeps (LLaVA-NeXT unpadding removes some tile rows /
+    #: columns); None = every position. Methods choose among valid positions only, so that an exact
+    #: budget stays exact after packing.
+    valid: torch.Tensor | None = None
 
     @property
     def num_crops(self) -> int:

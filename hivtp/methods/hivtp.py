@@ -3,16 +3,59 @@
 The scoring and the rule live in :mod:`hivtp.importance` and :mod:`hivtp.selection`; this class
 binds them to the method interface and validates parameters as early as it can: value ranges when
 the method is built, geometry and layer indices when it is attached to a model.
+
+Parameters ``regions`` / ``keep_ratio`` / ``window`` default to None:
+
+* without a ``budget``, None means the paper's defaults (2, 0.25, 2): the pure rule (about 50%);
+* with a ``budget`` and all three None, the exact-budget presets apply (``presets.json`` beside this
+  file, chosen and measured by ``scripts/hivtp_presets.py``, table in docs/presets.md): each crop uses
+  the preset whose per-grid budget is nearest to its own budget (LLaVA-1.5: the budget; LLaVA-NeXT:
+  the crop's share of the image budget), so the pure rule lands near the budget, and
+  :func:`hivtp.selection.fit_to_budget` makes it exact; ``last_stats[i]["tokens_corrected"]`` counts
+  the tokens that correction added or dropped;
+* with a ``budget`` and some of the three given, the missing ones take the paper's defaults.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+from pathlib import Path
+from dataclasses import replace
 from typing import Any, Sequence
+
+import torch
 
 from ..errors import ConfigError
 from ..importance import DEFAULT_LAYERS, check_backend, scores_from_tower
 from ..selection import fit_to_budget, select_masks, validate_geometry
+from ..selection import Selection
 from .base import CropBatch, CropSelection, PruningMethod, TowerRequest, parse_layers, register_method
+
+PAPER_DEFAULTS = {"regions": 2, "keep_ratio": 0.25, "window": 2}
+PRESETS_FILE = Path(__file__).with_name("presets.json")
+
+
+@functools.lru_cache(maxsize=1)
+def load_presets() -> dict[str, Any]:
+    """The exact-budget presets (package data)."""
+    try:
+        data = json.loads(PRESETS_FILE.read_text())
+    except (OSError, ValueError) as exc:  # pragma: no cover - a broken install
+        raise ConfigError(
+            f"cannot read HIVTP's budget presets from {PRESETS_FILE} ({exc}); reinstall the package or run "
+            "scripts/hivtp_presets.py --write."
+        ) from exc
+    return data
+
+
+def preset_for(budget: int, num_patches: int | None = None) -> dict[str, Any]:
+    """The preset whose per-grid budget is nearest to ``budget`` tokens of a grid of ``num_patches``
+    (scaled to the presets' grid when it differs); ties go to the larger preset."""
+    data = load_presets()
+    grid_tokens = data["grid"][0] * data["grid"][1]
+    scaled = budget if num_patches is None else budget * grid_tokens / num_patches
+    return min(data["presets"], key=lambda p: (abs(p["budget"] - scaled), -p["budget"]))
 
 
 @register_method
@@ -21,13 +64,23 @@ class HIVTP(PruningMethod):
 
     def __init__(
         self,
-        regions: int = 2,
-        keep_ratio: float = 0.25,
-        window: int = 2,
+        regions: int | None = None,
+        keep_ratio: float | None = None,
+        window: int | None = None,
         layers: Sequence[int] | str = DEFAULT_LAYERS,
         backend: str = "fast",
         budget: int | None = None,
     ) -> None:
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+            raise ConfigError(f"budget must be a positive integer or None, got {budget!r}.")
+        #: exact-budget presets per crop (budget given, geometry left to the presets)
+        self.auto_preset = budget is not None and regions is None and keep_ratio is None and window is None
+        if self.auto_preset:
+            preset = preset_for(budget)
+            regions, keep_ratio, window = preset["regions"], preset["keep_ratio"], preset["window"]
+        regions = PAPER_DEFAULTS["regions"] if regions is None else regions
+        keep_ratio = PAPER_DEFAULTS["keep_ratio"] if keep_ratio is None else keep_ratio
+        window = PAPER_DEFAULTS["window"] if window is None else window
         self.regions = regions
         self.keep_ratio = keep_ratio
         self.window = window
@@ -40,8 +93,6 @@ class HIVTP(PruningMethod):
             raise ConfigError("score layers must not be empty; the default is (6, 7, 8).")
         if min(self.layers) < 0:
             raise ConfigError(f"score layers are 0-based encoder layer indices >= 0, got {list(self.layers)}.")
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-            raise ConfigError(f"budget must be a positive integer or None, got {budget!r}.")
 
     def params(self) -> dict[str, Any]:
         return {
@@ -54,7 +105,11 @@ class HIVTP(PruningMethod):
         }
 
     def check(self, grid: tuple[int, int], num_layers: int, feature_attention_layer: int) -> None:
-        validate_geometry(grid[0], grid[1], self.regions, self.keep_ratio, self.window)
+        if self.auto_preset:
+            for p in load_presets()["presets"]:
+                validate_geometry(grid[0], grid[1], p["regions"], p["keep_ratio"], p["window"])
+        else:
+            validate_geometry(grid[0], grid[1], self.regions, self.keep_ratio, self.window)
         too_deep = [x for x in self.layers if x > feature_attention_layer]
         if too_deep:
             raise ConfigError(
@@ -69,10 +124,58 @@ class HIVTP(PruningMethod):
         return TowerRequest(qk_layers=self.layers)
 
     def select(self, crops: CropBatch) -> CropSelection:
+        if crops.valid is not None and all(b is None for b in crops.budgets):
+            # The pure rule runs on the whole crop (spec section 6); the model's unpadding then drops
+            # what it drops. Valid positions matter only for keeping an exact budget exact.
+            crops = replace(crops, valid=None)
         scores = scores_from_tower(crops.tower, self.layers)  # [C, H, W] float32
-        selection = select_masks(scores, self.regions, self.keep_ratio, self.window)
-        if any(b is not None for b in crops.budgets):
-            selection = fit_to_budget(scores, selection, crops.budgets)
+        if crops.valid is not None:
+            # Positions the model's packing drops (NeXT unpadding) score below every valid one and are
+            # taken out of the rule's result, so that the budget correction only ever adds valid ones.
+            valid = crops.valid.to(scores.device).view_as(scores).bool()
+            scores = torch.where(valid, scores, scores.amin(dim=(1, 2), keepdim=True) - 1.0)
+        if self.auto_preset:
+            selection = self._select_with_presets(scores, crops)
+        else:
+            selection = self._only_valid(select_masks(scores, self.regions, self.keep_ratio, self.window), crops)
+            if any(b is not None for b in crops.budgets):
+                selection = fit_to_budget(scores, selection, crops.budgets)
         counts = {k: v.tolist() for k, v in selection.counts().items()}
         stats = [{k: counts[k][c] for k in counts} for c in range(crops.num_crops)]
         return CropSelection.from_masks(crops.features, selection.keep_mask, stats)
+
+    def geometry_for(self, budget: int | None, num_patches: int) -> tuple[int, float, int]:
+        """(regions, keep_ratio, window) a crop with this budget uses."""
+        if not self.auto_preset or budget is None:
+            return self.regions, self.keep_ratio, self.window
+        p = preset_for(budget, num_patches)
+        return p["regions"], p["keep_ratio"], p["window"]
+
+    def _select_with_presets(self, scores: torch.Tensor, crops: CropBatch) -> Selection:
+        """Per crop: the preset nearest its budget, the pure rule, then the exact-budget correction.
+        Crops sharing a preset are processed together."""
+        c = scores.shape[0]
+        budgets = list(crops.budgets) if crops.budgets else [self.budget] * c
+        groups: dict[tuple[int, float, int], list[int]] = {}
+        for i, b in enumerate(budgets):
+            groups.setdefault(self.geometry_for(b, crops.num_patches), []).append(i)
+        n = scores.shape[1] * scores.shape[2]
+        out = {k: torch.zeros(c, n, dtype=torch.bool, device=scores.device) for k in ("g", "l", "a")}
+        corrected = torch.zeros(c, dtype=torch.long, device=scores.device)
+        for (regions, keep_ratio, window), members in groups.items():
+            idx = torch.tensor(members, device=scores.device)
+            sel = select_masks(scores[idx], regions, keep_ratio, window)
+            if crops.valid is not None:
+                valid = crops.valid.to(scores.device).bool()[idx]
+                sel = Selection(sel.global_mask & valid, sel.local_mask & valid, sel.added_mask, sel.corrected)
+            sel = fit_to_budget(scores[idx], sel, [budgets[i] for i in members])
+            out["g"][idx], out["l"][idx], out["a"][idx] = sel.global_mask, sel.local_mask, sel.added_mask
+            corrected[idx] = sel.corrected
+        return Selection(global_mask=out["g"], local_mask=out["l"], added_mask=out["a"], corrected=corrected)
+
+    @staticmethod
+    def _only_valid(selection: Selection, crops: CropBatch) -> Selection:
+        if crops.valid is None:
+            return selection
+        valid = crops.valid.to(selection.global_mask.device).bool()
+        return Selection(selection.global_mask & valid, selection.local_mask & valid, selection.added_mask, selection.corrected)

@@ -1,0 +1,130 @@
+"""``pdrop`` (stretch): PyramidDrop's staged in-LLM dropping (arXiv 2410.17247).
+
+The LLM is cut into stages at ``layers`` (0-based; default: a quarter, half and three quarters of its
+depth, i.e. 8 / 16 / 24 for the 32-layer 7B models). At each stage layer the image tokens that reached
+it are ranked by the attention the last prompt token pays them, computed from that layer's input
+exactly as ``fastv`` does (input_layernorm, q/k projections, rotary, GQA repeat, mean over heads; no
+eager attention), and a fraction ``ratio`` (lambda, default 0.5 as published) of them is kept for the
+following layers. Tokens are dropped physically (shorter hidden states and KV cache from each stage
+on), with the machinery of :func:`hivtp.methods.fastv.staged_dropping`.
+
+Budget (DECISION): PyramidDrop keeps a different number of tokens per layer, so equal-budget tables
+compare the *mean number of image tokens per LLM layer*. With ``budget=B`` (per image), ``ratio`` is
+solved per sample (bisection) so that this mean is B x images, up to the rounding of each stage's
+count; ``last_stats`` record ``tokens_kept`` = the achieved mean (rounded), ``tokens_llm_final`` = the
+count after the last stage and ``tokens_llm_dropped`` = tokens dropped by then. ``budget=None`` uses
+``ratio`` (default 0.5). Stage counts are ``round(N * ratio^s)`` after stage s (N: the sample's image
+tokens), never more than the tokens left. Requirements and limits are fastv's (sdpa / eager kernels,
+stage layers >= 1).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import ConfigError
+from .base import CropBatch, CropSelection, PruningMethod, parse_layers, register_method
+from ._common import check_budget
+from .fastv import language_layers, staged_dropping
+
+
+def tokens_by_layer(n: int, plan: list[int], layers: Sequence[int], depth: int) -> list[int]:
+    """Image tokens each of the ``depth`` LLM layers sees: ``n`` until the first stage layer, then
+    each stage's count from its layer on."""
+    out, current, stages = [], n, dict(zip(layers, plan))
+    for layer in range(depth):
+        current = stages.get(layer, current)
+        out.append(current)
+    return out
+
+
+def stage_counts(n: int, ratio: float, num_stages: int) -> list[int]:
+    """Image tokens kept after each stage: round(n * ratio^s), non-increasing."""
+    out, prev = [], n
+    for s in range(1, num_stages + 1):
+        prev = min(prev, int(round(n * ratio**s)))
+        out.append(prev)
+    return out
+
+
+def mean_tokens(n: int, counts: list[int], layers: Sequence[int], depth: int) -> float:
+    """Mean image tokens per LLM layer when stage s (at layers[s]) keeps counts[s]."""
+    bounds = list(layers) + [depth]
+    total = n * layers[0] + sum(c * (bounds[s + 1] - bounds[s]) for s, c in enumerate(counts))
+    return total / depth
+
+
+def solve_ratio(n: int, target: float, layers: Sequence[int], depth: int) -> float:
+    """The ratio whose mean tokens per layer is closest to ``target`` (bisection on the continuous mean)."""
+    if target >= n:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    bounds = list(layers) + [depth]
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        mean = (n * layers[0] + sum(n * mid ** (s + 1) * (bounds[s + 1] - bounds[s]) for s in range(len(layers)))) / depth
+        lo, hi = (mid, hi) if mean < target else (lo, mid)
+    return (lo + hi) / 2
+
+
+@register_method
+class PyramidDrop(PruningMethod):
+    name = "pdrop"
+    stage = "llm"
+
+    def __init__(
+        self, budget: int | None = None, layers: Sequence[int] | str | None = None, ratio: float | None = None
+    ) -> None:
+        self.budget = check_budget(budget)
+        self.layers = None if layers is None else parse_layers(layers)
+        if self.layers is not None and (not self.layers or min(self.layers) < 1 or list(self.layers) != sorted(set(self.layers))):
+            raise ConfigError(f"pdrop layers must be increasing 0-based LLM layers >= 1, got {layers!r}.")
+        ratio = 0.5 if ratio is None else ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+            raise ConfigError(f"ratio must be a number in (0, 1], got {ratio!r}.")
+        self.ratio = float(ratio)
+        self.last_attention: torch.Tensor | None = None
+        self.stage_attention: list[torch.Tensor] = []
+
+    def params(self) -> dict[str, Any]:
+        return {"budget": self.budget, "layers": None if self.layers is None else list(self.layers), "ratio": self.ratio}
+
+    def select(self, crops: CropBatch) -> CropSelection:
+        keep = torch.ones(crops.features.shape[:2], dtype=torch.bool, device=crops.features.device)
+        return CropSelection.from_masks(crops.features, keep, [{"tokens_kept": crops.num_patches}] * crops.num_crops)
+
+    def stage_layers(self, depth: int) -> list[int]:
+        if self.layers is not None:
+            return list(self.layers)
+        layers = sorted({max(1, round(depth * q / 4)) for q in (1, 2, 3)} - {depth})
+        if not layers:
+            raise ConfigError(f"a {depth}-layer LLM is too shallow for pdrop's default stages; pass layers=...")
+        return layers
+
+    def plan(self, counts: list[int], images: list[int], depth: int) -> tuple[list[int], list[list[int]], list[float]]:
+        layers = self.stage_layers(depth)
+        plans, means = [], []
+        for n, m in zip(counts, images):
+            ratio = self.ratio if self.budget is None else solve_ratio(n, self.budget * max(m, 1), layers, depth)
+            c = stage_counts(n, ratio, len(layers))
+            plans.append(c)
+            means.append(mean_tokens(n, c, layers, depth))
+        return layers, plans, means
+
+    def llm_context(self, model: Any, inputs: Any, stats: list[dict[str, Any]]):
+        _, decoder_layers = language_layers(model)
+        depth = len(decoder_layers)
+        counts = inputs.image_positions.sum(-1).tolist()
+        layers, plans, means = self.plan(counts, [int(s.get("images", 1)) for s in stats], depth)
+        for s, n, plan, mean in zip(stats, counts, plans, means):
+            s["tokens_kept"] = int(round(mean))
+            s["tokens_llm_final"] = plan[-1]
+            s["tokens_llm_dropped"] = n - plan[-1]
+            s["tokens_by_layer"] = tokens_by_layer(n, plan, layers, depth)
+        if all(plan[-1] == n for plan, n in zip(plans, counts)):
+            return nullcontext()
+        stages = [(layer, (lambda _remaining, i=i: [p[i] for p in plans])) for i, layer in enumerate(layers)]
+        return staged_dropping(model, inputs, stages, self, "pdrop", "layers")

@@ -1,0 +1,121 @@
+"""``pool``: spatial average pooling of each crop's patch grid (the plain downsampling control).
+
+The H x W grid (24 x 24) is cut into non-overlapping f x f cells, f a common divisor of H and W, and
+each cell's feature vectors are averaged into one token: f=1 -> 576, 2 -> 144, 3 -> 64, 4 -> 36,
+6 -> 16, 8 -> 9, 12 -> 4, 24 -> 1 tokens on 24 x 24.
+
+Budget -> pooling mapping (DECISION): the cell size whose token count is nearest to the crop's budget
+(ties: the finer grid, i.e. more tokens). On 24 x 24: 192 -> 144 (2x2), 128 -> 144 (2x2),
+64 -> 64 (3x3), 160 / 320 / 640 NeXT image budgets are split per crop first and each crop pooled to its
+nearest grid. Only budgets that are a pooling grid's size (576, 144, 64, 36, 16, 9, 4, 1) are kept
+exactly; any other budget keeps the nearest grid's count, and ``tokens_kept`` in ``last_stats``
+reports the tokens actually kept (plus ``tokens_budget`` with what was asked). Non-divisor grids
+(e.g. 14 x 14 = 196) would need overlapping or unequal cells and are not offered: the control is
+meant to be the plain, equal-cell downsampling. ``kernel`` forces a cell size and ignores the budget.
+
+Parameters: ``budget`` (default None -> kernel 2, 144 of 576), ``kernel`` (None: from the budget).
+Each pooled token stands for a representative patch of its cell: the patch at offset
+``((f-1)//2, (f-1)//2)`` inside the cell (its top-left for f=2); positions are unique and tokens come
+in raster order of their cells. On LLaVA-NeXT, a cell whose representative patch is removed by
+unpadding is dropped with it (the adapter counts what is actually placed).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from .base import CropBatch, CropSelection, PruningMethod, register_method
+from ._common import check_budget
+
+DEFAULT_KERNEL = 2
+
+
+def pooling_kernels(height: int, width: int) -> list[int]:
+    """Cell sizes that tile the grid exactly, finest first."""
+    return [f for f in range(1, min(height, width) + 1) if height % f == 0 and width % f == 0]
+
+
+def kernel_for_budget(height: int, width: int, budget: int) -> int:
+    """The cell size whose token count is nearest to ``budget`` (ties: more tokens)."""
+    return min(pooling_kernels(height, width), key=lambda f: (abs((height // f) * (width // f) - budget), f))
+
+
+def representative_positions(height: int, width: int, f: int) -> torch.Tensor:
+    off = (f - 1) // 2
+    rows = torch.arange(height // f) * f + off
+    cols = torch.arange(width // f) * f + off
+    return (rows[:, None] * width + cols[None, :]).flatten()
+
+
+def pool_valid(features: torch.Tensor, valid: torch.Tensor, h: int, w: int, f: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooling when the packing drops some positions (LLaVA-NeXT unpadding): each cell averages its
+    valid patches only, a cell without any is dropped, and a cell whose representative patch is dropped
+    stands for its first valid patch instead."""
+    d = features.shape[-1]
+    cells = lambda x: x.reshape(h // f, f, w // f, f, -1).permute(0, 2, 1, 3, 4).reshape((h // f) * (w // f), f * f, -1)
+    x = cells(features.float())  # [cells, f*f, D]
+    m = cells(valid[:, None].float())  # [cells, f*f, 1]
+    count = m.sum(dim=1)  # [cells, 1]
+    pooled = (x * m).sum(dim=1) / count.clamp_min(1)
+    idx = cells(torch.arange(h * w, device=features.device)[:, None].float()).squeeze(-1).long()  # [cells, f*f]
+    off = (f - 1) // 2
+    preferred = off * f + off
+    in_cell = m.squeeze(-1).bool()
+    first_valid = in_cell.float().argmax(dim=1)
+    choice = torch.where(in_cell[:, preferred], torch.full_like(first_valid, preferred), first_valid)
+    pos = idx.gather(1, choice[:, None]).squeeze(1)
+    keep = count.squeeze(-1) > 0
+    return pooled[keep].to(features.dtype).reshape(-1, d), pos[keep]
+
+
+@register_method
+class AveragePool(PruningMethod):
+    name = "pool"
+
+    def __init__(self, budget: int | None = None, kernel: int | None = None) -> None:
+        self.budget = check_budget(budget)
+        if kernel is not None and (isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1):
+            raise ConfigError(f"kernel must be a positive integer (pooling cell side) or None, got {kernel!r}.")
+        self.kernel = kernel
+
+    def params(self) -> dict[str, Any]:
+        return {"budget": self.budget, "kernel": self.kernel}
+
+    def check(self, grid: tuple[int, int], num_layers: int, feature_attention_layer: int) -> None:
+        if self.kernel is not None and self.kernel not in pooling_kernels(*grid):
+            raise ConfigError(
+                f"kernel={self.kernel} does not tile the {grid[0]}x{grid[1]} grid; choose one of {pooling_kernels(*grid)}."
+            )
+
+    def kernel_for(self, grid: tuple[int, int], budget: int | None) -> int:
+        if self.kernel is not None:
+            return self.kernel
+        if budget is None:
+            return DEFAULT_KERNEL if DEFAULT_KERNEL in pooling_kernels(*grid) else 1
+        return kernel_for_budget(grid[0], grid[1], budget)
+
+    def select(self, crops: CropBatch) -> CropSelection:
+        h, w = crops.grid
+        c, p, d = crops.features.shape
+        budgets = list(crops.budgets) if crops.budgets else [None] * c
+        feats, positions, stats = [], [], []
+        for i in range(c):
+            if budgets[i] is not None and not 1 <= budgets[i] <= p:
+                raise ConfigError(f"budget {budgets[i]} is out of range for a crop of {p} tokens (1..{p}).")
+            f = self.kernel_for((h, w), budgets[i])
+            if crops.valid is None:
+                grid = crops.features[i].reshape(h // f, f, w // f, f, d)
+                pooled = grid.float().mean(dim=(1, 3)).reshape(-1, d).to(crops.features.dtype) if f > 1 else crops.features[i]
+                pos = representative_positions(h, w, f).to(crops.features.device)
+            else:
+                pooled, pos = pool_valid(crops.features[i], crops.valid[i].to(crops.features.device).bool(), h, w, f)
+            feats.append(pooled)
+            positions.append(pos)
+            row = {"tokens_kept": pooled.shape[0]}
+            if budgets[i] is not None:
+                row["tokens_budget"] = budgets[i]
+            stats.append(row)
+        return CropSelection(features=feats, positions=positions, stats=stats)
