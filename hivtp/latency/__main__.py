@@ -1,0 +1,88 @@
+"""``python -m hivtp.latency``: measure, then write ``latency.csv`` and ``summary.md`` into ``--out``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import ConfigError, HivtpError
+from .inputs import DEFAULT_PROMPT_TOKENS, DTYPES
+from .measure import measure
+from .report import summarize, write_csv
+
+STANDARD_BUDGETS = {"llava-1.5": (64, 128, 192), "llava-next": (160, 320, 640)}
+
+
+def _value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
+    """``name`` or ``name:key=value,key=value`` (e.g. ``hivtp:budget=128,backend=eager``)."""
+    name, _, rest = spec.partition(":")
+    params: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"cannot read method parameter {item!r} in {spec!r}; write name:key=value,key=value.")
+        params[key.strip()] = _value(value.strip())
+    if not name:
+        raise ConfigError(f"method spec {spec!r} has no method name.")
+    return name, params
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m hivtp.latency", description=__doc__)
+    p.add_argument("--model", default="tiny-llava", help="shape name | local dir | hub id")
+    p.add_argument("--random-weights", action="store_true", help="build a shipped shape with random weights")
+    p.add_argument("--methods", nargs="+", default=["none", "hivtp"], help="name or name:key=value,...")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--new-tokens", type=int, default=16)
+    p.add_argument("--prompt-tokens", type=int, default=DEFAULT_PROMPT_TOKENS)
+    p.add_argument("--image-size", type=int, nargs=2, default=[672, 672], metavar=("H", "W"),
+                   help="LLaVA-NeXT image size (default 672 672: 5 crops)")
+    p.add_argument("--faithful", action="store_true", help="also time hivtp on the release's eager path")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--out", type=Path, required=True, help="folder for latency.csv and summary.md")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        rows = measure(
+            model=args.model, methods=[parse_method(m) for m in args.methods], random_weights=args.random_weights,
+            batch=args.batch, dtype=args.dtype, attn=args.attn, device=args.device, warmup=args.warmup,
+            repeats=args.repeats, new_tokens=args.new_tokens, prompt_tokens=args.prompt_tokens,
+            faithful=args.faithful, progress=not args.quiet, image_size=tuple(args.image_size),
+        )
+    except HivtpError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    csv_path = write_csv(rows, args.out / "latency.csv")
+    text = summarize(rows)
+    (args.out / "summary.md").write_text(text)
+    print(text)
+    print(f"wrote {csv_path} and {args.out / 'summary.md'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""``measure``: time every stage of every method on one model, interleaved, and return tidy rows."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from ..attach import attach
+from ..errors import ConfigError
+from ..pruned import PrunedModel
+from .fingerprint import fingerprint
+from .flops import stage_flops
+from .inputs import DEFAULT_PROMPT_TOKENS, load_model, parse_dtype, synthesise
+from .stages import STAGES, RepeatResult, run_repeat
+from .timing import check_device, spread
+
+__all__ = ["measure", "MethodSpec", "with_faithful", "COLUMNS"]
+
+MethodSpec = tuple[str, dict[str, Any]]
+
+#: CSV columns, in order (harness.md latency rows + the issue's list)
+COLUMNS = (
+    "model", "weights", "profile", "method", "params", "budget", "tokens_kept", "tokens_total", "stage",
+    "batch", "dtype", "attn", "backend", "device", "device_name", "median_ms", "p10_ms", "p90_ms", "repeats",
+    "tokens_per_s", "peak_mem_mb", "flops", "new_tokens", "prompt_tokens", "crops",
+    "torch", "transformers", "commit", "date",
+)
+
+
+def with_faithful(methods: Sequence[MethodSpec]) -> list[MethodSpec]:
+    """Add, after each fast ``hivtp`` entry, the same entry on the release's eager path."""
+    out: list[MethodSpec] = []
+    for name, params in methods:
+        out.append((name, dict(params)))
+        if name == "hivtp" and params.get("backend", "fast") != "eager":
+            out.append((name, {**params, "backend": "eager"}))
+    if not any(name == "hivtp" for name, _ in methods):
+        out.append(("hivtp", {"backend": "eager"}))
+    return out
+
+
+def _label(name: str, params: dict[str, Any]) -> str:
+    return name + "".join(f":{k}={v}" for k, v in sorted(params.items()))
+
+
+def _attach_all(model: Any, methods: Sequence[MethodSpec]) -> list[tuple[str, dict[str, Any], PrunedModel]]:
+    labels = [_label(n, p) for n, p in methods]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"methods listed twice: {sorted(l for l in labels if labels.count(l) > 1)}; list each once.")
+    return [(name, dict(params), attach(model, method=name, **params)) for name, params in methods]
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(f"[latency] {text}", file=sys.stderr, flush=True)
+
+
+def measure(
+    model: str = "tiny-llava",
+    methods: Iterable[MethodSpec] = (("none", {}), ("hivtp", {})),
+    random_weights: bool = True,
+    batch: int = 1,
+    dtype: str = "float32",
+    attn: str = "sdpa",
+    device: str = "cpu",
+    warmup: int = 1,
+    repeats: int = 5,
+    new_tokens: int = 16,
+    prompt_tokens: int | None = None,
+    faithful: bool = False,
+    progress: bool = True,
+    image_size: tuple[int, int] = (672, 672),
+) -> list[dict[str, Any]]:
+    """Time ``vision``, ``select``, ``ttft``, ``decode``, ``e2e`` of each method; rows per stage.
+
+    Methods are interleaved within each repeat (none, m1, m2, none, m1, ...) so that drift in clock
+    speed or temperature hits them alike. ``warmup`` rounds are run and dropped.
+    """
+    dev = check_device(device)
+    if repeats < 1 or warmup < 0 or new_tokens < 1:
+        raise ConfigError(f"need repeats >= 1, warmup >= 0, new_tokens >= 1; got {repeats}, {warmup}, {new_tokens}.")
+    methods = list(methods)
+    if not methods:
+        raise ConfigError("no methods to measure; pass e.g. none hivtp hivtp:budget=128.")
+    if faithful:
+        methods = with_faithful(methods)
+    prompt_tokens = DEFAULT_PROMPT_TOKENS if prompt_tokens is None else prompt_tokens
+    _say(progress, f"loading {model} ({'random weights' if random_weights else 'checkpoint'}, {dtype}, {attn}, {dev})")
+    net, weights = load_model(model, random_weights, parse_dtype(dtype), attn, dev)
+    attached = _attach_all(net, methods)
+    inputs = synthesise(net, attached[0][2].adapter, batch, prompt_tokens, image_size)
+    results: list[list[RepeatResult]] = [[] for _ in attached]
+    total = warmup + repeats
+    for r in range(total):
+        for i, (name, params, pruned) in enumerate(attached):
+            res = run_repeat(pruned, inputs, new_tokens, dev)
+            if r >= warmup:
+                results[i].append(res)
+            _say(progress, f"{'warmup' if r < warmup else 'repeat'} {r + 1}/{total} {_label(name, params)}: "
+                           f"ttft {res.ms['ttft']:.1f} ms, e2e {res.ms['e2e']:.1f} ms")
+    ident = {
+        "model": model, "weights": weights, "profile": "paper" if dev.type == "cuda" else "offline",
+        "batch": batch, "dtype": dtype, "attn": attn, "backend": attn, "device": dev.type,
+        "new_tokens": new_tokens, "prompt_tokens": prompt_tokens, **fingerprint(dev),
+    }
+    rows = []
+    for (name, params, pruned), reps in zip(attached, results):
+        rows.extend(_method_rows(ident, name, params, pruned, reps, inputs.text_tokens, new_tokens, batch))
+    return rows
+
+
+def _method_rows(ident, name, params, pruned, reps, text_tokens, new_tokens, batch) -> list[dict[str, Any]]:
+    last = reps[-1]
+    kept = [s["tokens_kept"] for s in last.stats]  # per sample, all images
+    flops = stage_flops(
+        pruned.model.config,
+        crops=last.crops,
+        layers_run=_layers_run(pruned),
+        score_layers=_score_layers(pruned),
+        kept_per_sample=kept,
+        image_tokens_by_layer=_by_layer(last.stats),
+        text_per_sample=[text_tokens] * len(kept),
+        new_tokens=new_tokens,
+        feature_layers=len(pruned.adapter.feature_indices),
+    )
+    method_params = pruned.method.params()
+    base = {
+        **ident,
+        "method": name,
+        "params": json.dumps(params, sort_keys=True),
+        "budget": method_params.get("budget", params.get("budget")),
+        "tokens_kept": sum(kept) / len(kept),
+        "tokens_total": sum(s["tokens_total"] for s in last.stats) / len(kept),
+        "repeats": len(reps),
+        "crops": last.crops,
+    }
+    rows = []
+    for stage in STAGES:
+        times = [r.ms[stage] for r in reps]
+        mems = [r.peak_mem_mb[stage] for r in reps if r.peak_mem_mb[stage] is not None]
+        row = {**base, "stage": stage, **spread(times), "flops": flops[stage],
+               "peak_mem_mb": max(mems) if mems else None, "tokens_per_s": None}
+        if stage == "decode" and new_tokens > 1:  # tokens after the first, over decode time
+            row["tokens_per_s"] = batch * (new_tokens - 1) / (row["median_ms"] / 1e3)
+        if stage == "e2e":  # generation throughput: new tokens / (ttft + decode)
+            row["tokens_per_s"] = batch * new_tokens / (row["median_ms"] / 1e3)
+        rows.append(row)
+    return rows
+
+
+def _by_layer(stats: list[dict[str, Any]]) -> list[list[int]] | None:
+    """In-LLM methods record the image tokens each decoder layer sees; others see ``tokens_kept`` throughout."""
+    if all("tokens_by_layer" in s for s in stats):
+        return [list(s["tokens_by_layer"]) for s in stats]
+    return None
+
+
+def _layers_run(pruned: PrunedModel) -> int:
+    request = pruned.method.tower_request()
+    if request.eager:  # the release runs the model's own full tower
+        return pruned.adapter.num_layers
+    return max([pruned.adapter.feature_attention_layer] + list(request.qk_layers)) + 1
+
+
+def _score_layers(pruned: PrunedModel) -> int:
+    """q k^T recomputations the scorer does: the fast path's captured layers (0 on the eager path,
+    which reads maps the tower built anyway)."""
+    return len(pruned.method.tower_request().qk_layers)

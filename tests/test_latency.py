@@ -1,0 +1,271 @@
+"""hivtp.latency on CPU at the tiny shape: stages, token counts, FLOPs formulas, errors, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import hivtp
+from hivtp.errors import ConfigError, DeviceError
+from hivtp.latency import STAGES, measure, read_csv, stage_flops, summarize, write_csv
+from hivtp.latency.__main__ import main, parse_method
+from hivtp.latency.flops import decode_flops, prefill_flops, projector_flops, scorer_flops, vision_flops
+from hivtp.latency.inputs import synthesise
+from hivtp.latency.stages import run_repeat
+from hivtp.latency.timing import check_device, quantile, spread
+from hivtp.zoo import build_model, shape_config
+
+NEW_TOKENS = 3
+
+
+@pytest.fixture(scope="module")
+def rows():
+    torch.set_num_threads(1)
+    return measure(
+        model="tiny-llava", methods=[("none", {}), ("hivtp", {}), ("hivtp", {"budget": 64})],
+        random_weights=True, batch=2, warmup=0, repeats=2, new_tokens=NEW_TOKENS, prompt_tokens=12,
+        faithful=True, progress=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return build_model("tiny-llava")
+
+
+def test_every_stage_of_every_method_present(rows):
+    seen = {(r["method"], r["params"]): set() for r in rows}
+    for r in rows:
+        seen[(r["method"], r["params"])].add(r["stage"])
+    # faithful adds the eager twin of each fast hivtp entry
+    assert set(seen) == {
+        ("none", "{}"), ("hivtp", "{}"), ("hivtp", '{"backend": "eager"}'),
+        ("hivtp", '{"budget": 64}'), ("hivtp", '{"backend": "eager", "budget": 64}'),
+    }
+    assert all(stages == set(STAGES) for stages in seen.values())
+    for r in rows:
+        assert r["repeats"] == 2 and r["p10_ms"] <= r["median_ms"] <= r["p90_ms"], r
+        assert r["median_ms"] > 0 and r["flops"] > 0 or (r["stage"] == "select" and r["flops"] >= 0)
+        assert r["commit"] and r["torch"] == torch.__version__ and r["weights"] == "random"
+        assert r["peak_mem_mb"] is None  # CPU: blank, documented
+
+
+def test_throughput_definitions(rows):
+    by = {(r["method"], r["params"], r["stage"]): r for r in rows}
+    for method, params, stage in by:
+        if stage != "e2e":
+            continue
+        e2e, dec = by[(method, params, "e2e")], by[(method, params, "decode")]
+        assert e2e["tokens_per_s"] == pytest.approx(2 * NEW_TOKENS / (e2e["median_ms"] / 1e3))
+        assert dec["tokens_per_s"] == pytest.approx(2 * (NEW_TOKENS - 1) / (dec["median_ms"] / 1e3))
+        assert dec["median_ms"] < e2e["median_ms"]  # decode is part of the generate call
+
+
+def test_decode_counts_requested_tokens(tiny_model):
+    pruned = hivtp.attach(tiny_model, method="hivtp")
+    inputs = synthesise(tiny_model, pruned.adapter, batch=1, prompt_tokens=8)
+    result = run_repeat(pruned, inputs, new_tokens=7, device=torch.device("cpu"))
+    assert result.new_tokens == 7
+    assert set(result.ms) == set(STAGES) and result.ms["decode"] > 0
+
+
+def test_tokens_kept_agrees_with_attach(rows, tiny_model):
+    by = {(r["method"], r["params"], r["stage"]): r for r in rows}
+    for params in ({}, {"budget": 64}):
+        pruned = hivtp.attach(tiny_model, method="hivtp", **params)
+        inputs = synthesise(tiny_model, pruned.adapter, batch=2, prompt_tokens=12)
+        pruned.generate(**inputs.model_inputs(), max_new_tokens=1)
+        kept = [s["tokens_kept"] for s in pruned.last_stats]
+        row = by[("hivtp", json.dumps(params, sort_keys=True), "ttft")]
+        assert row["tokens_kept"] == sum(kept) / len(kept)
+    assert by[("hivtp", '{"budget": 64}', "ttft")]["tokens_kept"] == 64
+    assert by[("none", "{}", "ttft")]["tokens_kept"] == 576
+
+
+def test_synthesised_prompt_has_one_placeholder_run(tiny_model):
+    pruned = hivtp.attach(tiny_model, method="none")
+    inputs = synthesise(tiny_model, pruned.adapter, batch=3, prompt_tokens=20)
+    image = inputs.input_ids == tiny_model.config.image_token_id
+    assert image.sum(-1).tolist() == [576] * 3
+    assert inputs.input_ids.shape == (3, 576 + 20 + 1)
+    assert (inputs.input_ids[~image] >= 5).sum() == 3 * 20  # text ids are never special ids
+
+
+# --- FLOPs: formulas against hand counts -----------------------------------------------------------
+VC = {"hidden_size": 2, "intermediate_size": 4, "image_size": 2, "patch_size": 1}  # 4 patches, T = 5
+TC = {"hidden_size": 4, "intermediate_size": 6, "num_attention_heads": 2, "num_key_value_heads": 1,
+      "num_hidden_layers": 3, "vocab_size": 10}
+
+
+def test_vision_and_scorer_flops_by_hand():
+    # conv: 4 patches * 3 inputs * 2 outputs * 2 = 48; layer: qkvo 4*(5*2*2)*2 = 160,
+    # attention 2 matmuls 5*5*2 * 2 each = 200, mlp 2*(5*2*4)*2 = 160 -> 520 per layer
+    assert vision_flops(VC, crops=1, layers_run=1) == 48 + 520
+    assert vision_flops(VC, crops=3, layers_run=2) == 3 * (48 + 2 * 520)
+    assert scorer_flops(VC, crops=2, score_layers=3) == 2 * 3 * (5 * 5 * 2 * 2)
+    assert projector_flops(2, 4, tokens=7) == 7 * (2 * 4 + 4 * 4) * 2
+
+
+def test_llm_flops_by_hand():
+    # one layer, n tokens: q (4x4) + k, v (4x2 each, GQA) + o (4x4) + gate/up/down (4x6 each)
+    linear = lambda n: 2 * n * (16 + 8 + 8 + 16 + 72)  # noqa: E731
+    attn = lambda n, keys: 2 * 2 * n * keys * 4  # noqa: E731  qk^T and pv over all 4 query dims
+    head = 2 * 4 * 10
+    assert prefill_flops(TC, [5]) == 3 * (linear(5) + attn(5, 5)) + head
+    assert prefill_flops(TC, [5, 2]) == prefill_flops(TC, [5]) + prefill_flops(TC, [2])
+    assert decode_flops(TC, [5], steps=2) == sum(3 * (linear(1) + attn(1, k)) + head for k in (6, 7))
+    # in-LLM pruning (fastv-like): layer 0 sees 5 tokens, layers 1-2 see 3 (a shorter KV cache too)
+    assert prefill_flops(TC, [3], by_layer=[[5, 3, 3]]) == linear(5) + attn(5, 5) + 2 * (linear(3) + attn(3, 3)) + head
+    assert decode_flops(TC, [3], steps=1, by_layer=[[5, 3, 3]]) == (
+        linear(1) + attn(1, 6) + 2 * (linear(1) + attn(1, 4)) + head)
+
+
+def test_in_llm_methods_report_the_tokens_each_layer_sees():
+    """fastv drops image tokens from LLM layer K on: its FLOPs count layers before K (and the
+    projector) at all 576 tokens, the rest at the budget."""
+    rows = measure(model="tiny-llava", methods=[("none", {}), ("fastv", {"budget": 64, "k_layer": 1})],
+                   repeats=1, warmup=0, new_tokens=3, progress=False)
+    row = {(r["method"], r["stage"]): r for r in rows}
+    assert row["fastv", "ttft"]["tokens_kept"] == 64
+    config = shape_config("tiny-llava")
+    text = [row["none", "ttft"]["prompt_tokens"] + 1]  # + BOS
+    layers_run = config.vision_config.num_hidden_layers + config.vision_feature_layer + 1  # up to the feature layer
+    want = stage_flops(config, 1, layers_run, 0, [64], text, new_tokens=3, image_tokens_by_layer=[[576, 64]])
+    assert want["ttft"] == row["fastv", "ttft"]["flops"] and want["e2e"] == row["fastv", "e2e"]["flops"]
+    assert stage_flops(config, 1, layers_run, 0, [576], text, new_tokens=3)["ttft"] == row["none", "ttft"]["flops"]
+
+
+def test_stage_flops_sum_and_scale():
+    config = shape_config("tiny-llava")
+    full = stage_flops(config, 1, 23, 0, [576], [61], new_tokens=4)
+    pruned = stage_flops(config, 1, 23, 3, [128], [61], new_tokens=4)
+    for f in (full, pruned):
+        assert f["ttft"] == f["vision"] + f["select"] + f["projector"] + f["prefill"]
+        assert f["e2e"] == f["ttft"] + f["decode"]
+    assert pruned["vision"] == full["vision"] and pruned["prefill"] < full["prefill"]
+
+
+def test_paper_shape_ttft_ideal_matches_issue():
+    # issue 6: ~60 text tokens, ~270 of 576 kept -> FLOPs ideal about -47%; 128 kept -> about -68%
+    config = shape_config("llava-1.5-7b")
+
+    def ttft(kept, score_layers):
+        return stage_flops(config, 1, 23, score_layers, [kept], [61], new_tokens=16)["ttft"]
+
+    assert 1 - ttft(270, 3) / ttft(576, 0) == pytest.approx(0.47, abs=0.01)
+    assert 1 - ttft(128, 3) / ttft(576, 0) == pytest.approx(0.68, abs=0.01)
+
+
+@pytest.fixture(scope="module")
+def eager_model():
+    # eager attention: plain matmuls the flop counter sees (CPU sdpa kernels are not registered with it)
+    return build_model("tiny-llava", attn_implementation="eager")
+
+
+def test_prefill_flops_match_torch_flop_counter(eager_model):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    tiny_model = eager_model
+    lm = tiny_model.model.language_model
+    n = 37
+    embeds = torch.randn(1, n, tiny_model.config.text_config.hidden_size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        hidden = lm(inputs_embeds=embeds).last_hidden_state
+        tiny_model.lm_head(hidden[:, -1:])
+    assert counter.get_total_flops() == prefill_flops(tiny_model.config.text_config, [n])
+
+
+def test_vision_flops_match_torch_flop_counter(eager_model):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    tiny_model = eager_model
+    from hivtp.vision import run_tower
+
+    pixels = torch.randn(2, 3, 336, 336)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        run_tower(tiny_model.model.vision_tower, pixels, [23])
+    assert counter.get_total_flops() == vision_flops(tiny_model.config.vision_config, crops=2, layers_run=23)
+
+
+# --- protocol pieces -------------------------------------------------------------------------------
+def test_quantiles_interpolate_like_numpy():
+    values = [5.0, 1.0, 3.0, 2.0, 4.0]
+    assert quantile(values, 0.5) == 3.0
+    assert quantile(values, 0.1) == pytest.approx(1.4)
+    assert spread([2.0]) == {"median_ms": 2.0, "p10_ms": 2.0, "p90_ms": 2.0}
+
+
+def test_cuda_without_gpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="no CUDA GPU.*--device cpu"):
+        check_device("cuda")
+    with pytest.raises(DeviceError, match="no CUDA GPU"):
+        measure(model="tiny-llava", device="cuda", progress=False)
+
+
+def test_bad_requests_are_clear_errors():
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_method("hivtp:budget")
+    with pytest.raises(ConfigError, match="shipped shape"):
+        measure(model="no-such-shape", random_weights=True, progress=False)
+    with pytest.raises(ConfigError, match="listed twice"):
+        measure(model="tiny-llava", methods=[("none", {}), ("none", {})], repeats=1, progress=False)
+    assert parse_method("hivtp:budget=128,backend=eager,keep_ratio=0.5") == (
+        "hivtp", {"budget": 128, "backend": "eager", "keep_ratio": 0.5})
+
+
+def test_summary_names_where_claims_are_reached(rows):
+    def fake(method, params, budget, ttft, tps):
+        base = {"model": "llava-1.5-7b", "batch": 1, "dtype": "float16", "attn": "sdpa", "device": "cuda",
+                "method": method, "params": params, "budget": budget, "tokens_kept": 1.0, "flops": 100,
+                "p10_ms": 1.0, "p90_ms": 1.0}
+        return [{**base, "stage": s, "median_ms": ttft if s == "ttft" else 1.0,
+                 "tokens_per_s": tps if s in ("decode", "e2e") else None} for s in STAGES]
+
+    fake_rows = (fake("none", "{}", None, 100.0, 10.0) + fake("hivtp", '{"budget": 64}', 64, 40.0, 17.0)
+                 + fake("hivtp", '{"budget": 192}', 192, 60.0, 13.0))
+    text = summarize(fake_rows)
+    assert "| TTFT reduction | -50.0% | -60.0% | budget 64 |" in text
+    assert "| decode throughput gain | +60.9% | +70.0% | budget 64 |" in text
+    text = summarize(fake_rows[:5] + fake_rows[10:])  # budget 192 alone reaches neither claim
+    assert "| TTFT reduction | -50.0% | -40.0% | none |" in text
+    text = summarize(rows)
+    assert "## tiny-llava, batch 2" in text
+    assert ("Paper claims" in text) == (rows[0]["profile"] != "offline")  # offline rows: no claims beside them
+    assert "Faithful (release" in text and '| hivtp | `{"budget": 64}` |' in text.split("Faithful (release")[1]
+
+
+def test_csv_round_trip_is_atomic(rows, tmp_path):
+    path = write_csv(rows, tmp_path / "sub" / "latency.csv")
+    back = read_csv(path)
+    assert len(back) == len(rows) and [p.name for p in path.parent.iterdir()] == ["latency.csv"]
+    assert back[0]["median_ms"] == pytest.approx(rows[0]["median_ms"]) and back[0]["peak_mem_mb"] is None
+
+
+def test_cli_writes_csv_and_summary(tmp_path, capsys, monkeypatch):
+    code = main(["--model", "tiny-llava", "--random-weights", "--methods", "none", "hivtp:budget=64",
+                 "--repeats", "1", "--warmup", "0", "--new-tokens", "2", "--prompt-tokens", "4",
+                 "--out", str(tmp_path), "--quiet"])
+    assert code == 0
+    rows = read_csv(tmp_path / "latency.csv")
+    assert {(r["method"], r["stage"]) for r in rows} == {(m, s) for m in ("none", "hivtp") for s in STAGES}
+    assert "TTFT ratio" in (tmp_path / "summary.md").read_text()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["--model", "tiny-llava", "--random-weights", "--device", "cuda:0", "--out", str(tmp_path / "x")]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_imports_only_torch_transformers_stdlib():
+    # GPU machines often lack the rest: importing and running the CLI's parser must not pull them in.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hivtp.latency, hivtp.latency.__main__\n"
+        "bad = [m for m in ('hydra', 'pandas', 'lmms_eval', 'matplotlib', 'omegaconf') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
