@@ -1,0 +1,90 @@
+"""Per-sample accounting: tokens kept (and selection time) per ``doc_id``, next to lmms-eval's samples.
+
+Files (in ``accounting_dir``; one set per process rank when data-parallel):
+  ``hivtp_samples_<task>[_rank<r>].jsonl``  one JSON line per sample: task, doc_id, tokens_kept,
+                                             tokens_global, tokens_local, tokens_corrected, select_ms, ...
+Use :func:`read_samples` / :func:`summarize` to get mean and spread per task.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+STAT_KEYS = ("tokens_kept", "tokens_global", "tokens_local", "tokens_corrected", "tokens_total", "select_ms")
+
+
+class AccountingWriter:
+    """Collects per-sample stats in memory and appends them to per-task JSONL files."""
+
+    def __init__(self, directory: str | Path | None) -> None:
+        self.directory = Path(directory) if directory else None
+        self.records: list[dict[str, Any]] = []
+
+    def add(self, task: str, doc_id: int, stats: dict[str, Any]) -> None:
+        row = {"task": task, "doc_id": int(doc_id)}
+        row.update({k: _plain(v) for k, v in stats.items() if k != "images"})
+        self.records.append(row)
+
+    def flush(self, rank: int = 0, world_size: int = 1) -> list[Path]:
+        """Append the records collected so far to their task files; returns the files written.
+        Ranks are known only once lmms-eval has set them (after the model is built), hence here."""
+        suffix = f"_rank{rank}" if world_size > 1 else ""
+        if self.directory is None or not self.records:
+            return []
+        self.directory.mkdir(parents=True, exist_ok=True)
+        by_task: dict[str, list[dict]] = defaultdict(list)
+        for row in self.records:
+            by_task[row["task"]].append(row)
+        written = []
+        for task, rows in by_task.items():
+            path = self.directory / f"hivtp_samples_{task}{suffix}.jsonl"
+            with path.open("a") as f:
+                for row in sorted(rows, key=lambda r: r["doc_id"]):
+                    f.write(json.dumps(row, sort_keys=True) + "\n")
+            written.append(path)
+        self.records = []
+        return written
+
+
+def _plain(v: Any) -> Any:
+    if hasattr(v, "item"):
+        return v.item()
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def read_samples(directory: str | Path, task: str) -> list[dict[str, Any]]:
+    """All ranks' records for ``task``, one per doc_id (later duplicates replace earlier ones)."""
+    by_doc: dict[int, dict] = {}
+    for path in sorted(Path(directory).glob(f"hivtp_samples_{task}*.jsonl")):
+        rest = path.name[len(f"hivtp_samples_{task}"):]
+        if rest not in (".jsonl",) and not rest.startswith("_rank"):
+            continue  # another task whose name starts with this one
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            by_doc[row["doc_id"]] = row
+    return [by_doc[k] for k in sorted(by_doc)]
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and population standard deviation (nan, nan for no values)."""
+    xs = [float(v) for v in values]
+    if not xs:
+        return math.nan, math.nan
+    m = sum(xs) / len(xs)
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """``{<key>_mean, <key>_std}`` for each stat key present, plus ``n_samples``."""
+    out: dict[str, float] = {"n_samples": len(rows)}
+    for key in STAT_KEYS:
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        if vals:
+            out[f"{key}_mean"], out[f"{key}_std"] = mean_std(vals)
+    return out

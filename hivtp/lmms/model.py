@@ -1,0 +1,142 @@
+"""``hivtp_llava``: lmms-eval's chat ``llava_hf`` with a token-reduction method attached.
+
+Differences from ``lmms_eval.models.chat.llava_hf.LlavaHf`` (which it subclasses, so loading,
+prompts and the chat template are lmms-eval's own):
+- the HF model is wrapped with :func:`hivtp.attach` (``method=none`` reproduces llava_hf exactly);
+- ``batch_size > 1`` is supported (left padding; the stock class asserts batch size 1);
+- errors inside generation propagate (the stock class logs them and scores an empty answer);
+- an unreadable dataset image raises an error naming the task and doc_id;
+- tokens kept per sample are recorded (:mod:`hivtp.lmms.accounting`);
+- ``device=cpu`` loads with device_map=cpu, so it works with transformers 5 and under
+  ``accelerate launch --multi_gpu --num_processes N`` on CPU (the stock class assumes CUDA there).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, List
+
+import torch
+from loguru import logger as eval_logger
+from tqdm import tqdm
+
+from lmms_eval import utils
+from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
+from lmms_eval.models.chat.llava_hf import LlavaHf
+from lmms_eval.protocol import ChatMessages
+
+from ..attach import attach
+from ..errors import ConfigError, HivtpError
+from ..zoo import resolve_checkpoint
+from .accounting import AccountingWriter
+from .args import split_model_args
+
+__all__ = ["HivtpLlava", "SampleError"]
+
+
+class SampleError(HivtpError, RuntimeError):
+    """A dataset sample that cannot be turned into model inputs (e.g. an unreadable image)."""
+
+
+class HivtpLlava(LlavaHf):
+    is_simple = False
+
+    def __init__(self, pretrained: str = "llava-hf/llava-1.5-7b-hf", **kwargs: Any) -> None:
+        loader, plugin, params = split_model_args(kwargs)
+        loader = self._cpu_data_parallel(loader)
+        super().__init__(pretrained=resolve_checkpoint(str(pretrained)), **loader)
+        self.method_name = plugin["method"]
+        try:
+            self.pruned = attach(self.model, method=self.method_name, **params)
+        except HivtpError as exc:
+            raise ConfigError(f"hivtp_llava model_args: {exc}") from exc
+        self.method_params = self.pruned.method.params()
+        self.accounting = AccountingWriter(plugin.get("accounting_dir"))
+        eval_logger.info(f"hivtp_llava: method={self.method_name} params={self.method_params}")
+
+    # --- data parallel on CPU -------------------------------------------------------------------
+    @staticmethod
+    def _cpu_data_parallel(loader: dict[str, Any]) -> dict[str, Any]:
+        """The stock class puts every process on ``cuda:<rank>`` when there are several (and passes
+        device_map="" to from_pretrained, which transformers 5 rejects); on CPU we load with
+        device_map=cpu. lmms-eval's evaluator sets rank / world size from WORLD_SIZE and shards docs."""
+        if str(loader.get("device", "cuda")).startswith("cpu") and not loader.get("device_map"):
+            loader["device_map"] = "cpu"
+        return loader
+
+    # --- lmms-eval API --------------------------------------------------------------------------
+    def loglikelihood(self, requests: List[Instance]):
+        raise NotImplementedError(
+            "hivtp_llava only serves generate_until tasks (all HIVTP benchmarks are); "
+            "use --model llava_hf for loglikelihood tasks."
+        )
+
+    def generate_until(self, requests: List[Instance]) -> List[GenerationResult]:
+        # same ordering and grouping as the stock class: sorted by doc id, grouped by gen kwargs
+        collator = utils.Collator([r.args for r in requests], lambda x: (x[2], x[2]), group_fn=lambda x: x[2], grouping=True)
+        chunks = collator.get_batched(n=self.batch_size, batch_fn=None)
+        pbar = tqdm(total=-(-len(requests) // self.batch_size), disable=(self.rank != 0), desc="Model Responding")
+        res: list[GenerationResult] = []
+        for chunk in chunks:
+            res.extend(self._generate_chunk(chunk))
+            pbar.update(1)
+        pbar.close()
+        self.accounting.flush(self.rank, self.world_size)
+        return collator.get_original(res)
+
+    # --- one batch --------------------------------------------------------------------------------
+    def _messages(self, doc_to_messages, task: str, split: str, doc_id: int) -> ChatMessages:
+        try:
+            doc = self.task_dict[task][split][doc_id]
+            return ChatMessages(messages=doc_to_messages(doc))
+        except Exception as exc:  # PIL / datasets errors do not say which sample
+            raise SampleError(
+                f"task {task!r} split {split!r} doc_id {doc_id}: cannot build the model input "
+                f"({type(exc).__name__}: {exc}). Check or rebuild this sample's image (offline data: `make data`)."
+            ) from exc
+
+    def _generate_chunk(self, chunk) -> list[GenerationResult]:
+        _ctx, doc_to_messages, all_gen_kwargs, doc_ids, tasks, splits = zip(*chunk)
+        task, split = tasks[0], splits[0]
+        chats = [self._messages(doc_to_messages[0], task, split, d) for d in doc_ids]
+        texts, visuals = [], []
+        for chat in chats:
+            visual, video, _ = chat.extract_media()
+            if video:
+                raise SampleError(f"task {task!r}: hivtp_llava does not support video inputs.")
+            visuals.extend(visual)
+            texts.append(self._image_processor.apply_chat_template(chat.model_dump()["messages"], tokenize=False, add_generation_prompt=True))
+        inputs = self._image_processor(images=visuals or None, text=texts, padding=True, return_tensors="pt")
+        inputs = inputs.to(self._device, self.model.dtype)
+        gen = self._gen_kwargs(dict(all_gen_kwargs[0]))
+        start = time.time()
+        out = self.pruned.generate(**inputs, sample_ids=[f"{task}/{d}" for d in doc_ids], **gen)
+        elapsed = time.time() - start
+        new_ids = [o[len(i):] for i, o in zip(inputs["input_ids"], out)]
+        answers = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+        for d, stats in zip(doc_ids, self.pruned.last_stats or [{} for _ in doc_ids]):
+            self.accounting.add(task, d, stats)
+        results = []
+        for text, ids, answer in zip(texts, new_ids, answers):
+            results.append(GenerationResult(text=answer, token_counts=TokenCounts(output_tokens=len(ids))))
+            self.cache_hook.add_partial("generate_until", (text, all_gen_kwargs[0]), answer)
+        eval_logger.debug(f"hivtp_llava: {len(doc_ids)} docs in {elapsed:.3f}s")
+        return results
+
+    def _gen_kwargs(self, gen: dict[str, Any]) -> dict[str, Any]:
+        """The exact generate() arguments the stock chat class passes (defaults included)."""
+        gen.setdefault("max_new_tokens", 1024)
+        gen.setdefault("temperature", 0)
+        gen.setdefault("top_p", None)
+        gen.setdefault("num_beams", 1)
+        do_sample = gen["temperature"] > 0
+        return dict(
+            do_sample=do_sample,
+            temperature=gen["temperature"] if do_sample else None,
+            top_p=gen["top_p"],
+            num_beams=gen["num_beams"],
+            max_new_tokens=gen["max_new_tokens"],
+            use_cache=self.use_cache,
+            pad_token_id=self.eot_token_id,
+            eos_token_id=self.eot_token_id,
+        )
