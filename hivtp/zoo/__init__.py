@@ -37,6 +37,8 @@ __all__ = [
     "artifacts_dir",
     "checkpoint_dir",
     "resolve_checkpoint",
+    "trained_dir",
+    "TRAINED",
     "CHAT_TEMPLATES",
 ]
 
@@ -137,11 +139,28 @@ def checkpoint_dir(name: str) -> Path:
     return artifacts_dir() / "models" / name
 
 
+#: shipped trained checkpoints (``make toy-model`` writes them): name -> directory
+TRAINED_DIR = Path(__file__).parent / "trained"
+TRAINED = ("toy-llava",)
+
+
+def trained_dir(name: str) -> Path:
+    return TRAINED_DIR / name
+
+
 def resolve_checkpoint(name_or_path: str) -> str:
-    """A local directory, an offline shape name (built by ``make models``), or a hub id (returned
-    unchanged for ``from_pretrained``)."""
+    """A local directory, a shipped trained model (``toy-llava``), an offline shape name (random
+    weights, built by ``make models``), or a hub id (returned unchanged for ``from_pretrained``)."""
     if Path(name_or_path).is_dir():
         return str(name_or_path)
+    if name_or_path in TRAINED:
+        path = trained_dir(name_or_path)
+        if not (path / "model.safetensors").is_file():
+            raise MissingArtifactError(
+                f"the trained checkpoint {name_or_path!r} is missing from {path}; it ships with the repository "
+                "(restore it with `git checkout -- hivtp/zoo/trained`) or retrain it with `make toy-model`."
+            )
+        return str(path)
     if name_or_path in available_shapes():
         path = checkpoint_dir(name_or_path)
         if not (path / "config.json").is_file():

@@ -1,0 +1,68 @@
+"""Greedy accuracy of a (possibly pruned) model per question family, scored as the benchmarks score."""
+
+from __future__ import annotations
+
+import string
+from collections import defaultdict
+
+import torch
+
+from ..world import FAMILIES
+from .data import HELD_OUT, QAItem, chat_prompt, sample_items
+
+__all__ = ["is_correct", "held_out_items", "evaluate", "family_accuracy"]
+
+
+def _norm(text: str) -> str:
+    return text.strip().lower().translate(str.maketrans("", "", string.punctuation)).strip()
+
+
+def is_correct(family: str, prediction: str, target: str) -> bool:
+    """POPE: exact after lower/strip; MME: starts with yes/no; GQA: case- and punctuation-insensitive
+    exact match; ScienceQA: the option letter."""
+    pred = prediction.strip()
+    if family == "exist":
+        return pred.lower() == target.lower()
+    if family == "mme":
+        return _norm(pred).startswith(target.lower())
+    if family == "choice":
+        return pred.lower() == target.lower() or (len(pred) >= 2 and pred[1] == "." and pred[0].lower() == target.lower())
+    return _norm(pred) == _norm(target)
+
+
+def held_out_items(seed: int, per_family: int, families: tuple[str, ...] = FAMILIES):
+    """``per_family`` held-out questions of each family: (images, items)."""
+    images, items = [], []
+    for family in families:
+        index, got = 0, 0
+        while got < per_family:
+            imgs, its = sample_items(seed, HELD_OUT + FAMILIES.index(family) * 10**6 + index, 1, 1, (family,))
+            index += 1
+            if its:
+                items.append(QAItem(len(images), family, its[0].prompt, its[0].target))
+                images.append(imgs[0])
+                got += 1
+    return images, items
+
+
+@torch.no_grad()
+def evaluate(model, processor, images, items: list[QAItem], batch_size: int = 16, max_new_tokens: int = 4):
+    """Greedy answers for ``items``; ``model`` is an HF LLaVA or a ``hivtp.attach`` wrapper.
+    Returns a list of (item, prediction, correct)."""
+    out = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        texts = [chat_prompt(processor, it.prompt) for it in chunk]
+        inputs = processor(images=[images[it.image] for it in chunk], text=texts, return_tensors="pt", padding=True)
+        seqs = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        answers = processor.batch_decode(seqs[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        out += [(it, a, is_correct(it.family, a, it.target)) for it, a in zip(chunk, answers)]
+    return out
+
+
+def family_accuracy(results) -> dict[str, float]:
+    right, total = defaultdict(int), defaultdict(int)
+    for item, _, ok in results:
+        total[item.family] += 1
+        right[item.family] += int(ok)
+    return {f: right[f] / total[f] for f in total}
