@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-stamp
 PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
 PYTEST_ARGS ?=
 
-.PHONY: help setup models data toy-model test test-fast reproduce reproduce-paper figures sweep bench-gpu clean
+.PHONY: help setup models data toy-model latency-cpu test test-fast reproduce reproduce-paper figures sweep bench-gpu clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -38,10 +38,14 @@ reproduce: setup models  ## the offline experiment end to end (CPU, minutes)
 	$(PY) scripts/reproduce.py
 
 data: setup  ## build the offline mini-benchmarks under artifacts/data (POPE, GQA, MME, ScienceQA-IMG schemas)
-	$(PY) scripts/build_data.py
+	$(PY) scripts/build_data.py --size 200 --seed 0
 
 toy-model: setup  ## train the small LLaVA on the procedural world (2 CPU cores, <= 60 min)
 	$(PY) scripts/train_toy.py
+
+latency-cpu: setup  ## CPU latency of every method on tiny-llava (random weights), interleaved -> results/latency/cpu-tiny
+	$(PY) -m hivtp.latency --model tiny-llava --random-weights --threads 1 --repeats 10 --warmup 2 --new-tokens 16 \
+	  --methods none hivtp hivtp:budget=64 hivtp:budget=128 hivtp:budget=192 --faithful --out results/latency/cpu-tiny
 
 reproduce-paper: setup  ## the paper profile (GPU + model hub); DRY_RUN=1 only composes the configs
 	$(PY) scripts/reproduce.py --profile paper $(if $(DRY_RUN),--dry-run,)

@@ -1,0 +1,60 @@
+"""Run folders (``<runs_root>/<hash>/{accuracy,latency}.json`` + ``DONE``) -> tidy CSVs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..run import write_atomic
+
+IDENTITY = ["model", "method", "params", "budget"]
+TAIL = ["profile", "weights", "commit", "date"]
+ACCURACY_COLUMNS = IDENTITY + ["benchmark", "metric", "value", "n_samples", "tokens_kept_mean", "tokens_kept_std"] + TAIL
+LATENCY_COLUMNS = IDENTITY + TAIL + [
+    "stage", "batch", "dtype", "backend", "device", "median_ms", "p10_ms", "p90_ms", "repeats",
+    "peak_mem_mb", "flops", "tokens_kept", "tokens_per_s",
+]
+
+
+def finished_runs(runs_root: Path) -> list[Path]:
+    """Run folders marked DONE (an unfinished folder from a killed run is ignored)."""
+    return sorted(p.parent for p in Path(runs_root).glob("*/DONE"))
+
+
+def read_rows(runs_root: Path, kind: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for folder in finished_runs(runs_root):
+        path = folder / f"{kind}.json"
+        if path.exists():
+            rows.extend(json.loads(path.read_text()))
+    return rows
+
+
+def tidy(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+    """Harness columns first (missing ones empty), any extra backend columns after, stable order."""
+    frame = pd.DataFrame(rows)
+    for c in columns:
+        if c not in frame.columns:
+            frame[c] = None
+    extra = sorted(c for c in frame.columns if c not in columns)
+    frame = frame[columns + extra]
+    if len(frame):
+        frame = frame.sort_values([c for c in IDENTITY if c in frame.columns], key=lambda s: s.astype(str), kind="stable")
+    return frame.reset_index(drop=True)
+
+
+def write_table_csv(frame: pd.DataFrame, path: Path) -> None:
+    write_atomic(Path(path), frame.to_csv(index=False))
+
+
+def collect(runs_root: Path, results_dir: Path) -> dict[str, pd.DataFrame]:
+    """Write results/accuracy.csv and results/latency.csv from every finished run; return the frames."""
+    out = {}
+    for kind, columns in (("accuracy", ACCURACY_COLUMNS), ("latency", LATENCY_COLUMNS)):
+        frame = tidy(read_rows(runs_root, kind), columns)
+        write_table_csv(frame, Path(results_dir) / f"{kind}.csv")
+        out[kind] = frame
+    return out

@@ -1,0 +1,143 @@
+"""Figures from the tidy CSVs alone (PNG + PDF): accuracy vs tokens, TTFT / throughput vs tokens,
+the layer-ablation curve and the regions x window heat map. Each returns the paths it wrote, or []
+when the CSVs hold no rows for it (the caller reports that rather than drawing an empty plot)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .tables import primary_metric  # noqa: E402
+
+
+def save(fig: plt.Figure, out_dir: Path, name: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
+    for p in paths:
+        fig.savefig(p, bbox_inches="tight", dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def _params(frame: pd.DataFrame) -> pd.DataFrame:
+    parsed = frame["params"].fillna("{}").map(lambda s: json.loads(s) if isinstance(s, str) and s else {})
+    return pd.DataFrame(list(parsed), index=frame.index)
+
+
+def _primary(frame: pd.DataFrame) -> pd.DataFrame:
+    keep = [g[g["metric"] == primary_metric(list(g["metric"].unique()))] for _, g in frame.groupby("benchmark")]
+    return pd.concat(keep) if keep else frame
+
+
+def accuracy_vs_tokens(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
+    written: list[Path] = []
+    for (profile, model), rows in _primary(acc).groupby(["profile", "model"]):
+        benches = sorted(rows["benchmark"].unique())
+        fig, axes = plt.subplots(1, len(benches), figsize=(4 * len(benches), 3.4), squeeze=False)
+        for ax, bench in zip(axes[0], benches):
+            sub = rows[rows["benchmark"] == bench]
+            for method, m in sub.groupby("method"):
+                pts = m.groupby("tokens_kept_mean")["value"].mean().sort_index()
+                style = "--" if method == "none" else "-o"
+                if method == "none":
+                    ax.axhline(pts.mean(), ls="--", color="grey", label="none (all tokens)")
+                else:
+                    ax.plot(pts.index, pts.values, style, label=method, ms=4)
+            ax.set(title=f"{bench} ({sub['metric'].iloc[0]})", xlabel="visual tokens kept")
+        axes[0][0].set_ylabel("score")
+        axes[0][-1].legend(fontsize=7)
+        fig.suptitle(f"{model} [{profile}]")
+        written += save(fig, out_dir, f"accuracy_vs_tokens_{profile}_{model}")
+    return written
+
+
+def _stage(lat: pd.DataFrame, word: str) -> pd.DataFrame:
+    return lat[lat["stage"].astype(str).str.lower().str.contains(word)]
+
+
+def latency_vs_tokens(lat: pd.DataFrame, out_dir: Path) -> list[Path]:
+    written: list[Path] = []
+    ttft, decode = _stage(lat, "ttft"), _stage(lat, "decode")
+    if ttft.empty and decode.empty:
+        return written
+    for (profile, model, device), _ in lat.groupby(["profile", "model", "device"]):
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+        for ax, rows, col, label in ((axes[0], ttft, "median_ms", "TTFT (ms)"), (axes[1], decode, "tokens_per_s", "decode tokens/s")):
+            rows = rows[(rows["profile"] == profile) & (rows["model"] == model) & (rows["device"] == device)]
+            for method, m in rows.groupby("method"):
+                pts = m.groupby("tokens_kept")[col].median().sort_index()
+                ax.plot(pts.index, pts.values, "o-" if len(pts) > 1 else "o", label=method, ms=4)
+            ax.set(xlabel="visual tokens kept", ylabel=label)
+        axes[1].legend(fontsize=7)
+        fig.suptitle(f"{model} on {device} [{profile}]")
+        written += save(fig, out_dir, f"latency_vs_tokens_{profile}_{model}")
+    return written
+
+
+def layer_ablation(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Score-layer window (its middle layer) -> mean primary score; single layers as a second line."""
+    rows = _primary(acc[acc["method"] == "hivtp"]) if len(acc) else acc
+    if rows.empty:
+        return []
+    p = _params(rows)
+    if "layers" not in p:
+        return []
+    rows = rows.assign(layers=p["layers"]).dropna(subset=["layers"])
+    rows = rows.assign(layers=rows["layers"].map(lambda x: [int(v) for v in str(x).replace(",", "-").strip("[]").replace(" ", "").split("-") if v]))
+    rows = rows.assign(n=rows["layers"].map(len), mid=rows["layers"].map(lambda v: sum(v) / len(v)))
+    written: list[Path] = []
+    for (profile, model), g in rows.groupby(["profile", "model"]):
+        fig, ax = plt.subplots(figsize=(6, 3.4))
+        for n, label in ((3, "3-layer window (middle layer)"), (1, "single layer")):
+            pts = g[g["n"] == n].groupby("mid")["value"].mean().sort_index()
+            if len(pts):
+                ax.plot(pts.index, pts.values, "o-", label=label, ms=4)
+        cls = acc[(acc["method"] == "fastervlm") & (acc["profile"] == profile) & (acc["model"] == model)]
+        if len(cls):
+            ax.axhline(_primary(cls)["value"].mean(), ls=":", color="k", label="[CLS] attention (fastervlm)")
+        ax.set(xlabel="0-based encoder layer", ylabel="mean score", title=f"score layers: {model} [{profile}]")
+        ax.legend(fontsize=7)
+        written += save(fig, out_dir, f"layer_ablation_{profile}_{model}")
+    return written
+
+
+def geometry_heatmap(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """regions x window -> mean primary score, one panel per keep_ratio."""
+    rows = _primary(acc[acc["method"] == "hivtp"]) if len(acc) else acc
+    if rows.empty:
+        return []
+    p = _params(rows)
+    if not {"regions", "window", "keep_ratio"} <= set(p.columns):
+        return []
+    rows = rows.join(p[["regions", "window", "keep_ratio"]]).dropna(subset=["regions", "window", "keep_ratio"])
+    written: list[Path] = []
+    for (profile, model), g in rows.groupby(["profile", "model"]):
+        ratios = sorted(g["keep_ratio"].unique())
+        fig, axes = plt.subplots(1, len(ratios), figsize=(3.6 * len(ratios), 3.2), squeeze=False)
+        for ax, r in zip(axes[0], ratios):
+            grid = g[g["keep_ratio"] == r].pivot_table(index="regions", columns="window", values="value", aggfunc="mean")
+            im = ax.imshow(grid.values, cmap="viridis", origin="upper")
+            ax.set(xticks=range(len(grid.columns)), xticklabels=[int(c) for c in grid.columns],
+                   yticks=range(len(grid.index)), yticklabels=[int(i) for i in grid.index],
+                   xlabel="window", ylabel="regions", title=f"keep_ratio {r:g}")
+            for (i, j), v in pd.DataFrame(grid.values).stack().items():
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w", fontsize=7)
+            fig.colorbar(im, ax=ax, fraction=0.046)
+        fig.suptitle(f"geometry: {model} [{profile}]")
+        written += save(fig, out_dir, f"geometry_heatmap_{profile}_{model}")
+    return written
+
+
+def all_figures(acc: pd.DataFrame, lat: pd.DataFrame, out_dir: Path) -> dict[str, list[Path]]:
+    return {
+        "accuracy_vs_tokens": accuracy_vs_tokens(acc, out_dir) if len(acc) else [],
+        "latency_vs_tokens": latency_vs_tokens(lat, out_dir) if len(lat) else [],
+        "layer_ablation": layer_ablation(acc, out_dir),
+        "geometry_heatmap": geometry_heatmap(acc, out_dir),
+    }

@@ -1,0 +1,126 @@
+"""Tables in the paper's layout: one block per (profile, model); rows = methods x budgets (the
+unpruned model first), columns = benchmarks, then the plain average and the mean % of the unpruned
+model (per benchmark value / unpruned value, averaged, so MME's scale does not swamp the others)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+# Which metric stands for a benchmark when a task reports several (first present wins).
+PRIMARY_METRICS = ("f1", "pope_f1_score", "accuracy", "acc", "exact_match", "mme_perception_score", "mme_total_score", "score")
+METHOD_ORDER = ("none", "random", "pool", "fastv", "fastervlm", "visionzip", "divprune", "hivtp")
+
+
+def primary_metric(metrics: list[str]) -> str:
+    for name in PRIMARY_METRICS:
+        if name in metrics:
+            return name
+    return sorted(metrics)[0]
+
+
+def _budget_label(row: pd.Series) -> str:
+    b = row["budget"]
+    if b is None or (isinstance(b, float) and math.isnan(b)) or b == "":
+        return "all" if row["method"] == "none" else "default"
+    return str(int(float(b)))
+
+
+def _method_rank(name: str) -> int:
+    return METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER)
+
+
+def accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One model/profile's accuracy rows -> the table (index: method, budget, tokens)."""
+    if frame.empty:
+        return pd.DataFrame()
+    frame = frame.copy()
+    frame["budget_label"] = frame.apply(_budget_label, axis=1)
+    keep = []
+    for bench, group in frame.groupby("benchmark", sort=True):
+        keep.append(group[group["metric"] == primary_metric(list(group["metric"].unique()))])
+    frame = pd.concat(keep)
+    # Several runs with the same method/budget (e.g. a layers sweep) are told apart by params.
+    dup = frame.groupby(["method", "budget_label"])["params"].transform("nunique") > 1
+    frame.loc[dup, "budget_label"] = frame.loc[dup, "budget_label"] + " " + frame.loc[dup, "params"]
+    table = frame.pivot_table(index=["method", "budget_label"], columns="benchmark", values="value", aggfunc="mean")
+    tokens = frame.groupby(["method", "budget_label"])["tokens_kept_mean"].mean()
+    benches = list(table.columns)
+    if (table[benches].abs() <= 1).all().all():  # a plain average only when every column is a 0-1 score
+        table["Avg"] = table[benches].mean(axis=1)  # (MME's 0-800 scale would swamp it; % unpruned does not)
+    if "none" in table.index.get_level_values("method"):
+        base = table.xs("none", level="method")[benches].iloc[0]
+        table["% unpruned"] = (table[benches] / base * 100).mean(axis=1)
+    table.insert(0, "tokens", tokens.reindex(table.index))
+    order = sorted(table.index, key=lambda k: (_method_rank(k[0]), k[0], _sort_budget(k[1])))
+    table = table.loc[order]
+    table.index.names = ["method", "budget"]
+    table.columns.name = None
+    return table
+
+
+def _sort_budget(label: str) -> tuple[int, str]:
+    head = label.split(" ")[0]
+    return (int(head), label) if head.isdigit() else (10**9, label)
+
+
+def latency_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One model/profile/device's latency rows -> median ms per stage (index: method, budget)."""
+    if frame.empty:
+        return pd.DataFrame()
+    frame = frame.copy()
+    frame["budget_label"] = frame.apply(_budget_label, axis=1)
+    table = frame.pivot_table(index=["method", "budget_label"], columns="stage", values="median_ms", aggfunc="median")
+    table = table.rename(columns=lambda s: f"{s} ms")
+    if "tokens_per_s" in frame and frame["tokens_per_s"].notna().any():
+        table["tokens/s"] = frame.groupby(["method", "budget_label"])["tokens_per_s"].max()
+    order = sorted(table.index, key=lambda k: (_method_rank(k[0]), k[0], _sort_budget(k[1])))
+    table = table.loc[order]
+    table.index.names = ["method", "budget"]
+    table.columns.name = None
+    return table
+
+
+def _cell(v: object) -> str:
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.2f}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    if table.empty:
+        return "_no rows_\n"
+    head = list(table.index.names) + list(table.columns)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, row in table.iterrows():
+        lines.append("| " + " | ".join([str(k) for k in key] + [_cell(v) for v in row]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _tex(s: str) -> str:
+    """Escape the LaTeX specials that occur in method names, params and benchmark names."""
+    for a, b in (("\\", "\\textbackslash "), ("_", "\\_"), ("%", "\\%"), ("&", "\\&"), ("#", "\\#"),
+                 ("{", "\\{"), ("}", "\\}"), ("$", "\\$")):
+        s = s.replace(a, b)
+    return s
+
+
+def to_latex(table: pd.DataFrame, caption: str = "") -> str:
+    """A booktabs tabular, the unpruned row set apart by a rule (as in the paper's tables)."""
+    if table.empty:
+        return "% no rows\n"
+    head = list(table.index.names) + list(table.columns)
+    lines = [
+        "\\begin{table}[t]", "\\centering", f"\\caption{{{_tex(caption)}}}",
+        "\\begin{tabular}{ll" + "r" * len(table.columns) + "}", "\\toprule",
+        " & ".join(_tex(str(h)) for h in head) + " \\\\", "\\midrule",
+    ]
+    previous = None
+    for key, row in table.iterrows():
+        if previous == "none" and key[0] != "none":
+            lines.append("\\midrule")
+        previous = key[0]
+        lines.append(" & ".join([_tex(str(k)) for k in key] + [_tex(_cell(v)) for v in row]) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    return "\n".join(lines) + "\n"

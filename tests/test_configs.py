@@ -1,0 +1,154 @@
+"""Every experiment and sweep config composes (Hydra compose API), every sweep job composes to a
+config the runner accepts, and the SLURM launcher (hydra-submitit-launcher) composes."""
+
+from __future__ import annotations
+
+import pytest
+
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from hivtp.methods import available_methods
+from hivtp.run import CONFIG_DIR, check_method, identity, method_params, plain, run_hash
+
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+SWEEPS = sorted(p.stem for p in (CONFIG_DIR / "sweep").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
+
+
+def compose_(overrides: list[str], hydra_cfg: bool = False):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=hydra_cfg)
+
+
+def sweep_jobs(name: str, extra: list[str] = ()) -> list[list[str]]:
+    """Expand a sweep's hydra.sweeper.params exactly as the basic sweeper does (cartesian product)."""
+    cfg = compose_([f"+sweep={name}", *extra], hydra_cfg=True)
+    params = cfg.hydra.sweeper.params or {}
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    jobs: list[list[str]] = [[]]
+    for ov in parsed:
+        values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.get_value_element_as_str()]
+        jobs = [j + [f"{ov.get_key_element()}={v}"] for j in jobs for v in values]
+    return jobs
+
+
+def test_expected_groups_exist():
+    assert {"offline", "paper_llava15", "paper_llava_next"} <= set(EXPERIMENTS)
+    assert {"layers", "geometry", "budgets", "stages"} <= set(SWEEPS)
+    assert {"tiny-llava", "tiny-llava-next", "toy-llava", "llava-1.5-7b", "llava-v1.6-vicuna-7b", "llava-v1.6-mistral-7b"} <= set(MODELS)
+    methods = {p.stem for p in (CONFIG_DIR / "method").glob("*.yaml")}
+    # every registered method has its config, and every config names a registered method
+    assert methods == set(available_methods())
+    assert {"none", "hivtp", "random", "pool", "fastervlm", "visionzip", "divprune", "fastv"} <= methods
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes(name):
+    cfg = compose_([f"+experiment={name}"])
+    assert cfg.profile in ("offline", "paper")
+    assert cfg.mode in ("accuracy", "latency", "both")
+    if name.startswith("paper"):
+        assert cfg.profile == "paper" and cfg.model.weights == "pretrained" and "/" in cfg.model.pretrained
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_sweep_jobs_compose(name):
+    jobs = sweep_jobs(name)
+    assert jobs, name
+    hashes = set()
+    registered = set(available_methods())
+    for job in jobs:
+        cfg = plain(compose_([f"+sweep={name}", *job]))
+        hashes.add(run_hash(cfg))
+        # methods that are registered must accept the params (invalid geometry only where skip_invalid)
+        if cfg["method"]["name"] in registered and not cfg.get("skip_invalid"):
+            check_method(cfg)
+    assert len(hashes) == len(jobs), "two jobs of one sweep would share a run folder"
+
+
+def test_sweep_sizes_match_the_design():
+    assert len(sweep_jobs("layers")) == 21 + 23  # windows 0-2..20-22 and single layers 0..22 (24-layer CLIP)
+    assert len(sweep_jobs("geometry")) == 4 * 4 * 3
+    assert len(sweep_jobs("budgets")) == 7 * 3
+    assert {j[1] for j in sweep_jobs("budgets_next")} == {"method.params.budget=160", "method.params.budget=320", "method.params.budget=640"}
+
+
+def test_stages_arms_reach_matched_token_counts():
+    """global only / both / (near-)local only all end at exactly 144 tokens on a 24x24 grid."""
+    import torch
+
+    from hivtp.selection import fit_to_budget, select_masks
+
+    scores = torch.rand(1, 24, 24, generator=torch.Generator().manual_seed(0))
+    counts = {}
+    for job in sweep_jobs("stages"):
+        p = method_params(plain(compose_(["+sweep=stages", *job])))
+        sel = fit_to_budget(scores, select_masks(scores, p["regions"], p["keep_ratio"], p["window"]), p["budget"])
+        c = sel.counts()
+        counts[p["keep_ratio"]] = (int(c["tokens_global"]), int(c["tokens_local"]))
+    assert counts[0.25] == (144, 0)
+    assert counts[0.125] == (72, 72)
+    assert counts[1 / 144] == (4, 140)
+
+
+def test_geometry_invalid_pairs_are_exactly_the_non_dividing_ones():
+    from hivtp.errors import ConfigError
+
+    invalid = set()
+    for job in sweep_jobs("geometry"):
+        cfg = plain(compose_(["+sweep=geometry", *job]))
+        try:
+            check_method(cfg)
+        except ConfigError:
+            p = method_params(cfg)
+            invalid.add((p["regions"], p["window"]))
+    assert invalid == {(3, 3), (4, 4)}
+
+
+def test_slurm_launcher_composes():
+    cfg = compose_(["launcher=slurm", "+sweep=budgets", "+experiment=paper_llava15"], hydra_cfg=True)
+    assert cfg.hydra.launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert cfg.hydra.launcher.gpus_per_node == 1
+    from hydra.utils import get_class
+
+    assert get_class(cfg.hydra.launcher._target_).__name__ == "SlurmLauncher"
+
+
+def test_identity_drops_nulls_and_bookkeeping():
+    ident = identity(plain(compose_(["force=true"])))
+    assert ident["method"] == {"name": "hivtp", "params": {}}
+    assert "force" not in ident and "runs_root" not in ident and "backend" not in ident
+
+
+def _reproduce():
+    import importlib.util
+
+    from hivtp.run import REPO
+
+    spec = importlib.util.spec_from_file_location("reproduce", REPO / "scripts" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reproduce_paper_dry_run_composes(tmp_path, capsys):
+    assert _reproduce().main(["--profile", "paper", "--dry-run", "--runs-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "44 runs composed" in out and "llava-1.5-7b hivtp {'budget': 64}" in out
+    assert "llava-v1.6-vicuna-7b hivtp {'budget': 640}" in out
+    assert not any(tmp_path.iterdir())  # nothing ran
+
+
+def test_reproduce_offline_plan_has_unique_runs(tmp_path):
+    r = _reproduce()
+    configs = r.compose_all(r.offline_plan("tiny-llava", ["random"], 4), tmp_path)
+    hashes = {run_hash(plain(c)) for c in configs}
+    # none, hivtp x 3 budgets, random x 3, one latency run
+    assert len(hashes) == len(configs) == 1 + 3 + 3 + 1
+    assert all(plain(c)["profile"] == "offline" for c in configs)
+    modes = [plain(c)["mode"] for c in configs]
+    assert modes.count("latency") == 1 and modes.count("accuracy") == len(configs) - 1
+    timed = plain(configs[modes.index("latency")])["latency"]["methods"]
+    # every method is timed in the one process, interleaved, so that ratios are like for like
+    assert {t.split(":")[0] for t in timed} == {"none", "hivtp", "random"} and "random:budget=64" in timed

@@ -1,0 +1,156 @@
+"""The runner's orchestration (hash folders, skip finished, atomic writes, resume after a kill) with
+fake backends, and one end-to-end run through the real latency and accuracy backends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from hivtp.errors import ConfigError
+from hivtp.run import CONFIG_DIR, REPO, execute, plain, run_hash, write_atomic
+
+FAKE = ["backend.accuracy=fake_backends:accuracy", "backend.latency=fake_backends:latency"]
+
+
+def cfg_of(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def calls(log: Path) -> list[dict]:
+    return [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+
+
+@pytest.fixture
+def fake_log(tmp_path, monkeypatch):
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("HIVTP_FAKE_LOG", str(log))
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
+    return log
+
+
+def test_hash_ignores_non_identity_keys_and_null_params(tmp_path):
+    a = plain(cfg_of([f"runs_root={tmp_path}"]))
+    b = plain(cfg_of(["runs_root=/elsewhere", "force=true", "progress=false", *FAKE]))
+    assert run_hash(a) == run_hash(b)
+    c = plain(cfg_of(["method.params.budget=128"]))
+    assert run_hash(c) != run_hash(a)
+    # accuracy-only runs do not depend on the latency protocol
+    d = plain(cfg_of(["mode=accuracy", "latency=cpu"]))
+    e = plain(cfg_of(["mode=accuracy", "latency=gpu"]))
+    assert run_hash(d) == run_hash(e)
+
+
+def test_run_writes_rows_and_skips_when_finished(tmp_path, fake_log):
+    cfg = cfg_of([f"runs_root={tmp_path / 'runs'}", "method.params.keep_ratio=0.5", *FAKE])
+    folder = execute(cfg)
+    assert folder.name == run_hash(plain(cfg))
+    assert (folder / "DONE").exists()
+    acc = json.loads((folder / "accuracy.json").read_text())
+    lat = json.loads((folder / "latency.json").read_text())
+    assert {r["benchmark"] for r in acc} == {"hivtp_pope_adv", "hivtp_gqa", "hivtp_mme", "hivtp_scienceqa_img"}
+    assert acc[0]["params"] == '{"keep_ratio": 0.5}' and acc[0]["profile"] == "offline" and acc[0]["method"] == "hivtp"
+    assert lat[0]["weights"] == "random" and lat[0]["model"] == "tiny-llava"
+    assert len(calls(fake_log)) == 2
+    execute(cfg)  # finished: nothing runs again
+    assert len(calls(fake_log)) == 2
+    execute(cfg_of([f"runs_root={tmp_path / 'runs'}", "method.params.keep_ratio=0.5", "force=true", *FAKE]))
+    assert len(calls(fake_log)) == 4
+
+
+def test_part_finished_before_a_kill_is_kept(tmp_path, fake_log):
+    cfg = cfg_of([f"runs_root={tmp_path}", *FAKE])
+    folder = tmp_path / run_hash(plain(cfg))
+    write_atomic(folder / "accuracy.json", "[]\n")  # accuracy finished, then the process died
+    execute(cfg)
+    assert [c["kind"] for c in calls(fake_log)] == ["latency"]
+    assert (folder / "DONE").exists()
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    path = tmp_path / "x.json"
+    write_atomic(path, "old\n")
+
+    with pytest.raises(TypeError):
+        write_atomic(path, None)  # type: ignore[arg-type]
+    assert path.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temp file left behind
+
+
+def test_bad_config_errors_clearly(tmp_path, fake_log):
+    with pytest.raises(ConfigError, match="mode must be"):
+        execute(cfg_of([f"runs_root={tmp_path}", "mode=speed", *FAKE]))
+    with pytest.raises(ConfigError, match="window"):
+        execute(cfg_of([f"runs_root={tmp_path}", "method.params.regions=3", "method.params.window=3", *FAKE]))
+    with pytest.raises(ConfigError, match="module:function"):
+        execute(cfg_of([f"runs_root={tmp_path}", "backend.accuracy=nocolon", "mode=accuracy"]))
+    assert calls(fake_log) == []
+
+
+def test_invalid_geometry_is_marked_when_skip_invalid(tmp_path, fake_log):
+    folder = execute(cfg_of([f"runs_root={tmp_path}", "method.params.regions=4", "method.params.window=4",
+                             "skip_invalid=true", *FAKE]))
+    assert "window" in (folder / "INVALID").read_text()
+    assert (folder / "DONE").exists() and calls(fake_log) == []
+
+
+def _sweep(runs: Path, log: Path, hang: str | None) -> subprocess.Popen:
+    env = dict(os.environ, HIVTP_FAKE_LOG=str(log), PYTHONPATH=f"{REPO}:{REPO / 'tests'}")
+    env.pop("HIVTP_FAKE_HANG", None)
+    if hang:
+        env["HIVTP_FAKE_HANG"] = hang
+    cmd = [sys.executable, "-m", "hivtp.run", "-m", f"runs_root={runs}", "mode=accuracy", *FAKE,
+           "method.params.keep_ratio=0.125,0.25,0.5,1.0"]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
+    runs, log = tmp_path / "runs", tmp_path / "calls.jsonl"
+    proc = _sweep(runs, log, hang="0.5")  # the third job hangs: kill the sweep there
+    deadline = time.time() + 120
+    while len(calls(log)) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert [c["params"]["keep_ratio"] for c in calls(log)] == [0.125, 0.25]
+    assert len(list(runs.glob("*/DONE"))) == 2
+    proc = _sweep(runs, log, hang=None)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out
+    assert [c["params"]["keep_ratio"] for c in calls(log)] == [0.125, 0.25, 0.5, 1.0]
+    assert out.count("[hivtp.run] skip") == 2
+    assert len(list(runs.glob("*/DONE"))) == 4
+
+
+@pytest.mark.slow
+def test_tiny_sweep_end_to_end_with_real_backends(tmp_path):
+    """Two methods through the real hivtp.lmms.runner and hivtp.latency, then the collector and reports."""
+    from hivtp.results import collect
+    from hivtp.results.report import write_reports
+
+    from eval.builders import build_pope
+
+    runs, results, data = tmp_path / "runs", tmp_path / "results", tmp_path / "data"
+    build_pope(4, seed=0).save_to_disk(str(data / "pope"))
+    cmd = [sys.executable, "-m", "hivtp.run", "-m", f"runs_root={runs}", "model=toy-llava", "method=none,hivtp",
+           "benchmark.tasks=[hivtp_pope_adv]", "benchmark.limit=2", f"benchmark.data_dir={data}",
+           "latency.repeats=1", "latency.warmup=0",
+           "latency.new_tokens=2", "progress=false"]
+    out = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    frames = collect(runs, results)
+    assert set(frames["accuracy"]["method"]) == {"none", "hivtp"}
+    assert set(frames["latency"]["method"]) == {"none", "hivtp"}
+    assert (frames["accuracy"]["profile"] == "offline").all()
+    written = write_reports(results)
+    assert (results / "ledger.md").exists() and any(p.suffix == ".png" for p in written)
