@@ -11,9 +11,12 @@ did not finish. Offline rows are marked profile=offline and are never compared w
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +29,9 @@ from hivtp.run import CONFIG_DIR, execute, method_params, plain, run_hash  # noq
 # The offline plan, budgeted for <= 15 min on 2 cores.
 BUDGETS = (64, 128, 192)
 LATENCY_BUDGETS = (64, 192)
+# toy-llava's encoder has 12 layers and its feature layer is the output of layer 10 (0-based)
+LAYER_WINDOWS = ("0-1-2", "2-3-4", "4-5-6", "6-7-8", "8-9-10")
+GEOMETRIES = tuple((r, w) for r in (1, 2, 3) for w in (1, 2))  # all valid on the 24x24 grid
 # The offline models' language models have 2 layers: FastV's default K=2 would leave no layer to prune,
 # so offline runs rank at layer 1 (after one full layer). The paper profile keeps K=2.
 OFFLINE_EXTRA = {"fastv": {"k_layer": 1}}
@@ -36,13 +42,18 @@ def _extra(method: str, sep: str) -> list[str]:
 
 
 def offline_plan(model: str, methods: list[str], limit: int) -> list[list[str]]:
-    """Accuracy runs (none, then every method at every budget) and one latency run that times every
-    method interleaved in one process, so that its ratios are like for like. The ablations (score
-    layers, geometry, stages) are sweeps: `make sweep SWEEP=layers_offline` etc."""
+    """Accuracy runs (none, then every method at every budget), small score-layer and geometry
+    ablations on POPE-adversarial, and one latency run that times every method interleaved in one
+    process, so that its ratios are like for like. The full ablations are sweeps
+    (`make sweep SWEEP=layers_offline`, `geometry`, `stages`)."""
     base = ["+experiment=offline", f"model={model}", f"benchmark.limit={limit}", "mode=accuracy"]
     plan = [base + ["method=none"]]
     plan += [base + [f"method={m}", f"method.params.budget={b}", *_extra(m, " ")]
              for m in ["hivtp", *methods] for b in BUDGETS]
+    pope = base + ["benchmark.tasks=[hivtp_pope_adv]", "method=hivtp"]
+    plan += [pope + ["method.params.budget=128", f"method.params.layers={w}"] for w in LAYER_WINDOWS]
+    plan += [pope + ["method.params.keep_ratio=0.25", f"method.params.regions={r}", f"method.params.window={w}"]
+             for r, w in GEOMETRIES]
     timed = ["none", "hivtp"] + [",".join([f"{m}:budget={b}", *_extra(m, ",")])
                                  for m in ["hivtp", *methods] for b in LATENCY_BUDGETS]
     plan.append(["+experiment=offline", f"model={model}", "mode=latency", "method=none",
@@ -120,11 +131,47 @@ def token_pictures(model_name: str, out: Path) -> None:
     token_picture(model, processor, images, out, name=f"token_picture_offline_{model_name}")
 
 
+def run_all(configs: list, jobs: int, start: float) -> None:
+    """Accuracy runs ``jobs`` at a time (each lmms-eval subprocess on its own core: most of a run is
+    single-threaded start-up and task indexing), then latency runs one at a time, alone, so that
+    nothing else competes with the clock."""
+    accuracy = [c for c in configs if c.mode == "accuracy"]
+    timed = [c for c in configs if c.mode != "accuracy"]
+    done, lock = [0], threading.Lock()
+
+    def one(cfg) -> None:
+        execute(cfg)
+        with lock:
+            done[0] += 1
+            print(f"[reproduce] {done[0]}/{len(configs)} runs finished ({time.perf_counter() - start:.0f} s)", flush=True)
+
+    if jobs > 1 and len(accuracy) > 1:
+        threads = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = "1"  # read by the lmms-eval subprocesses, not by this process
+        for c in accuracy:
+            c.progress = False  # interleaved lmms-eval logs would be unreadable; each run's log is in its folder
+        try:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                for future in [pool.submit(one, c) for c in accuracy]:
+                    future.result()  # re-raises the first failure; finished runs stay finished
+        finally:
+            if threads is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = threads
+    else:
+        for cfg in accuracy:
+            one(cfg)
+    for cfg in timed:
+        one(cfg)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=("offline", "paper"), default="offline")
     parser.add_argument("--dry-run", action="store_true", help="compose and list the runs; run nothing")
     parser.add_argument("--limit", type=int, default=20, help="offline samples per task (even: MME scores pairs; default 20)")
+    parser.add_argument("--jobs", type=int, default=2, help="accuracy runs at a time (default 2: one per core)")
     parser.add_argument("--results", type=Path, default=ROOT / "results")
     parser.add_argument("--runs-root", type=Path, default=None, help="default: artifacts/runs/<profile>")
     args = parser.parse_args(argv)
@@ -149,9 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile == "offline":
         ensure_offline_artifacts(model)
     start = time.perf_counter()
-    for i, cfg in enumerate(configs):
-        print(f"[reproduce] run {i + 1}/{len(configs)} ({time.perf_counter() - start:.0f} s so far)", flush=True)
-        execute(cfg)
+    run_all(configs, args.jobs, start)
 
     from hivtp.results import collect
     from hivtp.results.report import write_reports

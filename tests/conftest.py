@@ -14,33 +14,35 @@ def _deterministic():
     yield
 
 
+def _checkpoint(tmp_path_factory, shape: str):
+    return build_checkpoint(shape, tmp_path_factory.mktemp("ckpt") / shape, seed=0)
+
+
+def _load(model_class: str, path):
+    """(model, processor) loaded with from_pretrained, exactly as a hub checkpoint would be."""
+    import transformers
+
+    model = getattr(transformers, model_class).from_pretrained(path).eval()
+    return model, transformers.AutoProcessor.from_pretrained(path)
+
+
 @pytest.fixture(scope="session")
 def tiny_llava_dir(tmp_path_factory):
     """A tiny LLaVA-1.5 checkpoint on disk (random weights, shipped tokenizer)."""
-    return build_checkpoint("tiny-llava", tmp_path_factory.mktemp("ckpt") / "tiny-llava", seed=0)
+    return _checkpoint(tmp_path_factory, "tiny-llava")
 
 
 @pytest.fixture(scope="session")
 def tiny_llava(tiny_llava_dir):
-    """(model, processor) loaded with from_pretrained, exactly as a hub checkpoint would be."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-    model = LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir).eval()
-    processor = AutoProcessor.from_pretrained(tiny_llava_dir)
-    return model, processor
+    return _load("LlavaForConditionalGeneration", tiny_llava_dir)
 
 
 @pytest.fixture(scope="session")
 def tiny_llava_next_dir(tmp_path_factory):
     """A tiny LLaVA-NeXT checkpoint on disk (random weights, shipped tokenizer, 3 grid pinpoints)."""
-    return build_checkpoint("tiny-llava-next", tmp_path_factory.mktemp("ckpt") / "tiny-llava-next", seed=0)
+    return _checkpoint(tmp_path_factory, "tiny-llava-next")
 
 
 @pytest.fixture(scope="session")
 def tiny_llava_next(tiny_llava_next_dir):
-    """(model, processor) of the tiny LLaVA-NeXT, loaded with from_pretrained."""
-    from transformers import AutoProcessor, LlavaNextForConditionalGeneration
-
-    model = LlavaNextForConditionalGeneration.from_pretrained(tiny_llava_next_dir).eval()
-    processor = AutoProcessor.from_pretrained(tiny_llava_next_dir)
-    return model, processor
+    return _load("LlavaNextForConditionalGeneration", tiny_llava_next_dir)

@@ -144,8 +144,8 @@ def test_reproduce_offline_plan_has_unique_runs(tmp_path):
     r = _reproduce()
     configs = r.compose_all(r.offline_plan("tiny-llava", ["random"], 4), tmp_path)
     hashes = {run_hash(plain(c)) for c in configs}
-    # none, hivtp x 3 budgets, random x 3, one latency run
-    assert len(hashes) == len(configs) == 1 + 3 + 3 + 1
+    # none, hivtp x 3 budgets, random x 3, 5 score-layer windows, 6 geometries, one latency run
+    assert len(hashes) == len(configs) == 1 + 3 + 3 + 5 + 6 + 1
     assert all(plain(c)["profile"] == "offline" for c in configs)
     modes = [plain(c)["mode"] for c in configs]
     assert modes.count("latency") == 1 and modes.count("accuracy") == len(configs) - 1

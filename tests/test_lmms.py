@@ -178,6 +178,17 @@ def _corrupt_pope(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow  # one lmms-eval subprocess (~15 s on 2 cores)
+def test_llava_next_checkpoint_through_the_plugin_keeps_exact_image_budgets(tiny_llava_next_dir, data_dir, tmp_path):
+    rows = run_accuracy(str(tiny_llava_next_dir), "hivtp", {"budget": 160}, [TASK], limit=LIMIT, batch_size=2,
+                        output_dir=tmp_path, data_dir=data_dir)
+    samples = read_samples(tmp_path / "accounting", TASK)
+    assert [s["doc_id"] for s in samples] == list(range(LIMIT))
+    assert all(s["tokens_base"] + s["tokens_tiles"] == 160 for s in samples)  # newlines are not counted
+    assert all(s["tokens_kept"] == 160 + s["tokens_newline"] for s in samples)
+    assert rows and all(r["benchmark"] == TASK and r["budget"] == 160 for r in rows)
+
+
+@pytest.mark.slow  # one lmms-eval subprocess (~15 s on 2 cores)
 def test_unreadable_image_names_the_sample(tiny_llava_dir, tmp_path):
     include = _corrupt_pope(tmp_path)
     with pytest.raises(EvalRunError, match=r"hivtp_pope_adv.*doc_id 1"):

@@ -80,15 +80,23 @@ def latency_vs_tokens(lat: pd.DataFrame, out_dir: Path) -> list[Path]:
     return written
 
 
-def layer_ablation(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Score-layer window (its middle layer) -> mean primary score; single layers as a second line."""
+def _hivtp_rows_with(acc: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """HIVTP's primary-metric rows whose params set every one of ``keys`` (as columns)."""
     rows = _primary(acc[acc["method"] == "hivtp"]) if len(acc) else acc
     if rows.empty:
-        return []
+        return rows
     p = _params(rows)
-    if "layers" not in p:
+    if not set(keys) <= set(p.columns):
+        return rows.iloc[:0]
+    return rows.join(p[keys]).dropna(subset=keys)
+
+
+def layer_ablation(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Score-layer window (its middle layer) -> mean primary score; single layers as a second line;
+    [CLS] attention (fastervlm) on the same benchmarks and budgets as a reference line."""
+    rows = _hivtp_rows_with(acc, ["layers"])
+    if rows.empty:
         return []
-    rows = rows.assign(layers=p["layers"]).dropna(subset=["layers"])
     rows = rows.assign(layers=rows["layers"].map(lambda x: [int(v) for v in str(x).replace(",", "-").strip("[]").replace(" ", "").split("-") if v]))
     rows = rows.assign(n=rows["layers"].map(len), mid=rows["layers"].map(lambda v: sum(v) / len(v)))
     written: list[Path] = []
@@ -98,7 +106,8 @@ def layer_ablation(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
             pts = g[g["n"] == n].groupby("mid")["value"].mean().sort_index()
             if len(pts):
                 ax.plot(pts.index, pts.values, "o-", label=label, ms=4)
-        cls = acc[(acc["method"] == "fastervlm") & (acc["profile"] == profile) & (acc["model"] == model)]
+        cls = acc[(acc["method"] == "fastervlm") & (acc["profile"] == profile) & (acc["model"] == model)
+                  & acc["benchmark"].isin(g["benchmark"].unique()) & acc["budget"].isin(g["budget"].unique())]
         if len(cls):
             ax.axhline(_primary(cls)["value"].mean(), ls=":", color="k", label="[CLS] attention (fastervlm)")
         ax.set(xlabel="0-based encoder layer", ylabel="mean score", title=f"score layers: {model} [{profile}]")
@@ -109,13 +118,9 @@ def layer_ablation(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 def geometry_heatmap(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
     """regions x window -> mean primary score, one panel per keep_ratio."""
-    rows = _primary(acc[acc["method"] == "hivtp"]) if len(acc) else acc
+    rows = _hivtp_rows_with(acc, ["regions", "window", "keep_ratio"])
     if rows.empty:
         return []
-    p = _params(rows)
-    if not {"regions", "window", "keep_ratio"} <= set(p.columns):
-        return []
-    rows = rows.join(p[["regions", "window", "keep_ratio"]]).dropna(subset=["regions", "window", "keep_ratio"])
     written: list[Path] = []
     for (profile, model), g in rows.groupby(["profile", "model"]):
         ratios = sorted(g["keep_ratio"].unique())
