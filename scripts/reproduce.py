@@ -31,7 +31,7 @@ BUDGETS = (64, 128, 192)
 LATENCY_BUDGETS = (64, 192)
 # toy-llava's encoder has 12 layers and its feature layer is the output of layer 10 (0-based)
 LAYER_WINDOWS = ("0-1-2", "2-3-4", "4-5-6", "6-7-8", "8-9-10")
-GEOMETRIES = tuple((r, w) for r in (1, 2, 3) for w in (1, 2))  # all valid on the 24x24 grid
+GEOMETRIES = tuple((r, w) for r in (1, 2, 3) for w in (2, 4))  # all valid on 24x24; window 1 keeps every token
 # The offline models' language models have 2 layers: FastV's default K=2 would leave no layer to prune,
 # so offline runs rank at layer 1 (after one full layer). The paper profile keeps K=2.
 OFFLINE_EXTRA = {"fastv": {"k_layer": 1}}

@@ -8,12 +8,12 @@ import sys
 
 import pandas as pd
 import pytest
-from results_fixtures import accuracy_frame, latency_frame, sweep_frame
+from results_fixtures import acc_row, accuracy_frame, latency_frame, sweep_frame
 
 from hivtp.errors import ConfigError
 from hivtp.results import ACCURACY_COLUMNS, collect, ledger_markdown
 from hivtp.results.report import write_reports
-from hivtp.results.tables import accuracy_table, latency_table, to_latex, to_markdown
+from hivtp.results.tables import accuracy_table, latency_table, split_ablations, to_latex, to_markdown
 from hivtp.run import REPO, write_atomic, write_json
 
 
@@ -47,6 +47,19 @@ def test_accuracy_table_layout_and_numbers():
     assert "Avg" not in accuracy_table(mme).columns
     tex = to_latex(t, caption="acc")
     assert "\\% unpruned" in tex and tex.count("\\midrule") == 2 and "hivtp & 128 & 128.00" in tex
+
+
+def test_ablation_runs_on_a_subset_of_benchmarks_get_their_own_table():
+    main = accuracy_frame()
+    main["run"] = main["method"] + main["params"]
+    ablation = pd.DataFrame([acc_row("hivtp", {"budget": 128, "layers": "0-1-2"}, "pope", 0.60, metric="f1", tokens=128)],
+                            columns=ACCURACY_COLUMNS).assign(run="layers012")
+    full, rest = split_ablations(pd.concat([main, ablation], ignore_index=True))
+    assert set(full["run"]) == set(main["run"])
+    # the ablation table: the unpruned reference on POPE only, then the ablation run
+    t = accuracy_table(rest)
+    assert list(t.columns) == ["tokens", "pope", "Avg", "% unpruned"]
+    assert t.iloc[-1]["% unpruned"] == pytest.approx(0.60 / 0.80 * 100)
 
 
 def test_latency_table():

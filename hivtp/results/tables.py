@@ -31,6 +31,22 @@ def _method_rank(name: str) -> int:
     return METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER)
 
 
+def split_ablations(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(main, ablations): runs that cover every benchmark of the frame make the main table; runs on a
+    subset (e.g. score-layer or geometry ablations on POPE) go to a second table, with the unpruned
+    rows of those benchmarks as its reference. Runs are told apart by the ``run`` column."""
+    if "run" not in frame.columns or frame.empty:
+        return frame, frame.iloc[:0]
+    benches = set(frame["benchmark"])
+    full = frame.groupby("run")["benchmark"].agg(lambda b: set(b) == benches)
+    main = frame[frame["run"].map(full)]
+    rest = frame[~frame["run"].map(full)]
+    if rest.empty:
+        return main, rest
+    reference = main[(main["method"] == "none") & main["benchmark"].isin(set(rest["benchmark"]))]
+    return main, pd.concat([reference, rest])
+
+
 def accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One model/profile's accuracy rows -> the table (index: method, budget, tokens)."""
     if frame.empty:
