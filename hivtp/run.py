@@ -20,13 +20,13 @@ import importlib
 import json
 import logging
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ConfigError
+from .latency.fingerprint import git_commit
 
 log = logging.getLogger("hivtp.run")
 REPO = Path(__file__).resolve().parents[1]
@@ -97,14 +97,6 @@ def load_callable(spec: str) -> Callable[..., Any]:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
         raise ConfigError(f"cannot load backend {spec!r} ({e}); is that part of hivtp installed?") from e
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def run_accuracy_part(cfg: dict[str, Any], folder: Path) -> list[dict[str, Any]]:

@@ -37,8 +37,9 @@ GEOMETRIES = tuple((r, w) for r in (1, 2, 3) for w in (2, 4))  # all valid on 24
 OFFLINE_EXTRA = {"fastv": {"k_layer": 1}}
 
 
-def _extra(method: str, sep: str) -> list[str]:
-    return [f"{k}={v}" if sep == "," else f"method.params.{k}={v}" for k, v in OFFLINE_EXTRA.get(method, {}).items()]
+def _extra(method: str) -> list[str]:
+    """The method's offline-only parameters as ``key=value`` items."""
+    return [f"{k}={v}" for k, v in OFFLINE_EXTRA.get(method, {}).items()]
 
 
 def offline_plan(model: str, methods: list[str], limit: int) -> list[list[str]]:
@@ -48,13 +49,13 @@ def offline_plan(model: str, methods: list[str], limit: int) -> list[list[str]]:
     (`make sweep SWEEP=layers_offline`, `geometry`, `stages`)."""
     base = ["+experiment=offline", f"model={model}", f"benchmark.limit={limit}", "mode=accuracy"]
     plan = [base + ["method=none"]]
-    plan += [base + [f"method={m}", f"method.params.budget={b}", *_extra(m, " ")]
+    plan += [base + [f"method={m}", f"method.params.budget={b}", *(f"method.params.{e}" for e in _extra(m))]
              for m in ["hivtp", *methods] for b in BUDGETS]
     pope = base + ["benchmark.tasks=[hivtp_pope_adv]", "method=hivtp"]
     plan += [pope + ["method.params.budget=128", f"method.params.layers={w}"] for w in LAYER_WINDOWS]
     plan += [pope + ["method.params.keep_ratio=0.25", f"method.params.regions={r}", f"method.params.window={w}"]
              for r, w in GEOMETRIES]
-    timed = ["none", "hivtp"] + [",".join([f"{m}:budget={b}", *_extra(m, ",")])
+    timed = ["none", "hivtp"] + [",".join([f"{m}:budget={b}", *_extra(m)])
                                  for m in ["hivtp", *methods] for b in LATENCY_BUDGETS]
     plan.append(["+experiment=offline", f"model={model}", "mode=latency", "method=none",
                  "latency.methods=[" + ",".join(f"'{t}'" for t in timed) + "]"])

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import HivtpError
+from ..latency.fingerprint import git_commit
 from ..zoo import TRAINED, available_shapes, resolve_checkpoint
 from .accounting import read_samples, summarize
 
@@ -75,14 +76,6 @@ def _weights(pretrained: str) -> str:
     if pretrained in available_shapes():
         return "random"
     return "pretrained"
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _command(model: str, model_args: str, tasks: Sequence[str], limit, batch_size: int, device: str, out: Path, include: Path) -> list[str]:
@@ -240,7 +233,7 @@ def _add_accounting(out: Path, results: dict[str, Any], accounting: Path) -> Non
 
 
 def _rows(results, tasks, pretrained, method, params, accounting: Path, weights: str) -> list[dict[str, Any]]:
-    commit, date = _commit(), _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    commit, date = git_commit(), _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     rows = []
     for task, metric, value, n in _metric_rows(results, tasks):
         stats = summarize(read_samples(accounting, task))
