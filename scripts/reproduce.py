@@ -66,7 +66,7 @@ def paper_plan() -> list[list[str]]:
     plan = []
     for exp, budgets in (("paper_llava15", (64, 128, 192)), ("paper_llava_next", (160, 320, 640))):
         plan.append([f"+experiment={exp}", "method=none"])
-        for m in ("hivtp", "random", "pool", "fastervlm", "visionzip", "divprune", "fastv"):
+        for m in ("hivtp", "random", "pool", "fastervlm", "visionzip", "divprune", "hiprune", "fastv"):
             plan += [[f"+experiment={exp}", f"method={m}", f"method.params.budget={b}"] for b in budgets]
     return plan
 

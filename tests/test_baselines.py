@@ -22,7 +22,7 @@ from hivtp.methods.visionzip import VisionZip, split
 from hivtp.vision import TowerOutput, attention_implementation, run_tower, run_tower_eager
 from helpers import greedy, llava_inputs
 
-BEFORE = ["random", "pool", "fastervlm", "visionzip", "divprune"]
+BEFORE = ["random", "pool", "fastervlm", "visionzip", "divprune", "hiprune"]
 ALL = BEFORE + ["fastv"]
 PROMPTS = ["What is in the picture?", "Is there a red circle in the image? Answer yes or no.", "Count the squares."]
 IDS = ["doc-a", "doc-b", "doc-c"]
@@ -41,9 +41,10 @@ def reference(tiny_llava, batch):
 
 @pytest.fixture(scope="module")
 def tower(tiny_llava, batch):
-    """One tower pass capturing the feature layer's q, k (all before-projector methods can use it)."""
+    """One tower pass capturing the q, k of layers 8 and 22 (the feature layer's attention): every
+    before-projector baseline can use it (hiprune asks for both)."""
     model, _ = tiny_llava
-    pruned = hivtp.attach(model, "fastervlm")
+    pruned = hivtp.attach(model, "hiprune")
     layout = pruned.layout(batch["pixel_values"])
     return pruned, layout, pruned.run_vision(layout)
 
@@ -237,14 +238,68 @@ def test_cls_attention_fast_equals_eager(tiny_llava, batch):
     assert vision.config._attn_implementation == "sdpa"
 
 
-def test_fastervlm_fast_and_eager_backends_keep_the_same_tokens(tiny_llava, batch):
+@pytest.mark.parametrize("name", ["fastervlm", "hiprune"])
+def test_attention_baselines_keep_the_same_tokens_with_fast_and_eager_backends(tiny_llava, batch, name):
     model, _ = tiny_llava
     kept = []
     for backend in ("fast", "eager"):
-        pruned = hivtp.attach(model, "fastervlm", budget=64, backend=backend)
+        pruned = hivtp.attach(model, name, budget=64, backend=backend)
         layout = pruned.layout(batch["pixel_values"])
         kept.append(pruned.select_tokens(pruned.run_vision(layout), layout).positions)
     assert all(torch.equal(a, b) for a, b in zip(*kept))
+
+
+# --- hiprune ---------------------------------------------------------------------------------------
+def _received_tower(per_layer: dict[int, torch.Tensor]) -> TowerOutput:
+    """Eager attention maps whose every query row is ``scores`` over the patches: the received
+    attention (mean over heads and rows, [CLS] column dropped) is then exactly ``scores``."""
+    attentions = {}
+    for layer, scores in per_layer.items():
+        probs = torch.zeros(1, 1, scores.numel() + 1, scores.numel() + 1)
+        probs[0, 0, :, 1:] = scores
+        attentions[layer] = probs
+    return TowerOutput(hidden_states={}, attentions=attentions, num_heads=1)
+
+
+def test_hiprune_hand_made_4x4():
+    # budget 10, alpha 0.5 -> T = round(10 * 0.5 / 5) = 1 anchor: the object-layer (0) maximum, patch 4
+    # (row 1, column 0). Its grid neighbours: 0 (up), 8 (down), 5 (right); nothing to the left (the
+    # published raster code would take 3, the end of row 0). Registers: the 6 best of the other 12
+    # patches by the deep layer (1): deep = raster index, except patch 5 (already kept) scores highest
+    # and 15 / 14 tie -> 15, 14, 13, 12, 11, 10 (ties by lower index do not matter here: distinct).
+    obj = torch.full((16,), 0.01)
+    obj[4], obj[3] = 0.5, 0.2
+    deep = torch.arange(16, dtype=torch.float32) / 100
+    deep[5] = 1.0
+    crops = CropBatch(features=torch.randn(1, 16, 2), grid=(4, 4), tower=_received_tower({0: obj, 1: deep}),
+                      budgets=[10], feature_attention_layer=1)
+    sel = build_method("hiprune", budget=10, alpha=0.5, object_layer=0).select(crops)
+    assert sel.positions[0].tolist() == [0, 4, 5, 8, 10, 11, 12, 13, 14, 15]
+    assert sel.stats[0] == {"tokens_kept": 10, "anchors": 1, "buffers": 3}
+    # the published alpha 0.1 at budget 10: T = round(0.2) = 0 anchors; all 10 are registers by deep score
+    sel = build_method("hiprune", budget=10, object_layer=0).select(crops)
+    assert sel.positions[0].tolist() == [5, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+    # a corner anchor (15) has two neighbours (11, 14); ties in the deep ranking go to the lower index
+    obj2 = torch.full((16,), 0.01)
+    obj2[15] = 0.5
+    flat = torch.full((16,), 0.05)
+    crops2 = CropBatch(features=torch.randn(1, 16, 2), grid=(4, 4), tower=_received_tower({0: obj2, 1: flat}),
+                       budgets=[5], feature_attention_layer=1)
+    sel = build_method("hiprune", budget=5, alpha=1.0, object_layer=0).select(crops2)
+    assert sel.positions[0].tolist() == [0, 1, 11, 14, 15]
+
+
+def test_hiprune_parameters_are_checked():
+    assert build_method("hiprune").params() == {"budget": None, "alpha": 0.1, "object_layer": 8, "backend": "fast"}
+    with pytest.raises(hivtp.ConfigError, match="alpha"):
+        build_method("hiprune", alpha=1.5)
+    with pytest.raises(hivtp.ConfigError, match="object_layer"):
+        build_method("hiprune", object_layer=-1)
+
+
+def test_hiprune_object_layer_past_the_feature_layer_is_an_error(tiny_llava):
+    with pytest.raises(hivtp.ConfigError, match="past the feature layer"):
+        hivtp.attach(tiny_llava[0], "hiprune", object_layer=23)
 
 
 # --- visionzip -----------------------------------------------------------------------------------------

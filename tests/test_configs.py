@@ -40,7 +40,7 @@ def test_expected_groups_exist():
     methods = {p.stem for p in (CONFIG_DIR / "method").glob("*.yaml")}
     # every registered method has its config, and every config names a registered method
     assert methods == set(available_methods())
-    assert {"none", "hivtp", "random", "pool", "fastervlm", "visionzip", "divprune", "fastv"} <= methods
+    assert {"none", "hivtp", "random", "pool", "fastervlm", "visionzip", "divprune", "fastv", "hiprune"} <= methods
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

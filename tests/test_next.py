@@ -120,7 +120,7 @@ def test_image_budget_is_exact(tiny_llava_next, budget):
         assert s["tokens_kept"] == budget + s["tokens_newline"]
 
 
-@pytest.mark.parametrize("method", ["hivtp", "random", "fastervlm", "visionzip", "divprune"])
+@pytest.mark.parametrize("method", ["hivtp", "random", "fastervlm", "visionzip", "divprune", "hiprune"])
 def test_image_budget_is_exact_on_unpadded_images(tiny_llava_next, method):
     """Non-fitting aspect ratios: unpadding removes tile rows / columns, so methods must choose among
     the positions the model's packing keeps (CropBatch.valid) for the budget to survive packing."""

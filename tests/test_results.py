@@ -30,6 +30,21 @@ def test_collector_reads_only_finished_runs(tmp_path):
     assert len(frames["latency"]) == 0 and (tmp_path / "results" / "latency.csv").exists()
 
 
+def test_a_later_latency_run_supersedes_an_earlier_one_of_the_same_configuration(tmp_path):
+    runs = tmp_path / "runs"
+    old = [dict(r, date="2026-01-01T00:00:00Z", run="old") for r in latency_frame().to_dict("records")]
+    new = [dict(r, date="2026-02-01T00:00:00Z", run="new", median_ms=r["median_ms"] * 2)
+           for r in latency_frame().to_dict("records") if r["method"] == "none"]  # re-ran only "none"
+    for name, rows in (("old", old), ("new", new)):
+        write_json(runs / name / "latency.json", rows)
+        write_atomic(runs / name / "DONE", "x\n")
+    lat = collect(runs, tmp_path / "results")["latency"]
+    assert set(lat[lat["method"] == "none"]["run"]) == {"new"}  # superseded
+    assert set(lat[lat["method"] == "hivtp"]["run"]) == {"old"}  # nothing newer: kept
+    t = latency_table(lat)
+    assert t.loc[("none", "all"), "ttft ms"] == pytest.approx(200.0)  # the new run's, not a median of both
+
+
 def test_accuracy_table_layout_and_numbers():
     t = accuracy_table(accuracy_frame())
     assert list(t.index) == [("none", "all"), ("random", "64"), ("hivtp", "64"), ("hivtp", "128")]

@@ -23,6 +23,7 @@ from . import visionzip as _visionzip  # noqa: F401  (registers "visionzip")
 from . import divprune as _divprune  # noqa: F401  (registers "divprune")
 from . import fastv as _fastv  # noqa: F401  (registers "fastv")
 from . import pdrop as _pdrop  # noqa: F401  (registers "pdrop", stretch)
+from . import hiprune as _hiprune  # noqa: F401  (registers "hiprune", stretch)
 
 __all__ = [
     "METHODS",

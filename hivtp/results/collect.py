@@ -46,6 +46,22 @@ def tidy(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+#: a latency measurement is one configuration on one device; a later run of it supersedes an earlier one
+LATENCY_KEY = IDENTITY + ["profile", "device", "dtype", "batch", "backend", "stage"]
+
+
+def latest_measurements(frame: pd.DataFrame, key: list[str] = LATENCY_KEY) -> pd.DataFrame:
+    """Keep, per configuration, the rows of its latest run (by ``date``; ISO strings sort in time).
+    Without this, a re-run (e.g. after adding a method to an interleaved latency run) would leave two
+    runs' numbers under one table row, their medians mixed; ratios are only like for like in one run."""
+    if frame.empty or "date" not in frame:
+        return frame
+    cols = [c for c in key if c in frame.columns]
+    when = frame["date"].astype(str)
+    latest = when.groupby([frame[c].astype(str) for c in cols], dropna=False).transform("max")
+    return frame[when == latest].reset_index(drop=True)
+
+
 def write_table_csv(frame: pd.DataFrame, path: Path) -> None:
     write_atomic(Path(path), frame.to_csv(index=False))
 
@@ -55,6 +71,8 @@ def collect(runs_root: Path, results_dir: Path) -> dict[str, pd.DataFrame]:
     out = {}
     for kind, columns in (("accuracy", ACCURACY_COLUMNS), ("latency", LATENCY_COLUMNS)):
         frame = tidy(read_rows(runs_root, kind), columns)
+        if kind == "latency":
+            frame = latest_measurements(frame)
         write_table_csv(frame, Path(results_dir) / f"{kind}.csv")
         out[kind] = frame
     return out
