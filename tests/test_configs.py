@@ -70,7 +70,7 @@ def test_sweep_jobs_compose(name):
 def test_sweep_sizes_match_the_design():
     assert len(sweep_jobs("layers")) == 21 + 23  # windows 0-2..20-22 and single layers 0..22 (24-layer CLIP)
     assert len(sweep_jobs("geometry")) == 4 * 4 * 3
-    assert len(sweep_jobs("budgets")) == 7 * 3
+    assert len(sweep_jobs("budgets")) == 8 * 3  # hivtp + 7 baselines (not pdrop: its budget means tokens per LLM layer)
     assert {j[1] for j in sweep_jobs("budgets_next")} == {"method.params.budget=160", "method.params.budget=320", "method.params.budget=640"}
 
 
@@ -135,7 +135,7 @@ def _reproduce():
 def test_reproduce_paper_dry_run_composes(tmp_path, capsys):
     assert _reproduce().main(["--profile", "paper", "--dry-run", "--runs-root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "44 runs composed" in out and "llava-1.5-7b hivtp {'budget': 64}" in out
+    assert "50 runs composed" in out  # 2 models x (none + 8 methods x 3 budgets) and "llava-1.5-7b hivtp {'budget': 64}" in out
     assert "llava-v1.6-vicuna-7b hivtp {'budget': 640}" in out
     assert not any(tmp_path.iterdir())  # nothing ran
 
