@@ -82,14 +82,16 @@ def top_k_positions(scores: torch.Tensor, k: int, valid: torch.Tensor | None = N
     return torch.sort(order).values
 
 
-def attention_request(layer: int | None, backend: str) -> TowerRequest:
-    """Capture what :func:`cls_patch_attention` needs at ``layer``: its q, k (fast, the tower keeps its
-    SDPA kernels) or its probabilities (eager, the faithful path)."""
-    if layer is None:
+def attention_request(layers: int | tuple[int, ...] | None, backend: str) -> TowerRequest:
+    """Capture the attention of ``layers`` (one 0-based layer or several; repeats counted once): their
+    q, k (fast, the tower keeps its SDPA kernels) or their probabilities (eager, the faithful path).
+    None: the method is not attached yet, so the feature layer is unknown."""
+    if layers is None:
         raise ConfigError("attach the method to a model first (its feature layer is not known yet).")
+    layers = tuple(dict.fromkeys((layers,) if isinstance(layers, int) else layers))
     if backend == "eager":
-        return TowerRequest(attention_layers=(layer,), eager=True)
-    return TowerRequest(qk_layers=(layer,))
+        return TowerRequest(attention_layers=layers, eager=True)
+    return TowerRequest(qk_layers=layers)
 
 
 def cls_patch_attention(tower: TowerOutput, layer: int) -> torch.Tensor:

@@ -32,7 +32,7 @@ import torch
 from ..errors import ConfigError
 from ..importance import scores_from_tower
 from .base import CropBatch, CropSelection, PruningMethod, TowerRequest, register_method
-from ._common import check_backend, check_budget, crop_budgets, top_k_positions, valid_mask
+from ._common import attention_request, check_backend, check_budget, crop_budgets, top_k_positions, valid_mask
 
 PUBLISHED = {"alpha": 0.1, "object_layer": 8}
 
@@ -52,7 +52,7 @@ def grid_neighbours(positions: torch.Tensor, grid: tuple[int, int]) -> torch.Ten
         r, c = rows + dr, cols + dc
         on_grid = (r >= 0) & (r < h) & (c >= 0) & (c < w)
         out.append((r * w + c)[on_grid])
-    return torch.unique(torch.cat(out)) if out else positions.new_zeros(0)
+    return torch.unique(torch.cat(out))
 
 
 @register_method
@@ -88,18 +88,12 @@ class HiPrune(PruningMethod):
         self.deep_layer = feature_attention_layer
 
     def tower_request(self) -> TowerRequest:
-        if self.deep_layer is None:
-            raise ConfigError("attach the method to a model first (its feature layer is not known yet).")
-        layers = tuple(sorted({self.object_layer, self.deep_layer}))
-        if self.backend == "eager":
-            return TowerRequest(attention_layers=layers, eager=True)
-        return TowerRequest(qk_layers=layers)
+        return attention_request(None if self.deep_layer is None else (self.object_layer, self.deep_layer), self.backend)
 
     def select(self, crops: CropBatch) -> CropSelection:
-        deep_layer = crops.feature_attention_layer if self.deep_layer is None else self.deep_layer
         budgets = crop_budgets(crops)
         obj = scores_from_tower(crops.tower, [self.object_layer]).flatten(1)  # [C, P] float32
-        deep = scores_from_tower(crops.tower, [deep_layer]).flatten(1)  # [C, P]
+        deep = scores_from_tower(crops.tower, [crops.feature_attention_layer]).flatten(1)  # [C, P]
         valid = valid_mask(crops)
         keep = torch.zeros(crops.features.shape[:2], dtype=torch.bool, device=crops.features.device)
         stats = []

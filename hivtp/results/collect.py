@@ -50,15 +50,15 @@ def tidy(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
 LATENCY_KEY = IDENTITY + ["profile", "device", "dtype", "batch", "backend", "stage"]
 
 
-def latest_measurements(frame: pd.DataFrame, key: list[str] = LATENCY_KEY) -> pd.DataFrame:
-    """Keep, per configuration, the rows of its latest run (by ``date``; ISO strings sort in time).
-    Without this, a re-run (e.g. after adding a method to an interleaved latency run) would leave two
-    runs' numbers under one table row, their medians mixed; ratios are only like for like in one run."""
-    if frame.empty or "date" not in frame:
+def latest_measurements(frame: pd.DataFrame) -> pd.DataFrame:
+    """Keep, per configuration (:data:`LATENCY_KEY`), the rows of its latest run (by ``date``; ISO
+    strings sort in time). Without this, a re-run (e.g. after adding a method to an interleaved latency
+    run) would leave two runs' numbers under one table row, their medians mixed; ratios are only like
+    for like in one run. ``frame`` is a :func:`tidy` latency frame (every column present)."""
+    if frame.empty:
         return frame
-    cols = [c for c in key if c in frame.columns]
     when = frame["date"].astype(str)
-    latest = when.groupby([frame[c].astype(str) for c in cols], dropna=False).transform("max")
+    latest = when.groupby([frame[c].astype(str) for c in LATENCY_KEY], dropna=False).transform("max")
     return frame[when == latest].reset_index(drop=True)
 
 
