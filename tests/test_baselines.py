@@ -265,8 +265,8 @@ def test_hiprune_hand_made_4x4():
     # budget 10, alpha 0.5 -> T = round(10 * 0.5 / 5) = 1 anchor: the object-layer (0) maximum, patch 4
     # (row 1, column 0). Its grid neighbours: 0 (up), 8 (down), 5 (right); nothing to the left (the
     # published raster code would take 3, the end of row 0). Registers: the 6 best of the other 12
-    # patches by the deep layer (1): deep = raster index, except patch 5 (already kept) scores highest
-    # and 15 / 14 tie -> 15, 14, 13, 12, 11, 10 (ties by lower index do not matter here: distinct).
+    # patches by the deep layer (1), whose score is the raster index / 100 except patch 5 (highest, but
+    # already kept): 15, 14, 13, 12, 11, 10.
     obj = torch.full((16,), 0.01)
     obj[4], obj[3] = 0.5, 0.2
     deep = torch.arange(16, dtype=torch.float32) / 100
