@@ -32,8 +32,9 @@ LATENCY_BUDGETS = (64, 192)
 # toy-llava's encoder has 12 layers and its feature layer is the output of layer 10 (0-based)
 LAYER_WINDOWS = ("0-1-2", "2-3-4", "4-5-6", "6-7-8", "8-9-10")
 GEOMETRIES = tuple((r, w) for r in (1, 2, 3) for w in (2, 4))  # all valid on 24x24; window 1 keeps every token
-# The offline models' language models have 2 layers: FastV's default K=2 would leave no layer to prune,
-# so offline runs rank at layer 1 (after one full layer). The paper profile keeps K=2.
+# The offline models' language models have 2 (tiny-llava) or 3 (toy-llava) layers: FastV's default K=2
+# would leave one layer or none to prune, so offline runs rank at layer 1 (after one full layer). The
+# paper profile keeps K=2.
 OFFLINE_EXTRA = {"fastv": {"k_layer": 1}}
 
 
@@ -91,8 +92,8 @@ def offline_model() -> str:
 
 # Methods the offline models cannot run at the standard budgets, and why (said aloud when skipped).
 OFFLINE_SKIP = {
-    "pdrop": "its budget is the mean image tokens per LLM layer; the offline LLMs have 2 layers, so the "
-             "first keeps all 576 and no budget below 288 is reachable",
+    "pdrop": "its budget is the mean image tokens per LLM layer; the offline LLMs have 2-3 layers, so "
+             "the first keeps all 576 and no budget below 192-288 is reachable",
 }
 
 

@@ -13,7 +13,7 @@ import hivtp
 from hivtp.toy.data import chat_prompt, encode_items, patch_labels, sample_items
 from hivtp.toy.evaluate import evaluate, family_accuracy, held_out_items
 from hivtp.toy.train import TrainConfig, build, loss_of, loss_of_full, train
-from hivtp.world import FAMILIES
+from hivtp.world import FAMILIES, KINDS
 from hivtp.zoo import resolve_checkpoint, trained_dir
 
 
@@ -66,11 +66,13 @@ def test_auxiliary_patch_labels_match_the_pixels_the_encoder_sees(untrained):
 
 
 def test_interrupted_training_resumes_to_the_same_losses(tmp_path):
-    cfg = TrainConfig(steps=3, images_per_step=1, questions_per_image=2, log_every=100, ckpt_every=1, eval_every=0)
+    cfg = TrainConfig(steps=3, images_per_step=1, questions_per_image=2, log_every=100, ckpt_every=1, eval_every=0,
+                      encoder_steps=1, warmup=2)  # step 0: the encoder stage; steps 1-2: the language model too
     straight = train(cfg, tmp_path / "a", progress=False)
     train(TrainConfig(**{**cfg.__dict__, "steps": 2}), tmp_path / "b", progress=False)  # "killed" after 2
     resumed = train(cfg, tmp_path / "b", progress=False)
     assert [r["step"] for r in resumed] == [0, 1, 2]
+    assert ["answer_loss" in r for r in resumed] == [False, True, True]
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in straight], abs=1e-5)
 
 
@@ -103,10 +105,14 @@ def test_shipped_checkpoint_is_small_safetensors_with_its_training_log():
     assert json.loads((SHIPPED / "hivtp_build.json").read_text())["weights"] == "trained"
 
 
+#: families still under the issue's 90% target, with their shipped accuracy as a floor (README, toy section)
+BELOW_TARGET = {"relation": 24 / 32, "mme": 23 / 32}
+
+
 def test_shipped_weights_reproduce_their_logged_held_out_accuracy_through_attach(toy):
     """The shipped checkpoint, loaded like a hub model and run through hivtp.attach, scores exactly
-    what training logged for its last step on the same held-out questions (the issue's 90% target is
-    not reached yet: see the README's toy-model section)."""
+    what training logged for its last step on the same held-out questions, at least 90% on every
+    family except those in BELOW_TARGET (not reached yet: see the README's toy-model section)."""
     model, processor = toy
     cfg = json.loads((SHIPPED / "train_config.json").read_text())
     logged = json.loads((SHIPPED / "eval_log.jsonl").read_text().splitlines()[-1])
@@ -115,6 +121,7 @@ def test_shipped_weights_reproduce_their_logged_held_out_accuracy_through_attach
     acc = family_accuracy(evaluate(hivtp.attach(model, method="none"), processor, images, items))
     assert set(acc) == set(FAMILIES)
     assert {k: round(v, 4) for k, v in acc.items()} == {k: logged[k] for k in FAMILIES}
+    assert {f: a for f, a in acc.items() if a < BELOW_TARGET.get(f, 0.9)} == {}
 
 
 def test_attach_none_matches_the_unwrapped_toy_model(toy):
@@ -123,3 +130,295 @@ def test_attach_none_matches_the_unwrapped_toy_model(toy):
     plain = evaluate(model, processor, images, items, batch_size=12)
     wrapped = evaluate(hivtp.attach(model, method="none"), processor, images, items, batch_size=12)
     assert [a for _, a, _ in plain] == [a for _, a, _ in wrapped]
+
+
+# --- training-only parts: initialisation, auxiliary losses, curriculum ------------------------
+def test_conv_like_init_points_every_head_at_its_neighbour(untrained):
+    """At initialisation head h of layer l attends most to the patch at OFFSETS[(h + l) % 4]."""
+    from hivtp.toy.init import OFFSETS
+
+    model, processor = untrained
+    tower = model.model.vision_tower
+    images, _ = sample_items(3, 0, num_images=1, questions_per_image=0)
+    pixels = processor.image_processor(images, return_tensors="pt").pixel_values
+    tower.config._attn_implementation = "eager"
+    try:
+        with torch.no_grad():
+            maps = tower(pixels, output_attentions=True).attentions  # per layer [1, H, 577, 577]
+    finally:
+        tower.config._attn_implementation = "sdpa"
+    for li in (0, 1, 5):
+        for h in range(maps[li].shape[1]):
+            dx, dy = OFFSETS[(h + li) % len(OFFSETS)]
+            for row, col in ((5, 5), (12, 17), (20, 3)):
+                query = 1 + row * 24 + col
+                expected = 1 + (row + dy) * 24 + (col + dx)
+                weights = maps[li][0, h, query]
+                assert int(weights.argmax()) == expected
+                assert float(weights[expected]) > 0.25  # uniform would be 1 / 577
+
+
+def test_conv_like_init_refuses_a_tower_it_cannot_shape():
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from hivtp.toy.init import conv_like_init
+
+    tower = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=1,
+                                             image_size=56, patch_size=14))  # head_dim 8
+    with pytest.raises(ValueError, match="head_dim"):
+        conv_like_init(tower, seed=0)
+
+
+def test_auxiliary_kind_loss_pools_each_objects_tokens():
+    """The pooled kind term equals a per-object loop: mean of the tokens under the object -> kind."""
+    import torch.nn.functional as F
+
+    from hivtp.toy.train import AuxHeads
+
+    torch.manual_seed(0)
+    heads = AuxHeads(8, grid=4)
+    tokens = torch.randn(2, 16, 8)
+    labels = torch.zeros(2, 16, dtype=torch.long)
+    labels[0, [0, 1, 4]] = 3  # kind 2
+    labels[0, [10, 15]] = 7  # kind 6
+    labels[1, [5]] = 12  # kind 11
+    logits, targets = [], []
+    for i in range(2):
+        for k in labels[i].unique().tolist():
+            if k:
+                logits.append(heads.kind(tokens[i, labels[i] == k].mean(0)))
+                targets.append(k - 1)
+    expected = F.cross_entropy(torch.stack(logits), torch.tensor(targets))
+    terms = heads.losses(tokens, labels)
+    torch.testing.assert_close(terms["kind"], expected)
+    torch.testing.assert_close(heads(tokens, labels), terms["colour"] + terms["position"] + terms["kind"])
+
+
+def test_curriculum_sets_the_objects_per_scene():
+    for lo, hi in ((1, 1), (1, 2), (8, 8)):
+        _, _, scenes = sample_items(0, 7, num_images=12, questions_per_image=1, with_scenes=True, objects=(lo, hi))
+        counts = {len(s.objects) for s in scenes}
+        assert max(counts) == hi and min(counts) >= (lo if hi < 8 else 6)  # a crowded view may not fit them all
+    _, _, scenes = sample_items(0, 7, num_images=12, questions_per_image=1, with_scenes=True)
+    assert {len(s.objects) for s in scenes} == {1, 2, 3, 4}
+
+
+def test_grounding_loss_compares_object_tokens_with_their_words(untrained):
+    """Brute force: mean over object patches of 1 - cos(projector(token), emb(colour) + emb(shape))."""
+    from hivtp.toy.train import grounding_loss, kind_word_ids
+    from hivtp.world import KINDS
+
+    model, processor = untrained
+    words = kind_word_ids(processor.tokenizer)
+    assert len(words) == len(KINDS) and all(w.count(-1) == 1 for w in words)
+    torch.manual_seed(0)
+    tokens = torch.randn(2, 16, model.config.vision_config.hidden_size)
+    labels = torch.zeros(2, 16, dtype=torch.long)
+    labels[0, [1, 2]] = 5
+    labels[1, [7]] = 12
+    table = model.get_input_embeddings().weight
+    terms = []
+    for i, p in labels.nonzero().tolist():
+        colour, shape = KINDS[int(labels[i, p]) - 1]
+        c = processor.tokenizer(" " + colour, add_special_tokens=False).input_ids
+        s = processor.tokenizer(" " + shape, add_special_tokens=False).input_ids
+        target = table[c].mean(0) + table[s].mean(0)
+        feat = model.model.multi_modal_projector(tokens[i, p])
+        terms.append(1 - torch.dot(feat, target) / (feat.norm() * target.norm()))
+    with torch.no_grad():
+        torch.testing.assert_close(grounding_loss(model, tokens, labels, words), torch.stack(terms).mean(), rtol=1e-5, atol=1e-6)
+        assert float(grounding_loss(model, tokens, torch.zeros_like(labels), words)) == 0.0
+
+
+def test_mimetic_init_makes_query_and_key_near_identity_and_refuses_grouped_queries(untrained):
+    from transformers import LlamaConfig, LlamaModel
+
+    from hivtp.toy.init import mimetic_init
+
+    model, _ = untrained
+    for layer in model.model.language_model.layers:
+        q, k = layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight
+        product = q @ k.T  # the bilinear form of the attention logits
+        assert float(torch.diagonal(product).mean()) > 10 * float((product - torch.diag(torch.diagonal(product))).abs().mean())
+    gqa = LlamaModel(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                 num_key_value_heads=2, vocab_size=16))
+    with pytest.raises(ValueError, match="square"):
+        mimetic_init(gqa, seed=0)
+
+
+@pytest.mark.parametrize(
+    "prompt, named",
+    [
+        ("Is there a red circle in the image?\nAnswer the question using a single word or phrase.", [("red", "circle")]),
+        ("What shape is the red object?", [("red", None)]),
+        ("Is the circle red?", [("red", "circle")]),
+        ("How many squares are there?", [(None, "square")]),
+        ("Is the yellow triangle to the left or right of the green circle?", [("yellow", "triangle"), ("green", "circle")]),
+        ("Which shape is the blue object?\nA. circle\nB. square", [("blue", None), ("blue", "circle"), ("blue", "square")]),
+        ("Are there two circles in this image?", [(None, "circle")]),
+    ],
+)
+def test_mentions_are_the_colour_and_shape_word_runs_of_the_question(prompt, named):
+    from hivtp.toy.data import mentions_of
+
+    found = mentions_of(prompt)
+    assert [(m.colour, m.shape) for m in found] == named
+    for m in found:  # each ends on its last descriptor word; an option's letter starts its line
+        assert prompt[: m.at].split()[-1].rstrip("s") in (m.colour, m.shape)
+        assert m.letter_at is None or prompt[m.letter_at - 1 : m.letter_at + 2] in ("A. ", "B. ")
+
+
+def test_encoded_mentions_and_answer_position_point_at_the_right_tokens(untrained):
+    from hivtp.world import COLOURS, SHAPES
+
+    model, processor = untrained
+    tok = processor.tokenizer
+    images, items = sample_items(2, 4, num_images=3, questions_per_image=6)
+    batch = encode_items(processor, images, items, model.config.image_seq_length)
+    assert len(batch.mentions) == len(items) == len(batch.answer_at)
+    descriptors = set(COLOURS) | set(SHAPES)
+    word = lambda row, at: tok.decode([int(batch.input_ids[row, at])]).strip().removesuffix("s")  # noqa: E731
+    for row, item in enumerate(items):
+        for m in batch.mentions[row]:  # the last word of the run: a descriptor of it, and none follows
+            assert word(row, m.at) in (m.colour, m.shape) and word(row, m.at + 1) not in descriptors
+        assert all(m.at >= batch.prefix_len for m in batch.mentions[row])
+        # the answer position predicts the answer's first non-blank token
+        nxt = int(batch.labels[row, batch.answer_at[row] + 1])
+        assert nxt != -100 and tok.decode([nxt]).strip() and item.target.startswith(tok.decode([nxt]).strip())
+        assert all(int(x) == -100 or tok.decode([int(x)]).strip() == "" for x in batch.labels[row, : batch.answer_at[row] + 1])
+
+
+def test_recomputed_attention_rows_equal_the_models_eager_attention():
+    """The supervised-attention rows (recomputed from a forward hook through the shared-prefix
+    cache) equal the attention probabilities of a plain eager full-sequence forward, and the
+    recorded layer outputs its hidden states."""
+    from hivtp.toy.train import _image_features
+
+    model, processor = build(seed=1)
+    images, items = sample_items(5, 2, num_images=2, questions_per_image=3)
+    batch = encode_items(processor, images, items, model.config.image_seq_length)
+    layers = tuple(range(model.config.text_config.num_hidden_layers))
+    with torch.no_grad():
+        _, rows, outputs = loss_of(model, batch, taps=layers)
+        model.set_attn_implementation("eager")
+        embeds = model.get_input_embeddings()(batch.input_ids)
+        mask = (batch.input_ids == model.config.image_token_id).unsqueeze(-1)
+        embeds = embeds.masked_scatter(mask, _image_features(model, batch.pixel_values)[batch.image_index])
+        full = model.model.language_model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
+                                          output_attentions=True, output_hidden_states=True)
+        ref = full.attentions
+    p, q = batch.prefix_len, torch.arange(len(items))
+    at = torch.tensor(batch.answer_at) - p
+    for layer in layers:
+        torch.testing.assert_close(rows[layer](q, at), ref[layer][q, :, p + at], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(rows[layer](q, at * 0), ref[layer][q, :, p], rtol=1e-4, atol=1e-6)
+        if layer < layers[-1]:  # the recorded layer output (the last entry of hidden_states is normed)
+            torch.testing.assert_close(outputs[layer], full.hidden_states[layer + 1][:, p:], rtol=1e-4, atol=1e-5)
+
+
+def test_attention_losses_target_the_named_objects_patches_or_bos(untrained):
+    """Brute force from the scenes and answer keys: attention spread evenly over exactly the expected
+    keys gives a zero loss; moving half of the mass to a wrong key is penalised."""
+    from hivtp.toy.train import attention_losses
+    from hivtp.world import KINDS
+
+    model, processor = untrained
+    images, items, scenes = sample_items(3, 9, num_images=8, questions_per_image=4, with_scenes=True)
+    batch = encode_items(processor, images, items, model.config.image_seq_length)
+    batch.patch_labels = torch.stack([patch_labels(s) for s in scenes])
+    p, keys, start = batch.prefix_len, batch.input_ids.shape[1], batch.prefix_len - 576
+    label_of = {k: i + 1 for i, k in enumerate(KINDS)}
+
+    def named_keys(row: int, m) -> torch.Tensor:
+        scene = scenes[items[row].image]
+        target = torch.zeros(keys)
+        for o in scene.objects:
+            if m.colour in (None, o.colour) and m.shape in (None, o.shape):
+                target[start + (patch_labels(scene) == label_of[o.kind]).nonzero().flatten()] = 1
+        if not target.any():
+            target[0] = 1  # BOS
+        return target / target.sum()
+
+    def expected(layer: int, row: int, position: int) -> torch.Tensor:  # [heads, keys]
+        out = torch.zeros(4, keys)
+        mentions = batch.mentions[row]
+        question = [m for m in mentions if m.letter_at is None]
+        if layer == 1:  # retrieve: head 0 at every mention
+            out[0] = named_keys(row, next(m for m in mentions if m.at == position))
+        elif layer == 2:  # gather: at the answer position
+            assert position == batch.answer_at[row]
+            out[0, question[0].at] = out[1, question[-1].at] = 1
+            letters = {processor.tokenizer.decode([int(batch.input_ids[row, m.letter_at])]).strip(): m for m in mentions if m.letter_at}
+            if letters:  # the option the answer key names
+                out[2, letters[items[row].target].at] = 1
+        else:  # bind: at an option's word
+            m = next(m for m in mentions if m.at == position)
+            out[1, question[-1].at] = out[2, m.letter_at] = 1
+        return out
+
+    def rows_of(layer: int, wrong: bool):
+        def rows(question, position):
+            out = torch.stack([expected(layer, qi, p + pos) for qi, pos in zip(question.tolist(), position.tolist())])
+            if wrong:
+                out = 0.5 * out + 0.5 * torch.nn.functional.one_hot(torch.tensor(start - 1), keys).float()
+            return out
+        return rows
+
+    cfg = TrainConfig()
+    right = attention_losses(model, batch, {i: rows_of(i, False) for i in range(3)}, cfg)
+    bad = attention_losses(model, batch, {i: rows_of(i, True) for i in range(3)}, cfg)
+    assert set(right) == {"retrieve", "gather", "bind"} and all(abs(v.item()) < 1e-5 for v in right.values())
+    assert all(v.item() > 0.6 for v in bad.values())  # -log(0.5)
+    absent = [r for r in range(len(items)) for m in batch.mentions[r] if named_keys(r, m)[0] == 1]
+    assert absent, "the sample should hold questions about absent objects (BOS targets)"
+    assert any(it.family == "choice" for it in items), "the sample should hold a choice question (options)"
+
+
+def test_mention_probes_read_the_named_objects_count_and_place(untrained):
+    """The probe targets, brute force from the scenes: a probe whose read-out is the true answer
+    (count one-hot * 50, place) has near-zero loss; a shuffled one does not."""
+    from hivtp.toy.train import aux_heads
+
+    model, processor = untrained
+    images, items, scenes = sample_items(4, 2, num_images=6, questions_per_image=4, with_scenes=True)
+    batch = encode_items(processor, images, items, model.config.image_seq_length)
+    batch.patch_labels = torch.stack([patch_labels(s) for s in scenes])
+    truth = []  # (row, position, count, place or None) per mention
+    for row, item in enumerate(items):
+        scene = scenes[item.image]
+        for m in batch.mentions[row]:
+            named = [o for o in scene.objects if m.colour in (None, o.colour) and m.shape in (None, o.shape)]
+            place = None
+            if len(named) == 1:
+                cells = (patch_labels(scene).view(24, 24) == KINDS.index(named[0].kind) + 1).nonzero().float().mean(0) / 23
+                place = cells.flip(0)  # (column, row)
+            truth.append((row, m.at, len(named), place))
+    probes = aux_heads(model, 0).mention
+    width = model.config.text_config.hidden_size
+    hidden = torch.zeros(len(items), batch.input_ids.shape[1] - batch.prefix_len, width)
+    for row, at, count, place in truth:  # write the answer into the hidden state; identity read-outs
+        hidden[row, at - batch.prefix_len, count] = 50.0
+        if place is not None:
+            hidden[row, at - batch.prefix_len, 5:7] = place
+    with torch.no_grad():
+        probes.count.weight.zero_(), probes.count.bias.zero_(), probes.where.weight.zero_(), probes.where.bias.zero_()
+        probes.count.weight[:, :5] = torch.eye(5)
+        probes.where.weight[:, 5:7] = torch.eye(2)
+        right = probes(batch, hidden)
+        wrong = probes(batch, hidden.roll(1, dims=-1))
+    assert right["count_probe"].item() < 1e-6 and right["where_probe"].item() < 1e-10
+    assert wrong["count_probe"].item() > 1 and wrong["where_probe"].item() > 1e-3
+    assert {c for *_, c, _ in truth} >= {0, 1} and any(pl is not None for *_, pl in truth)
+
+
+def test_breakdown_script_reports_mme_categories_and_relation_answers():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "scripts" / "toy_breakdown.py"), "--scenes", "4"], cwd=root,
+                         capture_output=True, text=True, check=True, env={**__import__("os").environ, "PYTHONPATH": str(root)}).stdout
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| mme") or line.startswith("| relation")]
+    assert rows and all(0 <= float(acc) <= 1 and int(n) > 0 for _, n, acc in rows)
+    assert {g.split()[1] for g, _, _ in rows if g.startswith(" mme")} <= {"existence", "count", "color", "position"}

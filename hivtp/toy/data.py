@@ -7,15 +7,16 @@ re-run reproduces the logged losses. Held-out scenes use a disjoint stream (``HE
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..world import FAMILIES, KINDS, POPE_STRATEGIES, Scene, ask, draw_scene, prompt_text, render, target_text
+from ..world import COLOURS, FAMILIES, KINDS, POPE_STRATEGIES, SHAPES, Scene, ask, draw_scene, prompt_text, render, target_text
 
-__all__ = ["QAItem", "Batch", "HELD_OUT", "sample_items", "chat_prompt", "encode_items", "patch_labels"]
+__all__ = ["QAItem", "Batch", "Mention", "HELD_OUT", "sample_items", "mentions_of", "chat_prompt", "encode_items", "patch_labels"]
 
 HELD_OUT = 10**9  # stream offset of held-out scenes (training streams use step indices < 1e9)
 
@@ -40,6 +41,30 @@ class Batch:
     labels: torch.Tensor  # [Q, L] -100 except the answer tokens (and </s>)
     prefix_len: int  # tokens shared by every row (up to and including the image run)
     patch_labels: torch.Tensor | None = None  # [I, P] long: kind index + 1 under each patch centre, 0 = background
+    mentions: list[list["Mention"]] = field(default_factory=list)  # per question: the objects its text names
+    answer_at: list[int] = field(default_factory=list)  # per question: the position that predicts the answer's first word
+
+
+@dataclass(frozen=True)
+class Mention:
+    """A run of adjacent colour / shape words in a question ("red circle", "squares", "circle red",
+    "red" in "the red object"): the set of objects it names. ``at`` is the sequence position of its
+    last word once tokenised (in ``mentions_of``: the character offset where it ends).
+
+    An answer option ("B. red" under "Which color is the circle?") is a mention too: the option's
+    word joined with what the question names ("red circle"), with ``letter_at`` where its letter is."""
+
+    at: int
+    colour: str | None
+    shape: str | None
+    letter_at: int | None = None
+
+    @property
+    def option(self) -> bool:
+        return self.letter_at is not None
+
+    def matches(self, kind: tuple[str, str]) -> bool:
+        return (self.colour is None or kind[0] == self.colour) and (self.shape is None or kind[1] == self.shape)
 
 
 def _one_question(scene, rng: np.random.Generator, families: tuple[str, ...]):
@@ -60,13 +85,17 @@ def sample_items(
     questions_per_image: int,
     families: tuple[str, ...] = FAMILIES,
     with_scenes: bool = False,
+    objects: tuple[int, int] | None = None,
 ):
     """``num_images`` fresh scenes and ``questions_per_image`` questions about each:
-    (images, items), plus the scenes when ``with_scenes``."""
+    (images, items), plus the scenes when ``with_scenes``. ``objects`` = (lo, hi) draws the objects
+    per scene uniformly in [lo, hi] (the training curriculum; at most one per kind, and fewer when
+    they do not fit); None keeps the world's own 1-4."""
     rng = np.random.default_rng([seed, index])
     images, items, scenes = [], [], []
     for _ in range(num_images):
-        scene = draw_scene(rng)
+        count = None if objects is None else int(rng.integers(objects[0], objects[1] + 1))
+        scene = draw_scene(rng, num_objects=count)
         for _ in range(questions_per_image):
             q = _one_question(scene, rng, families)
             if q is not None:
@@ -74,6 +103,48 @@ def sample_items(
         images.append(render(scene))
         scenes.append(scene)
     return (images, items, scenes) if with_scenes else (images, items)
+
+
+_WORD = re.compile(r"[A-Za-z]+")
+_OPTION = re.compile(r"^([A-Z])\. ([A-Za-z]+)$", re.M)
+
+
+def _descriptor(word: str) -> tuple[str, str] | None:
+    """("colour" | "shape", value) for a colour word or a (plural) shape word, else None."""
+    if word in COLOURS:
+        return "colour", word
+    singular = word[:-1] if word.endswith("s") and word[:-1] in SHAPES else word
+    return ("shape", singular) if singular in SHAPES else None
+
+
+def mentions_of(prompt: str) -> list[Mention]:
+    """The objects named by a prompt's question (its first line), in order, then its answer options
+    (lines "A. word" below it), each ending at a character offset of ``prompt``."""
+    question = prompt.split("\n", 1)[0]
+    out: list[Mention] = []
+    run: dict[str, str] = {}
+    end, last_end = -1, -1
+    for m in _WORD.finditer(question):
+        d = _descriptor(m.group().lower())
+        adjacent = m.start() == last_end + 1 and question[last_end] == " " if last_end >= 0 else False
+        if d is not None and (not run or (adjacent and d[0] not in run)):
+            run[d[0]], end = d[1], m.end()
+        else:
+            if run:
+                out.append(Mention(end, run.get("colour"), run.get("shape")))
+            run = {d[0]: d[1]} if d is not None else {}
+            end = m.end() if d is not None else -1
+        last_end = m.end()
+    if run:
+        out.append(Mention(end, run.get("colour"), run.get("shape")))
+    if out:
+        asked = {"colour": out[-1].colour, "shape": out[-1].shape}
+        for m in _OPTION.finditer(prompt, len(question)):
+            d = _descriptor(m.group(2).lower())
+            if d is not None:
+                joined = {**asked, d[0]: d[1]}
+                out.append(Mention(m.end(2), joined["colour"], joined["shape"], letter_at=m.end(1)))
+    return out
 
 
 def _inside(obj, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -112,14 +183,19 @@ def encode_items(processor, images: list[Image.Image], items: list[QAItem], imag
     placeholder ids (as the processor's text expansion does). Labels cover the answer only."""
     tok = processor.tokenizer
     image_id = tok.convert_tokens_to_ids("<image>")
-    rows, labels = [], []
+    rows, labels, mentions, answer_at = [], [], [], []
     for item in items:
-        ids = tok(chat_prompt(processor, item.prompt)).input_ids
+        chat = chat_prompt(processor, item.prompt)
+        enc = tok(chat, return_offsets_mapping=True)
+        ids = enc.input_ids
         at = ids.index(image_id)
         ids = ids[:at] + [image_id] * image_tokens + ids[at + 1 :]
         answer = tok(" " + item.target, add_special_tokens=False).input_ids + [tok.eos_token_id]
         rows.append(ids + answer)
         labels.append([-100] * len(ids) + answer)
+        mentions.append(_token_mentions(chat, item.prompt, enc.offset_mapping, image_tokens - 1))
+        blank = next(k for k, t in enumerate(answer) if tok.decode([t]).strip())  # " No" may start with a lone space token
+        answer_at.append(len(ids) - 1 + blank)
     prefix_len = rows[0].index(image_id) + image_tokens
     if any(r[:prefix_len] != rows[0][:prefix_len] for r in rows):  # the chat template puts the image first
         raise ValueError("prompts do not share the image prefix; check the chat template.")
@@ -133,4 +209,16 @@ def encode_items(processor, images: list[Image.Image], items: list[QAItem], imag
         label_t[i, : len(l)] = torch.tensor(l)
         mask[i, : len(r)] = 1
     pixel_values = processor.image_processor(images, return_tensors="pt").pixel_values
-    return Batch(pixel_values, torch.tensor([it.image for it in items]), input_ids, mask, label_t, prefix_len)
+    return Batch(pixel_values, torch.tensor([it.image for it in items]), input_ids, mask, label_t, prefix_len,
+                 mentions=mentions, answer_at=answer_at)
+
+
+def _token_mentions(chat: str, prompt: str, offsets, shift: int) -> list[Mention]:
+    """``mentions_of(prompt)`` with ``at`` as sequence positions: the token holding each mention's
+    last character, moved by ``shift`` (the image run's expansion) since it comes after the image."""
+    base = chat.rindex(prompt)
+    out = []
+    token = lambda end: next(i for i, (a, b) in enumerate(offsets) if a < base + end <= b) + shift  # noqa: E731
+    for m in mentions_of(prompt):
+        out.append(Mention(token(m.at), m.colour, m.shape, None if m.letter_at is None else token(m.letter_at)))
+    return out
