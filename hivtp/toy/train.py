@@ -309,7 +309,8 @@ def attention_losses(model, batch: Batch, rows: dict, cfg: "TrainConfig") -> dic
             keys, _ = _target_keys(batch, qi, m, start)
             retrieve[0].append(qi), retrieve[1].append(m.at - p), retrieve[2].append(keys.unsqueeze(0))
             if m.option:
-                found.append(m.at) if not keys[0] else None
+                if not keys[0]:  # this option names an object that is there: the answer
+                    found.append(m.at)
                 bind[0].append(qi), bind[1].append(m.at - p)
                 bind[2].append(torch.stack([one_hot(question[-1].at), one_hot(m.letter_at)]))
         if question:
