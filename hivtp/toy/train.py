@@ -99,6 +99,12 @@ def _image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     return model.model.multi_modal_projector(_feature_layer(model, pixel_values))
 
 
+def cell_positions(grid: int) -> torch.Tensor:
+    """[grid * grid, 2]: each raster cell's (column, row), scaled to [0, 1]."""
+    cells = torch.arange(grid * grid)
+    return torch.stack([cells % grid, cells // grid], -1).float() / (grid - 1)
+
+
 class AuxHeads(torch.nn.Module):
     """Linear read-outs of the feature-layer tokens, training only (not part of the saved llava-hf
     checkpoint). They give the from-scratch encoder a dense signal, so that it learns object features
@@ -135,8 +141,7 @@ class AuxHeads(torch.nn.Module):
         weight = torch.ones(self.colour.out_features)
         weight[0] = 0.1  # background patches are most of them
         colour = F.cross_entropy(self.colour(tokens).flatten(0, 1), self.colour_of[labels].flatten(), weight=weight)
-        cells = torch.arange(tokens.shape[1])
-        where = torch.stack([cells % self.grid, cells // self.grid], -1).float() / (self.grid - 1)  # [P, 2]
+        where = cell_positions(self.grid)  # [P, 2]
         position = F.mse_loss(self.position(tokens), where.expand_as(self.position(tokens)))
         # objects are unique by kind within a scene: kind k's patches are its object's patches
         masks = (labels.unsqueeze(1) == torch.arange(1, len(KINDS) + 1).view(1, -1, 1)).float()  # [I, K, P]
@@ -170,13 +175,13 @@ def loss_of_full(model, batch: Batch) -> torch.Tensor:
     return _answer_loss(model, hidden, batch.labels[:, 1:])
 
 
-def loss_of(model, batch: Batch, heads: AuxHeads | None = None, tokens: torch.Tensor | None = None, taps=None):
+def loss_of(model, batch: Batch, tokens: torch.Tensor | None = None, taps=None):
     """The same loss with the shared prefix (BOS, "USER: ", 576 image tokens) run once per image:
     its key/value cache is gathered per question and the question suffixes attend to it. Causal
-    attention makes this exactly the full-sequence computation at a fraction of the cost. With
-    ``heads``: (answer loss, auxiliary loss). ``tokens``: the feature-layer tokens, if already run.
-    ``taps`` (layer indices): (answer loss, {layer: its attention rows}, {layer: its suffix output
-    [Q, S, D]}) for ``attention_losses`` and ``mention_probe_losses``."""
+    attention makes this exactly the full-sequence computation at a fraction of the cost.
+    ``tokens``: the feature-layer tokens, if already run. ``taps`` (layer indices): (answer loss,
+    {layer: its attention rows}, {layer: its suffix output [Q, S, D]}) for ``attention_losses`` and
+    ``MentionProbes``."""
     p = batch.prefix_len
     tokens = _feature_layer(model, batch.pixel_values) if tokens is None else tokens  # [I, P, D_vision]
     feats = model.model.multi_modal_projector(tokens)  # [I, P, D]
@@ -202,9 +207,7 @@ def loss_of(model, batch: Batch, heads: AuxHeads | None = None, tokens: torch.Te
     if taps:
         rows = {i: _AttentionRows(lm.layers[i].self_attn, *tap.inputs[i], cache.layers[i].keys, batch.attention_mask, p) for i in taps}
         return loss, rows, tap.outputs
-    if heads is None:
-        return loss
-    return loss, heads(tokens, batch.patch_labels)
+    return loss
 
 
 class _QueryTap:
@@ -345,8 +348,7 @@ class MentionProbes(torch.nn.Module):
     def forward(self, batch: Batch, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
         """``hidden`` [Q, S, D]: the retrieval layer's suffix output."""
         p, states, counts, single, places = batch.prefix_len, [], [], [], []
-        cells = torch.arange(self.grid * self.grid)
-        where = torch.stack([cells % self.grid, cells // self.grid], -1).float() / (self.grid - 1)  # [P, 2]
+        where = cell_positions(self.grid)  # [P, 2]
         for qi, mentions in enumerate(batch.mentions):
             labels = batch.patch_labels[int(batch.image_index[qi])]
             for m in mentions:
