@@ -17,11 +17,9 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..importance import cls_attention
+from ..importance import check_backend, cls_attention  # noqa: F401  (check_backend is re-exported for the methods)
 from ..vision import TowerOutput
 from .base import CropBatch, TowerRequest
-
-BACKENDS = ("fast", "eager")
 
 
 def check_budget(budget: Any) -> int | None:
@@ -29,12 +27,6 @@ def check_budget(budget: Any) -> int | None:
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
         raise ConfigError(f"budget must be a positive integer (visual tokens kept) or None, got {budget!r}.")
     return budget
-
-
-def check_backend(backend: Any) -> str:
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}.")
-    return backend
 
 
 def default_budget(num_patches: int) -> int:

@@ -28,6 +28,7 @@ import torch
 
 from ..errors import ConfigError
 from ..importance import DEFAULT_LAYERS, check_backend, scores_from_tower
+from ._common import attention_request, check_budget
 from ..selection import fit_to_budget, select_masks, validate_geometry
 from ..selection import Selection
 from .base import CropBatch, CropSelection, PruningMethod, TowerRequest, parse_layers, register_method
@@ -71,8 +72,7 @@ class HIVTP(PruningMethod):
         backend: str = "fast",
         budget: int | None = None,
     ) -> None:
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-            raise ConfigError(f"budget must be a positive integer or None, got {budget!r}.")
+        check_budget(budget)
         #: exact-budget presets per crop (budget given, geometry left to the presets)
         self.auto_preset = budget is not None and regions is None and keep_ratio is None and window is None
         if self.auto_preset:
@@ -119,9 +119,7 @@ class HIVTP(PruningMethod):
             )
 
     def tower_request(self) -> TowerRequest:
-        if self.backend == "eager":
-            return TowerRequest(attention_layers=self.layers, eager=True)
-        return TowerRequest(qk_layers=self.layers)
+        return attention_request(self.layers, self.backend)
 
     def select(self, crops: CropBatch) -> CropSelection:
         if crops.valid is not None and all(b is None for b in crops.budgets):
