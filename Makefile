@@ -40,7 +40,7 @@ reproduce: setup models  ## the offline experiment end to end (CPU, minutes)
 data: setup  ## build the offline mini-benchmarks under artifacts/data (POPE, GQA, MME, ScienceQA-IMG schemas)
 	$(PY) scripts/build_data.py --size 200 --seed 0
 
-toy-model: setup  ## train the small LLaVA on the procedural world (2 CPU cores, about 52 min)
+toy-model: setup  ## train the small LLaVA on the procedural world (2 CPU cores, about 57 min)
 	$(PY) scripts/train_toy.py
 
 latency-cpu: setup  ## CPU latency of every method on tiny-llava (random weights), interleaved -> results/latency/cpu-tiny

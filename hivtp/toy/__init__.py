@@ -5,7 +5,8 @@ offline mini-benchmarks is real, so that offline accuracy-vs-tokens curves mean 
 
 * :mod:`hivtp.toy.data`  the training / held-out question stream, tokenised as lmms-eval prompts it;
 * :mod:`hivtp.toy.train` the deterministic, resumable training loop and its loss log;
-* :mod:`hivtp.toy.evaluate` greedy accuracy per question family, scored as the benchmarks score.
+* :mod:`hivtp.toy.evaluate` greedy accuracy per question family, scored as the benchmarks score;
+* :mod:`hivtp.toy.probe` whether an object's place is linearly readable from the tokens the LLM sees.
 """
 
 from .data import Batch, QAItem, encode_items, sample_items

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..world import COLOURS, FAMILIES, KINDS, POPE_STRATEGIES, SHAPES, Scene, ask, draw_scene, prompt_text, render, target_text
 
-__all__ = ["QAItem", "Batch", "Mention", "HELD_OUT", "sample_items", "mentions_of", "chat_prompt", "encode_items", "patch_labels"]
+__all__ = ["QAItem", "Batch", "Mention", "HELD_OUT", "sample_items", "mentions_of", "side_word_of", "chat_prompt", "encode_items", "patch_labels"]
 
 HELD_OUT = 10**9  # stream offset of held-out scenes (training streams use step indices < 1e9)
 
@@ -43,6 +43,7 @@ class Batch:
     patch_labels: torch.Tensor | None = None  # [I, P] long: kind index + 1 under each patch centre, 0 = background
     mentions: list[list["Mention"]] = field(default_factory=list)  # per question: the objects its text names
     answer_at: list[int] = field(default_factory=list)  # per question: the position that predicts the answer's first word
+    side_at: list[int | None] = field(default_factory=list)  # per question: its one "left" / "right" word, if it has exactly one
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ def sample_items(
 
 _WORD = re.compile(r"[A-Za-z]+")
 _OPTION = re.compile(r"^([A-Z])\. ([A-Za-z]+)$", re.M)
+_SIDE = re.compile(r"\b(left|right)\b")
 
 
 def _descriptor(word: str) -> tuple[str, str] | None:
@@ -147,6 +149,13 @@ def mentions_of(prompt: str) -> list[Mention]:
     return out
 
 
+def side_word_of(prompt: str) -> int | None:
+    """The character offset where the question's side word ends, when it has exactly one ("Is the
+    red circle on the left of ...?"; "to the left or right of" has two and states no side)."""
+    found = list(_SIDE.finditer(prompt.split("\n", 1)[0]))
+    return found[0].end() if len(found) == 1 else None
+
+
 def _inside(obj, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     h = obj.side / 2
     dx, dy = x - obj.x, y - obj.y
@@ -183,7 +192,7 @@ def encode_items(processor, images: list[Image.Image], items: list[QAItem], imag
     placeholder ids (as the processor's text expansion does). Labels cover the answer only."""
     tok = processor.tokenizer
     image_id = tok.convert_tokens_to_ids("<image>")
-    rows, labels, mentions, answer_at = [], [], [], []
+    rows, labels, mentions, answer_at, side_at = [], [], [], [], []
     for item in items:
         chat = chat_prompt(processor, item.prompt)
         enc = tok(chat, return_offsets_mapping=True)
@@ -194,6 +203,8 @@ def encode_items(processor, images: list[Image.Image], items: list[QAItem], imag
         rows.append(ids + answer)
         labels.append([-100] * len(ids) + answer)
         mentions.append(_token_mentions(chat, item.prompt, enc.offset_mapping, image_tokens - 1))
+        side = side_word_of(item.prompt)
+        side_at.append(None if side is None else _token_at(chat, item.prompt, enc.offset_mapping, image_tokens - 1, side))
         blank = next(k for k, t in enumerate(answer) if tok.decode([t]).strip())  # " No" may start with a lone space token
         answer_at.append(len(ids) - 1 + blank)
     prefix_len = rows[0].index(image_id) + image_tokens
@@ -210,15 +221,20 @@ def encode_items(processor, images: list[Image.Image], items: list[QAItem], imag
         mask[i, : len(r)] = 1
     pixel_values = processor.image_processor(images, return_tensors="pt").pixel_values
     return Batch(pixel_values, torch.tensor([it.image for it in items]), input_ids, mask, label_t, prefix_len,
-                 mentions=mentions, answer_at=answer_at)
+                 mentions=mentions, answer_at=answer_at, side_at=side_at)
+
+
+def _token_at(chat: str, prompt: str, offsets, shift: int, end: int) -> int:
+    """The sequence position of the token holding ``prompt``'s character ``end - 1``, moved by
+    ``shift`` (the image run's expansion) since the prompt comes after the image."""
+    base = chat.rindex(prompt)
+    return next(i for i, (a, b) in enumerate(offsets) if a < base + end <= b) + shift
 
 
 def _token_mentions(chat: str, prompt: str, offsets, shift: int) -> list[Mention]:
-    """``mentions_of(prompt)`` with ``at`` as sequence positions: the token holding each mention's
-    last character, moved by ``shift`` (the image run's expansion) since it comes after the image."""
-    base = chat.rindex(prompt)
+    """``mentions_of(prompt)`` with ``at`` (and ``letter_at``) as sequence positions."""
     out = []
-    token = lambda end: next(i for i, (a, b) in enumerate(offsets) if a < base + end <= b) + shift  # noqa: E731
+    token = lambda end: _token_at(chat, prompt, offsets, shift, end)  # noqa: E731
     for m in mentions_of(prompt):
         out.append(Mention(token(m.at), m.colour, m.shape, None if m.letter_at is None else token(m.letter_at)))
     return out

@@ -49,9 +49,10 @@ class TrainConfig:
     one_object_until: int = 900  # curriculum: scenes hold a single object before this step ...
     two_objects_until: int = 1300  # ... at most two before this one, then the world's 1-4
     retrieve_layer: int = 1  # supervised attention (see ``attention_losses``): this layer's head 0 finds what a mention names ...
-    gather_layer: int = 2  # ... this layer's heads 0 / 1 / 2 bring the first / last mention / right option to the answer position (-1: off) ...
+    gather_layer: int = 2  # ... this layer's heads 0 / 1 / 2 / 3 bring the first / last mention / right option / side word to the answer position (-1: off) ...
     bind_layer: int = 0  # ... and this layer's heads 1 / 2 bring an option's question noun / letter to its word (-1: off)
     where_weight: float = 20.0  # the mention probe's (column, row) MSE in [0, 1] units is small: scale it to count
+    placement_weight: float = 20.0  # the same scale for the (column, row) read-out of the projected object tokens (0: off)
     threads: int = 2
     log_every: int = 10
     ckpt_every: int = 100
@@ -126,10 +127,23 @@ class AuxHeads(torch.nn.Module):
         # kind index + 1 -> colour index + 1 (0 = background)
         self.register_buffer("colour_of", torch.tensor([0] + [list(COLOURS).index(c) + 1 for c, _ in KINDS]), persistent=False)
         self.mention = None if text_width is None else MentionProbes(text_width, grid)  # the language side's read-outs
+        self.placement = None if text_width is None else torch.nn.Linear(text_width, 2)  # (column, row) of a projected token
 
     def probes(self, batch: Batch, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
         """The language side's probe losses (see ``MentionProbes``); none without ``text_width``."""
         return {} if self.mention is None else self.mention(batch, hidden)
+
+    def placement_loss(self, model, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """MSE of each object patch's (column, row) read linearly from its *projected* token, the one
+        the language model sees. The grounding loss pulls an object's projected tokens towards one
+        word embedding, which erases where each patch is (the encoder's tokens carry it, the
+        projected ones did not: least-squares R^2 below 0); "left of" needs it kept."""
+        on_object = labels > 0  # [I, P]
+        if not on_object.any():
+            return tokens.sum() * 0
+        feats = model.model.multi_modal_projector(tokens[on_object])  # [N, D_text]
+        where = cell_positions(self.grid).expand(*labels.shape, 2)[on_object]  # [N, 2]
+        return F.mse_loss(self.placement(feats), where)
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The summed auxiliary loss."""
@@ -295,7 +309,8 @@ def attention_losses(model, batch: Batch, rows: dict, cfg: "TrainConfig") -> dic
       absent; an option that is not the answer). What that head returns then says "found" or "not
       found" in one direction;
     * ``gather``: at the position that predicts the answer word, heads 0 and 1 of ``gather_layer`` look
-      at the first and the last mention of the question, head 2 at the option that was found;
+      at the first and the last mention of the question, head 2 at the option that was found, head 3
+      at the side word of "Is the A on the left of the B?" (the answer compares it with where A and B are);
     * ``bind``: at an option's word, heads 1 and 2 of ``bind_layer`` look at the question's noun and
       at the option's letter (so that retrieval knows "red *circle*" and the answer knows "B").
 
@@ -317,15 +332,20 @@ def attention_losses(model, batch: Batch, rows: dict, cfg: "TrainConfig") -> dic
                 bind[0].append(qi), bind[1].append(m.at - p)
                 bind[2].append(torch.stack([one_hot(question[-1].at), one_hot(m.letter_at)]))
         if question:
-            targets = [one_hot(question[0].at), one_hot(question[-1].at)] + ([one_hot(found[0])] if len(found) == 1 else [])
-            gather[0].append(qi), gather[1].append(batch.answer_at[qi] - p), gather[2].append(targets)
+            targets = {0: question[0].at, 1: question[-1].at}  # head: the position it should look at
+            if len(found) == 1:
+                targets[2] = found[0]
+            if batch.side_at and batch.side_at[qi] is not None:
+                targets[3] = batch.side_at[qi]
+            gather[0].append(qi), gather[1].append(batch.answer_at[qi] - p)
+            gather[2].append({h: one_hot(at) for h, at in targets.items()})
     out = {}
     if retrieve[0]:
         probs = rows[cfg.retrieve_layer](torch.tensor(retrieve[0]), torch.tensor(retrieve[1]))[:, :1]  # [N, 1, L]
         out["retrieve"] = _mass_loss(probs.flatten(0, 1), torch.cat(retrieve[2]))
     if cfg.gather_layer >= 0 and gather[0]:
         probs = rows[cfg.gather_layer](torch.tensor(gather[0]), torch.tensor(gather[1]))  # [N, H, L]
-        pairs = [(n, h, t) for n, ts in enumerate(gather[2]) for h, t in enumerate(ts)]
+        pairs = [(n, h, t) for n, ts in enumerate(gather[2]) for h, t in ts.items()]
         out["gather"] = _mass_loss(torch.stack([probs[n, h] for n, h, _ in pairs]), torch.stack([t for *_, t in pairs]))
     if cfg.bind_layer >= 0 and bind[0]:
         probs = rows[cfg.bind_layer](torch.tensor(bind[0]), torch.tensor(bind[1]))[:, 1:3]  # [N, 2, L]
@@ -446,6 +466,8 @@ def step_losses(model, heads: AuxHeads, batch: Batch, words: list[list[int]] | N
     parts = {"answer": answer, **heads.losses(tokens, batch.patch_labels)}
     if words is not None:
         parts["grounding"] = grounding_loss(model, tokens, batch.patch_labels, words)
+    if cfg is not None and cfg.placement_weight and heads.placement is not None:
+        parts["placement"] = cfg.placement_weight * heads.placement_loss(model, tokens, batch.patch_labels)
     if taps:
         parts.update(attention_losses(model, batch, rows, cfg))
         probes = heads.probes(batch, outputs[cfg.retrieve_layer])
@@ -527,7 +549,8 @@ def _eval_due(cfg: TrainConfig, done: int) -> bool:
 def _report_progress(cfg: TrainConfig, log: list[dict], step: int, start: int, t0: float) -> None:
     rate = (step + 1 - start) / (time.perf_counter() - t0)
     recent = log[-cfg.log_every :]
-    means = {k: sum(r[k] for r in recent if k in r) / max(1, sum(k in r for r in recent)) for k in ("answer_loss", "aux_loss", "kind_loss", "retrieve_loss", "gather_loss", "bind_loss", "count_probe_loss", "where_probe_loss")}
+    shown = ("answer_loss", "aux_loss", "kind_loss", "placement_loss", "retrieve_loss", "gather_loss", "bind_loss", "count_probe_loss", "where_probe_loss")
+    means = {k: sum(r[k] for r in recent if k in r) / max(1, sum(k in r for r in recent)) for k in shown}
     losses = "  ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in means.items() if any(k in r for r in recent))
     eta = (cfg.steps - step - 1) / max(rate, 1e-9) / 60
     print(f"step {step + 1}/{cfg.steps}  {losses}  {rate:.2f} steps/s  eta {eta:.1f} min", flush=True)
