@@ -1,7 +1,7 @@
 """R^2 of a linear read-out of each object patch's (column, row), from the encoder's feature-layer
 tokens and from the projected tokens the language model sees, on fresh scenes.
 
-    python scripts/toy_position_probe.py [--model toy-llava | artifacts/toy-train-v8/last.pt] [--scenes 48]
+    python scripts/toy_position_probe.py [--model toy-llava | artifacts/toy-train/last.pt] [--scenes 48]
 
 A training state (``last.pt`` of ``scripts/train_toy.py``) is read into the toy shape; anything else
 is a llava-hf checkpoint name or directory.

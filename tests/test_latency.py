@@ -269,3 +269,36 @@ def test_imports_only_torch_transformers_stdlib():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+def test_git_commit_marks_rows_measured_on_a_changed_tree(tmp_path, monkeypatch):
+    """Rows carry HEAD's short hash, with -dirty once a tracked file differs from it (so results
+    measured before their code and weights were committed say so); HIVTP_COMMIT overrides."""
+    import subprocess
+
+    from hivtp.latency import fingerprint
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "weights.bin").write_text("v1")
+    git("add", "weights.bin")
+    git("commit", "-qm", "first")
+    head = git("rev-parse", "--short=12", "HEAD")
+    monkeypatch.delenv("HIVTP_COMMIT", raising=False)
+    monkeypatch.setattr(fingerprint, "_REPO", tmp_path)
+    assert fingerprint.git_commit() == head
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "accuracy.csv").write_text("rows")
+    git("add", "results")
+    git("commit", "-qm", "results")
+    head = git("rev-parse", "--short=12", "HEAD")
+    (tmp_path / "untracked.txt").write_text("not part of the measurement")
+    (tmp_path / "results" / "accuracy.csv").write_text("rows the runs rewrote")
+    assert fingerprint.git_commit() == head
+    (tmp_path / "weights.bin").write_text("v2")
+    assert fingerprint.git_commit() == head + "-dirty"
+    monkeypatch.setenv("HIVTP_COMMIT", "abc")
+    assert fingerprint.git_commit() == "abc"

@@ -96,6 +96,16 @@ def test_ledger_keeps_offline_apart_and_computes_gains():
     assert "| 1.20 |" in paper_text  # 60.0 / 50.0
 
 
+def test_ledger_names_a_budgetless_best_row_default():
+    """A run without a budget (the method's own geometry) is "default" in the ledger, as in the tables."""
+    from results_fixtures import lat_row
+
+    frame = latency_frame()
+    frame = pd.concat([frame, pd.DataFrame([lat_row("hivtp", {"regions": 2}, "ttft", 10.0, 200)], columns=frame.columns)])
+    offline = ledger_markdown(accuracy_frame(), frame).split("## Offline profile")[1]
+    assert "90.0% (budget default" in offline and "nan" not in offline
+
+
 def test_ledger_hallucination_from_stages_rows():
     from results_fixtures import acc_row
 

@@ -76,6 +76,16 @@ def test_interrupted_training_resumes_to_the_same_losses(tmp_path):
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in straight], abs=1e-5)
 
 
+def test_resuming_a_state_from_an_older_recipe_says_so(tmp_path):
+    cfg = TrainConfig(steps=1, images_per_step=1, questions_per_image=1, log_every=100, ckpt_every=1, eval_every=0, encoder_steps=1)
+    train(cfg, tmp_path, progress=False)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    state["aux_heads"] = {k: v for k, v in state["aux_heads"].items() if not k.startswith("placement.")}
+    torch.save(state, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match=r"older recipe .*placement\.bias.*another --work-dir"):
+        train(TrainConfig(**{**cfg.__dict__, "steps": 2}), tmp_path, progress=False)
+
+
 # --- the shipped weights ---------------------------------------------------------------------
 SHIPPED = trained_dir("toy-llava")
 
@@ -292,8 +302,8 @@ def test_placement_loss_reads_each_object_patch_place_from_its_projected_token(u
     torch.manual_seed(0)
     tokens = torch.randn(2, 576, model.config.vision_config.hidden_size)
     labels = torch.zeros(2, 576, dtype=torch.long)
-    labels[0, [0, 25, 300]] = 3
-    labels[1, [575]] = 9
+    labels[0, [1, 30, 301]] = 3  # off the diagonal: a swapped (column, row) would change the loss
+    labels[1, [550]] = 9
     terms = []
     for i, cell in labels.nonzero().tolist():
         place = torch.tensor([cell % 24, cell // 24]) / 23
@@ -394,11 +404,12 @@ def test_attention_losses_target_the_named_objects_patches_or_bos(untrained):
             out[1, question[-1].at] = out[2, m.letter_at] = 1
         return out
 
-    def rows_of(layer: int, wrong: bool):
+    def rows_of(layer: int, wrong: bool, heads: tuple[int, ...] = (0, 1, 2, 3)):
         def rows(question, position):
             out = torch.stack([expected(layer, qi, p + pos) for qi, pos in zip(question.tolist(), position.tolist())])
             if wrong:
-                out = 0.5 * out + 0.5 * torch.nn.functional.one_hot(torch.tensor(start - 1), keys).float()
+                moved = 0.5 * out + 0.5 * torch.nn.functional.one_hot(torch.tensor(start - 1), keys).float()
+                out[:, list(heads)] = moved[:, list(heads)]
             return out
         return rows
 
@@ -407,6 +418,9 @@ def test_attention_losses_target_the_named_objects_patches_or_bos(untrained):
     bad = attention_losses(model, batch, {i: rows_of(i, True) for i in range(3)}, cfg)
     assert set(right) == {"retrieve", "gather", "bind"} and all(abs(v.item()) < 1e-5 for v in right.values())
     assert all(v.item() > 0.6 for v in bad.values())  # -log(0.5)
+    for head in (2, 3):  # the found option's and the side word's targets are in the gather loss
+        one_wrong = attention_losses(model, batch, {i: rows_of(i, i == 2, (head,)) for i in range(3)}, cfg)
+        assert one_wrong["gather"].item() > 0.01, head
     absent = [r for r in range(len(items)) for m in batch.mentions[r] if named_keys(r, m)[0] == 1]
     assert absent, "the sample should hold questions about absent objects (BOS targets)"
     assert any(it.family == "choice" for it in items), "the sample should hold a choice question (options)"
@@ -492,3 +506,30 @@ def test_position_probe_script_reads_a_training_state_and_a_checkpoint(tmp_path)
         rows = {line.split("|")[1].strip(): [float(v) for v in line.split("|")[2:4]] for line in out.splitlines()
                 if line.startswith("| encoder") or line.startswith("| projected")}
         assert set(rows) == {"encoder", "projected"} and all(v <= 1 for r in rows.values() for v in r)
+
+
+def test_position_probe_pairs_each_object_patch_with_its_place(untrained, monkeypatch):
+    """With feature tokens that hold each patch's own (column, row) and noise, R^2 is ~1 for both
+    token kinds (identity projector); with the patches' places shuffled it is far below."""
+    import importlib
+
+    from hivtp.toy.probe import position_r2
+
+    train = importlib.import_module("hivtp.toy.train")  # the module (hivtp.toy.train names the function)
+
+    model, processor = untrained
+    where = train.cell_positions(24)  # [P, 2]
+
+    def tokens(order):
+        def feature_layer(_model, pixels):  # [B, P, 4]: (column, row) of the patch, then noise
+            g = torch.Generator().manual_seed(pixels.shape[0])
+            return torch.cat([where[order].expand(pixels.shape[0], -1, -1), torch.randn(pixels.shape[0], 576, 2, generator=g)], -1)
+        return feature_layer
+
+    monkeypatch.setattr(model.model, "multi_modal_projector", torch.nn.Identity())
+    monkeypatch.setattr(train, "_feature_layer", tokens(torch.arange(576)))
+    right = position_r2(model, processor, scenes=16)
+    monkeypatch.setattr(train, "_feature_layer", tokens(torch.randperm(576, generator=torch.Generator().manual_seed(0))))
+    wrong = position_r2(model, processor, scenes=16)
+    assert min(min(v) for v in right.values()) > 0.99
+    assert max(max(v) for v in wrong.values()) < 0.5

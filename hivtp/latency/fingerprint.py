@@ -30,6 +30,9 @@ def device_name(device: torch.device) -> str:
 
 
 def git_commit() -> str:
+    """The short HEAD commit, with ``-dirty`` when tracked files outside ``results/`` differ from it
+    (the rows were then measured with code or weights that commit does not hold; ``results/`` is what
+    the runs themselves rewrite); ``HIVTP_COMMIT`` overrides."""
     env = os.environ.get("HIVTP_COMMIT")
     if env:
         return env
@@ -37,9 +40,12 @@ def git_commit() -> str:
         out = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"], cwd=_REPO, capture_output=True, text=True, timeout=10
         )
+        if out.returncode != 0 or not out.stdout.strip():
+            return "unknown"
+        changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", ".", ":(exclude)results"], cwd=_REPO, capture_output=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+    return out.stdout.strip() + ("-dirty" if changed.returncode == 1 else "")
 
 
 def fingerprint(device: torch.device) -> dict[str, str]:

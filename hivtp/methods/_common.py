@@ -1,4 +1,4 @@
-"""Small helpers shared by the baseline methods (budgets, top-k with deterministic ties, [CLS] rows).
+"""Small helpers shared by the methods (budgets, top-k with deterministic ties, [CLS] rows).
 
 Conventions shared by every baseline:
 

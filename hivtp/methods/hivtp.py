@@ -28,9 +28,9 @@ import torch
 
 from ..errors import ConfigError
 from ..importance import DEFAULT_LAYERS, check_backend, scores_from_tower
-from ._common import attention_request, check_budget
 from ..selection import fit_to_budget, select_masks, validate_geometry
 from ..selection import Selection
+from ._common import attention_request, check_budget
 from .base import CropBatch, CropSelection, PruningMethod, TowerRequest, parse_layers, register_method
 
 PAPER_DEFAULTS = {"regions": 2, "keep_ratio": 0.25, "window": 2}

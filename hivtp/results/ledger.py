@@ -57,7 +57,7 @@ def _best_gain(frame: pd.DataFrame, word: str, column: str, higher_better: bool)
             v = float(r[column])
             gain = (v / ref - 1) * 100 if higher_better else (1 - v / ref) * 100
             if best is None or gain > best[0]:
-                best = (gain, f"budget {_int(r['budget'])}, {key[0]} {key[1]} batch {key[2]}")
+                best = (gain, f"budget {_budget(r['budget'])}, {key[0]} {key[1]} batch {key[2]}")
     return best
 
 
@@ -137,6 +137,9 @@ def ledger_markdown(acc: pd.DataFrame, lat: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _int(x: object) -> object:
-    """64.0 -> 64 (CSV round trips turn integer budgets into floats)."""
-    return int(x) if isinstance(x, float) and x == x and x.is_integer() else x
+def _budget(x: object) -> object:
+    """64.0 -> 64 (CSV round trips turn integer budgets into floats); no budget (NaN, None: the
+    method's own default geometry) -> "default", as the tables write it."""
+    if x is None or (isinstance(x, float) and x != x):
+        return "default"
+    return int(x) if isinstance(x, float) and x.is_integer() else x

@@ -23,7 +23,9 @@ def ridge_r2(x_fit: torch.Tensor, y_fit: torch.Tensor, x_test: torch.Tensor, y_t
     mean, std = x_fit.mean(0), x_fit.std(0).clamp(min=1e-6)
     design = lambda x: torch.cat([(x - mean) / std, torch.ones(len(x), 1, dtype=x.dtype)], 1)  # noqa: E731
     a = design(x_fit).double()
-    w = torch.linalg.solve(a.T @ a + ridge * len(a) * torch.eye(a.shape[1], dtype=a.dtype), a.T @ y_fit.double())
+    penalty = ridge * len(a) * torch.eye(a.shape[1], dtype=a.dtype)
+    penalty[-1, -1] = 0  # the bias is not shrunk
+    w = torch.linalg.solve(a.T @ a + penalty, a.T @ y_fit.double())
     residual = ((design(x_test).double() @ w - y_test.double()) ** 2).mean(0)
     return (1 - residual / ((y_test.double() - y_fit.double().mean(0)) ** 2).mean(0)).float()
 
@@ -34,6 +36,8 @@ def position_r2(model, processor, scenes: int = 48, seed: int = 555, fit_share: 
     scenes (1-4 objects), fitted on the first ``fit_share`` of the scenes and scored on the rest."""
     from .train import _feature_layer, cell_positions
 
+    if int(scenes * fit_share) < 2 or int(scenes * fit_share) >= scenes:
+        raise ValueError(f"scenes={scenes} with fit_share={fit_share} leaves no scenes to fit or to score; use more scenes.")
     rng = np.random.default_rng(seed)
     drawn = [draw_scene(rng) for _ in range(scenes)]
     pixels = processor.image_processor([render(s) for s in drawn], return_tensors="pt").pixel_values

@@ -107,16 +107,20 @@ def cell_positions(grid: int) -> torch.Tensor:
 
 
 class AuxHeads(torch.nn.Module):
-    """Linear read-outs of the feature-layer tokens, training only (not part of the saved llava-hf
-    checkpoint). They give the from-scratch encoder a dense signal, so that it learns object features
-    in hundreds of steps instead of waiting for the sparse answer loss:
+    """Linear read-outs, training only (not part of the saved llava-hf checkpoint). Those of the
+    feature-layer tokens give the from-scratch encoder a dense signal, so that it learns object
+    features in hundreds of steps instead of waiting for the sparse answer loss:
 
     * ``colour``: the colour under each patch centre, or background (a local property);
     * ``position``: each token's (column, row), so that "left of" can be read from any token;
     * ``kind``: each object's (colour, shape) from the *mean* of the tokens on it. Shape is a
       property of the whole object (the interior patches of a square and a circle look alike), and
       the language model reads objects by pooling their tokens with attention, so the pooled
-      tokens, not each one, must carry it."""
+      tokens, not each one, must carry it.
+
+    With the language model's width (``text_width``) it also holds ``placement``, the (column, row)
+    read-out of the *projected* object tokens (``placement_loss``), and the mention probes
+    (``MentionProbes``)."""
 
     def __init__(self, width: int, grid: int = 24, text_width: int | None = None):
         super().__init__()
@@ -137,7 +141,8 @@ class AuxHeads(torch.nn.Module):
         """MSE of each object patch's (column, row) read linearly from its *projected* token, the one
         the language model sees. The grounding loss pulls an object's projected tokens towards one
         word embedding, which erases where each patch is (the encoder's tokens carry it, the
-        projected ones did not: least-squares R^2 below 0); "left of" needs it kept."""
+        projected ones hardly did: R^2 0.33 / -0.37 for column / row in the model trained without
+        this loss, ``scripts/toy_position_probe.py``); "left of" needs it kept."""
         on_object = labels > 0  # [I, P]
         if not on_object.any():
             return tokens.sum() * 0
@@ -454,8 +459,10 @@ def grounding_loss(model, tokens: torch.Tensor, labels: torch.Tensor, words: lis
 
 def step_losses(model, heads: AuxHeads, batch: Batch, words: list[list[int]] | None = None, cfg: TrainConfig | None = None) -> dict[str, torch.Tensor]:
     """The losses of one step: ``answer`` once there are questions, then each auxiliary term
-    (``grounding`` with the language model, given the kinds' ``words``; ``retrieve`` / ``gather``
-    given ``cfg``, see ``attention_losses``)."""
+    (``grounding`` with the language model, given the kinds' ``words``; given ``cfg``: ``placement``,
+    ``retrieve`` / ``gather`` / ``bind`` (see ``attention_losses``) and the mention probes). The
+    ``placement`` and ``where_probe`` terms are returned (and logged) already multiplied by their
+    weights."""
     if batch.input_ids is None:
         return heads.losses(_feature_layer(model, batch.pixel_values), batch.patch_labels)
     tokens = _feature_layer(model, batch.pixel_values)
@@ -496,6 +503,10 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike, out_dir: str | os.PathL
     if state_path.is_file():
         state = torch.load(state_path, weights_only=True)
         model.load_state_dict(state["model"])
+        missing = sorted(set(heads.state_dict()) - set(state["aux_heads"]))
+        if missing:
+            raise ValueError(f"{state_path} was written by an older recipe (its training heads lack {missing}); "
+                             "resume it with the code that wrote it, or start afresh with another --work-dir.")
         heads.load_state_dict(state["aux_heads"])
         opt.load_state_dict(state["opt"])
         start = int(state["step"])
