@@ -128,16 +128,12 @@ def toy_maps(n: int) -> torch.Tensor | None:
     """Importance maps of the shipped toy model on ``n`` rendered scenes, or None if it cannot load."""
     try:
         import numpy as np
-        from transformers import AutoProcessor, LlavaForConditionalGeneration
-
         import hivtp
         from hivtp.world.render import render
         from hivtp.world.scene import draw_scene
-        from hivtp.zoo import trained_dir
+        from hivtp.zoo import load_pretrained
 
-        path = trained_dir("toy-llava")
-        model = LlavaForConditionalGeneration.from_pretrained(path).eval()
-        processor = AutoProcessor.from_pretrained(path)
+        model, processor = load_pretrained("toy-llava")
     except Exception as exc:  # noqa: BLE001 - report and fall back to synthetic maps
         print(f"[presets] toy model not available ({exc}); synthetic maps only", file=sys.stderr)
         return None

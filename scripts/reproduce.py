@@ -117,17 +117,13 @@ def ensure_offline_artifacts(model: str) -> None:
 
 
 def token_pictures(model_name: str, out: Path) -> None:
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
     import numpy as np
 
     from hivtp.results.token_picture import token_picture
     from hivtp.world import draw_scene, render
-    from hivtp.zoo import resolve_checkpoint
+    from hivtp.zoo import load_pretrained
 
-    path = resolve_checkpoint(model_name)
-    model = LlavaForConditionalGeneration.from_pretrained(path).eval()
-    processor = AutoProcessor.from_pretrained(path)
+    model, processor = load_pretrained(model_name)
     rng = np.random.default_rng(0)
     images = [render(draw_scene(rng)) for _ in range(3)]
     token_picture(model, processor, images, out, name=f"token_picture_offline_{model_name}")

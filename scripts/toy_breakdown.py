@@ -16,12 +16,10 @@ import torch
 
 
 def main() -> None:
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
     from hivtp.toy.data import QAItem
     from hivtp.toy.evaluate import evaluate
     from hivtp.world import ask, draw_scene, prompt_text, render, target_text
-    from hivtp.zoo import resolve_checkpoint
+    from hivtp.zoo import load_pretrained
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenes", type=int, default=60)
@@ -29,8 +27,7 @@ def main() -> None:
     ap.add_argument("--model", default="toy-llava")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    path = resolve_checkpoint(args.model)
-    model, processor = LlavaForConditionalGeneration.from_pretrained(path).eval(), AutoProcessor.from_pretrained(path)
+    model, processor = load_pretrained(args.model)
     rng = np.random.default_rng(args.seed)
     images, items, groups = [], [], []
     for _ in range(args.scenes):

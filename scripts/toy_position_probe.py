@@ -22,12 +22,9 @@ def load(model: str):
         net, processor = build(0)
         net.load_state_dict(torch.load(model, weights_only=True)["model"])
         return net.eval(), processor
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from hivtp.zoo import load_pretrained
 
-    from hivtp.zoo import resolve_checkpoint
-
-    path = resolve_checkpoint(model)
-    return LlavaForConditionalGeneration.from_pretrained(path).eval(), AutoProcessor.from_pretrained(path)
+    return load_pretrained(model)
 
 
 def main() -> None:

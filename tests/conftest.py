@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hivtp.zoo import build_checkpoint
+from hivtp.zoo import build_checkpoint, load_pretrained
 
 
 @pytest.fixture(autouse=True)
@@ -18,14 +18,6 @@ def _checkpoint(tmp_path_factory, shape: str):
     return build_checkpoint(shape, tmp_path_factory.mktemp("ckpt") / shape, seed=0)
 
 
-def _load(model_class: str, path):
-    """(model, processor) loaded with from_pretrained, exactly as a hub checkpoint would be."""
-    import transformers
-
-    model = getattr(transformers, model_class).from_pretrained(path).eval()
-    return model, transformers.AutoProcessor.from_pretrained(path)
-
-
 @pytest.fixture(scope="session")
 def tiny_llava_dir(tmp_path_factory):
     """A tiny LLaVA-1.5 checkpoint on disk (random weights, shipped tokenizer)."""
@@ -34,7 +26,7 @@ def tiny_llava_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_llava(tiny_llava_dir):
-    return _load("LlavaForConditionalGeneration", tiny_llava_dir)
+    return load_pretrained(str(tiny_llava_dir))  # from_pretrained, exactly as a hub checkpoint would be
 
 
 @pytest.fixture(scope="session")
@@ -45,4 +37,4 @@ def tiny_llava_next_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_llava_next(tiny_llava_next_dir):
-    return _load("LlavaNextForConditionalGeneration", tiny_llava_next_dir)
+    return load_pretrained(str(tiny_llava_next_dir))

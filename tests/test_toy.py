@@ -14,7 +14,7 @@ from hivtp.toy.data import chat_prompt, encode_items, patch_labels, sample_items
 from hivtp.toy.evaluate import evaluate, family_accuracy, held_out_items
 from hivtp.toy.train import TrainConfig, build, loss_of, loss_of_full, train
 from hivtp.world import FAMILIES, KINDS
-from hivtp.zoo import resolve_checkpoint, trained_dir
+from hivtp.zoo import load_pretrained, trained_dir
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +102,7 @@ def test_retraining_reproduces_the_logged_losses_of_the_first_steps(tmp_path):
 
 @pytest.fixture(scope="module")
 def toy():
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-    path = resolve_checkpoint("toy-llava")
-    return LlavaForConditionalGeneration.from_pretrained(path).eval(), AutoProcessor.from_pretrained(path)
+    return load_pretrained("toy-llava")
 
 
 def test_shipped_checkpoint_is_small_safetensors_with_its_training_log():
@@ -232,8 +229,9 @@ def test_grounding_loss_compares_object_tokens_with_their_words(untrained):
         feat = model.model.multi_modal_projector(tokens[i, p])
         terms.append(1 - torch.dot(feat, target) / (feat.norm() * target.norm()))
     with torch.no_grad():
-        torch.testing.assert_close(grounding_loss(model, tokens, labels, words), torch.stack(terms).mean(), rtol=1e-5, atol=1e-6)
-        assert float(grounding_loss(model, tokens, torch.zeros_like(labels), words)) == 0.0
+        feats = model.model.multi_modal_projector(tokens)
+        torch.testing.assert_close(grounding_loss(model, feats, labels, words), torch.stack(terms).mean(), rtol=1e-5, atol=1e-6)
+        assert float(grounding_loss(model, feats, torch.zeros_like(labels), words)) == 0.0
 
 
 def test_mimetic_init_makes_query_and_key_near_identity_and_refuses_grouped_queries(untrained):
@@ -309,8 +307,9 @@ def test_placement_loss_reads_each_object_patch_place_from_its_projected_token(u
         place = torch.tensor([cell % 24, cell // 24]) / 23
         terms += list(heads.placement(model.model.multi_modal_projector(tokens[i, cell])) - place)
     with torch.no_grad():
-        torch.testing.assert_close(heads.placement_loss(model, tokens, labels), torch.stack(terms).pow(2).mean(), rtol=1e-5, atol=1e-7)
-        assert float(heads.placement_loss(model, tokens, torch.zeros_like(labels))) == 0.0
+        feats = model.model.multi_modal_projector(tokens)
+        torch.testing.assert_close(heads.placement_loss(feats, labels), torch.stack(terms).pow(2).mean(), rtol=1e-5, atol=1e-7)
+        assert float(heads.placement_loss(feats, torch.zeros_like(labels))) == 0.0
 
 
 def test_encoded_mentions_and_answer_position_point_at_the_right_tokens(untrained):

@@ -61,6 +61,14 @@ def test_checkpoint_round_trip(tiny_llava_dir, tiny_llava):
     assert processor.tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id
 
 
+def test_load_pretrained_picks_the_class_from_the_config(tiny_llava, tiny_llava_next):
+    from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
+
+    for (model, processor), cls in ((tiny_llava, LlavaForConditionalGeneration), (tiny_llava_next, LlavaNextForConditionalGeneration)):
+        assert type(model) is cls and not model.training
+        assert processor.tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id
+
+
 def test_processor_expands_image_to_576_tokens(tiny_llava):
     model, processor = tiny_llava
     from helpers import llava_inputs

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..importance import check_backend, cls_attention  # noqa: F401  (check_backend is re-exported for the methods)
+from ..importance import cls_attention
 from ..vision import TowerOutput
 from .base import CropBatch, TowerRequest
 

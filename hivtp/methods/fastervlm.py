@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
+from ..importance import check_backend
 from .base import CropBatch, CropSelection, PruningMethod, TowerRequest, register_method
 from ._common import (
     attention_request,
-    check_backend,
     check_budget,
     cls_patch_attention,
     crop_budgets,

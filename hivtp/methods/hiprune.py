@@ -30,9 +30,9 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..importance import scores_from_tower
+from ..importance import check_backend, scores_from_tower
 from .base import CropBatch, CropSelection, PruningMethod, TowerRequest, register_method
-from ._common import attention_request, check_backend, check_budget, crop_budgets, top_k_positions, valid_mask
+from ._common import attention_request, check_budget, crop_budgets, top_k_positions, valid_mask
 
 PUBLISHED = {"alpha": 0.1, "object_layer": 8}
 

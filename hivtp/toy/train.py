@@ -137,18 +137,17 @@ class AuxHeads(torch.nn.Module):
         """The language side's probe losses (see ``MentionProbes``); none without ``text_width``."""
         return {} if self.mention is None else self.mention(batch, hidden)
 
-    def placement_loss(self, model, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """MSE of each object patch's (column, row) read linearly from its *projected* token, the one
-        the language model sees. The grounding loss pulls an object's projected tokens towards one
+    def placement_loss(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """MSE of each object patch's (column, row) read linearly from its *projected* token ``feats``
+        [I, P, D_text], the one the language model sees. The grounding loss pulls an object's projected tokens towards one
         word embedding, which erases where each patch is (the encoder's tokens carry it, the
         projected ones hardly did: R^2 0.33 / -0.37 for column / row in the model trained without
         this loss, ``scripts/toy_position_probe.py``); "left of" needs it kept."""
         on_object = labels > 0  # [I, P]
         if not on_object.any():
-            return tokens.sum() * 0
-        feats = model.model.multi_modal_projector(tokens[on_object])  # [N, D_text]
+            return feats.sum() * 0
         where = cell_positions(self.grid).expand(*labels.shape, 2)[on_object]  # [N, 2]
-        return F.mse_loss(self.placement(feats), where)
+        return F.mse_loss(self.placement(feats[on_object]), where)
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The summed auxiliary loss."""
@@ -160,8 +159,8 @@ class AuxHeads(torch.nn.Module):
         weight = torch.ones(self.colour.out_features)
         weight[0] = 0.1  # background patches are most of them
         colour = F.cross_entropy(self.colour(tokens).flatten(0, 1), self.colour_of[labels].flatten(), weight=weight)
-        where = cell_positions(self.grid)  # [P, 2]
-        position = F.mse_loss(self.position(tokens), where.expand_as(self.position(tokens)))
+        place = self.position(tokens)  # [I, P, 2]
+        position = F.mse_loss(place, cell_positions(self.grid).expand_as(place))
         # objects are unique by kind within a scene: kind k's patches are its object's patches
         masks = (labels.unsqueeze(1) == torch.arange(1, len(KINDS) + 1).view(1, -1, 1)).float()  # [I, K, P]
         sizes = masks.sum(-1)  # [I, K]
@@ -194,16 +193,15 @@ def loss_of_full(model, batch: Batch) -> torch.Tensor:
     return _answer_loss(model, hidden, batch.labels[:, 1:])
 
 
-def loss_of(model, batch: Batch, tokens: torch.Tensor | None = None, taps=None):
+def loss_of(model, batch: Batch, feats: torch.Tensor | None = None, taps=None):
     """The same loss with the shared prefix (BOS, "USER: ", 576 image tokens) run once per image:
     its key/value cache is gathered per question and the question suffixes attend to it. Causal
     attention makes this exactly the full-sequence computation at a fraction of the cost.
-    ``tokens``: the feature-layer tokens, if already run. ``taps`` (layer indices): (answer loss,
+    ``feats``: the projected patch tokens [I, P, D], if already computed. ``taps`` (layer indices): (answer loss,
     {layer: its attention rows}, {layer: its suffix output [Q, S, D]}) for ``attention_losses`` and
     ``MentionProbes``."""
     p = batch.prefix_len
-    tokens = _feature_layer(model, batch.pixel_values) if tokens is None else tokens  # [I, P, D_vision]
-    feats = model.model.multi_modal_projector(tokens)  # [I, P, D]
+    feats = _image_features(model, batch.pixel_values) if feats is None else feats  # [I, P, D]
     prefix_ids = batch.input_ids[:1, :p].expand(feats.shape[0], p)  # [I, p] identical rows
     embeds = model.get_input_embeddings()(prefix_ids)
     mask = (prefix_ids == model.config.image_token_id).unsqueeze(-1)
@@ -439,8 +437,9 @@ def kind_word_ids(tokenizer) -> list[list[int]]:
             for c, s in KINDS]
 
 
-def grounding_loss(model, tokens: torch.Tensor, labels: torch.Tensor, words: list[list[int]]) -> torch.Tensor:
-    """1 - cos(projected image token, colour word + shape word embedding) over the object patches:
+def grounding_loss(model, feats: torch.Tensor, labels: torch.Tensor, words: list[list[int]]) -> torch.Tensor:
+    """1 - cos(projected image token ``feats`` [I, P, D_text], colour word + shape word embedding)
+    over the object patches:
     the projector learns to put an object's tokens where the words that name it are, so that the
     language model's attention (see ``init.mimetic_init``) can find "the red circle" from its first
     steps. The word embeddings are targets only (detached); the answer loss trains them."""
@@ -452,9 +451,8 @@ def grounding_loss(model, tokens: torch.Tensor, labels: torch.Tensor, words: lis
     targets = torch.stack(targets)  # [K, D_text]
     on_object = labels > 0
     if not on_object.any():
-        return tokens.sum() * 0
-    feats = model.model.multi_modal_projector(tokens[on_object])  # [N, D_text]
-    return (1 - F.cosine_similarity(feats, targets[labels[on_object] - 1], dim=-1)).mean()
+        return feats.sum() * 0
+    return (1 - F.cosine_similarity(feats[on_object], targets[labels[on_object] - 1], dim=-1)).mean()
 
 
 def step_losses(model, heads: AuxHeads, batch: Batch, words: list[list[int]] | None = None, cfg: TrainConfig | None = None) -> dict[str, torch.Tensor]:
@@ -465,16 +463,17 @@ def step_losses(model, heads: AuxHeads, batch: Batch, words: list[list[int]] | N
     weights."""
     if batch.input_ids is None:
         return heads.losses(_feature_layer(model, batch.pixel_values), batch.patch_labels)
-    tokens = _feature_layer(model, batch.pixel_values)
+    tokens = _feature_layer(model, batch.pixel_values)  # [I, P, D_vision]
+    feats = model.model.multi_modal_projector(tokens)  # [I, P, D_text]: run once for every loss that reads it
     taps = () if cfg is None or cfg.retrieve_layer < 0 else tuple(sorted({cfg.retrieve_layer, cfg.gather_layer, cfg.bind_layer} - {-1}))
-    answer = loss_of(model, batch, tokens=tokens, taps=taps)
+    answer = loss_of(model, batch, feats=feats, taps=taps)
     if taps:
         answer, rows, outputs = answer
     parts = {"answer": answer, **heads.losses(tokens, batch.patch_labels)}
     if words is not None:
-        parts["grounding"] = grounding_loss(model, tokens, batch.patch_labels, words)
+        parts["grounding"] = grounding_loss(model, feats, batch.patch_labels, words)
     if cfg is not None and cfg.placement_weight and heads.placement is not None:
-        parts["placement"] = cfg.placement_weight * heads.placement_loss(model, tokens, batch.patch_labels)
+        parts["placement"] = cfg.placement_weight * heads.placement_loss(feats, batch.patch_labels)
     if taps:
         parts.update(attention_losses(model, batch, rows, cfg))
         probes = heads.probes(batch, outputs[cfg.retrieve_layer])

@@ -37,6 +37,7 @@ __all__ = [
     "artifacts_dir",
     "checkpoint_dir",
     "resolve_checkpoint",
+    "load_pretrained",
     "trained_dir",
     "TRAINED",
     "CHAT_TEMPLATES",
@@ -170,3 +171,13 @@ def resolve_checkpoint(name_or_path: str) -> str:
             )
         return str(path)
     return name_or_path
+
+
+def load_pretrained(name_or_path: str):
+    """(model in eval mode, processor) of a checkpoint name or directory (see ``resolve_checkpoint``),
+    loaded with ``from_pretrained`` as a hub checkpoint is: LLaVA-1.5 or LLaVA-NeXT by its config."""
+    from transformers import AutoConfig, AutoProcessor
+
+    path = resolve_checkpoint(name_or_path)
+    model = _model_class(AutoConfig.from_pretrained(path)).from_pretrained(path).eval()
+    return model, AutoProcessor.from_pretrained(path)
