@@ -3,10 +3,16 @@
     python -m hivtp.run model=toy-llava method=hivtp method.params.budget=128
     python -m hivtp.run -m +sweep=geometry           # Hydra multirun; finished runs are skipped
 
-Each run lives in ``<runs_root>/<hash>/`` where the hash covers the config's identity keys (model,
-method and its non-null params, benchmark, latency protocol, mode, profile): starting a sweep again
-finds the finished folders and skips them. Every file is written atomically (temp file + rename) and
-``DONE`` is written last, so a killed sweep loses nothing that finished and redoes only what did not.
+Each run lives in ``<runs_root>/<hash>/`` where the hash covers everything that changes its numbers
+(model, method and its non-null params, benchmark, the device and dtype it runs with, latency protocol,
+mode, profile; see :func:`identity`): starting a sweep again finds the finished folders and skips them.
+The code version is not identity: a finished run made at another commit is skipped with a line that
+says so, and its rows keep their commit. Every file is written atomically (:mod:`hivtp.atomic`) and
+the manifest ``DONE`` is written last (:mod:`hivtp.runfolder`): a run counts as finished only while
+every file it names is there with its checksum; anything else is redone. A killed sweep loses nothing
+that finished and redoes only what did not; a forced re-run (``force=true``), or the redo of a
+damaged finished run, is made in a fresh folder and swapped in at the end, so killing it leaves the
+old run as it was.
 The backends are the contract APIs (``hivtp.lmms.runner.run_accuracy``, ``hivtp.latency.measure``),
 named in ``cfg.backend`` as ``module:attr`` so that tests can swap them.
 
@@ -19,12 +25,12 @@ import hashlib
 import importlib
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from . import runfolder
+from .atomic import write_json, write_text
 from .errors import ConfigError
 from .latency.fingerprint import git_commit
 
@@ -33,6 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
 # Keys that do not change what a run computes: excluded from the hash.
 NON_IDENTITY = ("runs_root", "results_dir", "force", "progress", "backend", "skip_invalid", "hydra")
+# Kept under its old name for callers of ``hivtp.run`` (tests, user scripts).
+write_atomic = write_text
 
 
 # ---------------------------------------------------------------------------- config -> identity
@@ -54,38 +62,32 @@ def method_params(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def identity(cfg: dict[str, Any]) -> dict[str, Any]:
-    ident = {k: v for k, v in cfg.items() if k not in NON_IDENTITY}
+    """What the run's numbers depend on. Each part brings its own settings: accuracy its device and
+    dtype (not the latency protocol), latency its protocol (not the benchmark)."""
+    ident = {k: v for k, v in cfg.items() if k not in NON_IDENTITY and k not in ("accuracy", "latency")}
     ident["method"] = {"name": cfg["method"]["name"], "params": method_params(cfg)}
-    if cfg.get("mode") == "accuracy":
-        ident.pop("latency", None)  # the latency protocol does not change accuracy runs
-    if cfg.get("mode") == "latency":
+    mode = cfg.get("mode", "both")  # execute's default
+    if mode in ("accuracy", "both"):
+        ident["accuracy"] = accuracy_settings(cfg)
+    if mode != "accuracy" and "latency" in cfg:
+        ident["latency"] = cfg["latency"]
+    if mode == "latency":
         ident.pop("benchmark", None)
     return ident
+
+
+def accuracy_settings(cfg: dict[str, Any]) -> dict[str, str]:
+    """Device and dtype of the accuracy run, resolved. ``dtype: auto`` is the checkpoint's own dtype
+    (lmms-eval's default; the checkpoint is in the identity through the model). A config without an
+    ``accuracy`` section (written before it existed) runs accuracy on the latency device."""
+    acc = cfg.get("accuracy") or {}
+    device = acc.get("device") or (cfg.get("latency") or {}).get("device") or "cpu"
+    return {"device": str(device), "dtype": str(acc.get("dtype") or "auto")}
 
 
 def run_hash(cfg: dict[str, Any]) -> str:
     text = json.dumps(identity(cfg), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-# ---------------------------------------------------------------------------- atomic files
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same folder and a rename (atomic on POSIX)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
 
 
 # ---------------------------------------------------------------------------- backends
@@ -102,6 +104,13 @@ def load_callable(spec: str) -> Callable[..., Any]:
 def run_accuracy_part(cfg: dict[str, Any], folder: Path) -> list[dict[str, Any]]:
     bench = cfg["benchmark"]
     fn = load_callable(cfg["backend"]["accuracy"])
+    settings = accuracy_settings(cfg)
+    dtype = _if_accepted(fn, dtype=settings["dtype"])
+    if settings["dtype"] != "auto" and not dtype:  # the dtype is in the run's identity: never ignore it
+        raise ConfigError(
+            f"accuracy.dtype={settings['dtype']} but the accuracy backend {cfg['backend']['accuracy']} takes no "
+            "dtype (it runs the checkpoint's own); use accuracy.dtype=auto."
+        )
     return fn(
         pretrained=cfg["model"]["pretrained"],
         method=cfg["method"]["name"],
@@ -110,9 +119,10 @@ def run_accuracy_part(cfg: dict[str, Any], folder: Path) -> list[dict[str, Any]]
         limit=bench.get("limit"),
         batch_size=bench.get("batch_size", 1),
         output_dir=folder / "lmms",
-        device=cfg["latency"]["device"] if "latency" in cfg else "cpu",
+        device=settings["device"],
         include_path=bench.get("include_path"),
         **_if_accepted(fn, progress=bool(cfg.get("progress", True)), data_dir=bench.get("data_dir")),
+        **dtype,
     )
 
 
@@ -182,54 +192,100 @@ def stamp(rows: list[dict[str, Any]], cfg: dict[str, Any], key: str, commit: str
 
 # ---------------------------------------------------------------------------- one run
 def check_method(cfg: dict[str, Any]) -> None:
-    """Build the method now so that a bad name, param or geometry fails before any model loads."""
+    """Build the method and check it against the model's vision geometry (patch grid, encoder depth,
+    feature layer), read from the model's config without loading it, so that a bad name, param,
+    geometry or score layer fails (or, with skip_invalid, is marked INVALID) before any model loads.
+    A hub id that no shipped shape copies has no config here: it is checked at LLaVA-1.5's geometry
+    (every llava-hf LLaVA-1.5 / NeXT uses the same CLIP ViT-L/14-336), and again when it loads."""
     from .methods import build_method
+    from .zoo import local_config, shape_config, vision_geometry
 
     method = build_method(cfg["method"]["name"], **method_params(cfg))
-    if cfg["method"]["name"] == "hivtp":
-        from .selection import validate_geometry
+    config = local_config(cfg["model"]["pretrained"]) or shape_config("llava-1.5-7b")
+    grid, num_layers, feature_attention_layer = vision_geometry(config)
+    method.check(grid, num_layers, feature_attention_layer)
 
-        p = method.params()
-        validate_geometry(24, 24, p["regions"], p["keep_ratio"], p["window"])
+
+def _say(text: str) -> None:
+    log.info(text)
+    print(f"[hivtp.run] {text}", flush=True)
+
+
+def _skip(folder: Path, commit: str) -> None:
+    made_at = runfolder.read_manifest(folder).get("commit")
+    if made_at and made_at != commit:
+        _say(f"skip {folder.name}: finished at commit {made_at}, not this tree's {commit}; its rows keep "
+             f"{made_at}. Numbers may differ at this commit: force=true redoes it.")
+    else:
+        _say(f"skip {folder.name}: finished")
 
 
 def execute(cfg_in: Any) -> Path:
-    """Run one resolved config; return its run folder. Skips finished parts and finished runs."""
+    """Run one resolved config; return its run folder. Skips finished runs, keeps finished parts of
+    a killed one, redoes a damaged one."""
     cfg = plain(cfg_in)
     mode = cfg.get("mode", "both")
     if mode not in ("accuracy", "latency", "both"):
         raise ConfigError(f"mode must be accuracy, latency or both, got {mode!r}.")
-    folder = Path(cfg["runs_root"]) / run_hash(cfg)
-    done = folder / "DONE"
-    if done.exists() and not cfg.get("force", False):
-        log.info("skip %s (finished)", folder)
-        print(f"[hivtp.run] skip {folder.name}: finished", flush=True)
-        return folder
-    write_json(folder / "config.json", {"identity": identity(cfg), "config": cfg})
+    final = Path(cfg["runs_root"]) / run_hash(cfg)
+    commit = git_commit()
+    force = bool(cfg.get("force", False))
+    if not force and runfolder.is_complete(final):
+        _skip(final, commit)
+        return final
+    invalid = _invalid_reason(cfg)  # before any folder is made: a bad config raises here
+    # A finished run that is no longer complete is redone whole, in a fresh folder, as a forced one.
+    damaged = runfolder.verify_run(final) if (final / runfolder.MANIFEST).exists() else []
+    if damaged:
+        _say(f"redo {final.name}: {'; '.join(damaged)}")
+    if not (force or damaged):
+        _run_into(cfg, final, mode, commit, invalid, keep_parts=True)
+        return final
+    fresh = runfolder.fresh_folder(final)
+    try:
+        _run_into(cfg, fresh, mode, commit, invalid, keep_parts=False)
+    except BaseException:
+        _say(f"{final.name}: the re-run did not finish; its files are in {fresh}, {final} is unchanged")
+        raise
+    runfolder.swap_in(fresh, final)
+    return final
+
+
+def _invalid_reason(cfg: dict[str, Any]) -> str | None:
+    """None for a config the method accepts; hivtp's message for one it rejects under skip_invalid
+    (the run is then marked INVALID); the ConfigError itself otherwise."""
     try:
         check_method(cfg)
     except ConfigError as e:
         if not cfg.get("skip_invalid", False):
             raise
-        write_atomic(folder / "INVALID", f"{e}\n")
-        write_atomic(done, "invalid\n")
-        print(f"[hivtp.run] invalid {folder.name}: {e}", flush=True)
-        return folder
-    commit = git_commit()
+        return str(e)
+    return None
+
+
+def _run_into(cfg: dict[str, Any], folder: Path, mode: str, commit: str, invalid: str | None, keep_parts: bool) -> None:
+    """Run ``cfg`` in ``folder`` and seal it with the manifest. ``keep_parts``: a part whose rows
+    file is there and readable finished before a kill; keep it."""
+    name = run_hash(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "config.json", {"identity": identity(cfg), "config": cfg})
+    if invalid is not None:
+        write_text(folder / "INVALID", f"{invalid}\n")
+        runfolder.write_manifest(folder, parts=[], status="invalid", commit=commit)
+        _say(f"invalid {name}: {invalid}")
+        return
     parts = [p for p in ("accuracy", "latency") if mode in (p, "both")]
     for part in parts:
         target = folder / f"{part}.json"
-        if target.exists() and not cfg.get("force", False):
+        if keep_parts and runfolder.readable_rows(target) is not None:
             continue  # this part finished before a kill; keep it
-        print(f"[hivtp.run] {folder.name}: {part} {cfg['model']['name']} {cfg['method']['name']} "
-              f"{method_params(cfg)}", flush=True)
+        _say(f"{name}: {part} {cfg['model']['name']} {cfg['method']['name']} {method_params(cfg)}")
         start = time.perf_counter()
         fn = run_accuracy_part if part == "accuracy" else run_latency_part
         rows = stamp(fn(cfg, folder), cfg, part, commit)
         write_json(target, rows)
-        print(f"[hivtp.run] {folder.name}: {part} done, {len(rows)} rows, {time.perf_counter() - start:.1f} s", flush=True)
-    write_atomic(done, time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
-    return folder
+        _say(f"{name}: {part} done, {len(rows)} rows, {time.perf_counter() - start:.1f} s")
+    runfolder.write_manifest(folder, parts=parts, status="done", commit=commit)
 
 
 def main() -> None:

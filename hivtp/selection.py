@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Sequence
 
 import torch
@@ -61,10 +62,12 @@ class Selection:
 
 
 def region_keep_count(n_region: int, keep_ratio: float) -> int:
-    """``floor(n_region * keep_ratio)``, computed so that float representation error cannot drop a
-    token: ``100 * 0.29`` is ``28.999999999999996`` in binary floating point, but 29 is meant.
-    Rounding the product to 9 decimals first is exact for any ratio written with <= 9 decimals."""
-    return int(math.floor(round(n_region * keep_ratio, 9)))
+    """``floor(n_region * keep_ratio)`` on the ratio as the decimal the user wrote: ``repr`` of a float
+    is the shortest decimal that reads back as that float, so 0.29 is 29/100 exactly and
+    ``100 * 0.29`` gives 29 (binary floating point makes it ``28.999999999999996``, hence 28). The
+    product is exact, so 0.006944444444444444 (the decimal just below 1/144) keeps 0 of 144 tokens.
+    A count of 0 is valid: that region keeps no global token and stage 2 alone picks its tokens."""
+    return math.floor(Decimal(repr(float(keep_ratio))) * n_region)
 
 
 def validate_geometry(height: int, width: int, regions: int, keep_ratio: float, window: int) -> None:

@@ -12,8 +12,9 @@ from fractions import Fraction
 
 
 def keep_count(n_region: int, keep_ratio: float) -> int:
-    # The ratio as the decimal the user wrote (0.29 means 29/100), not its binary approximation.
-    return math.floor(Fraction(str(keep_ratio)) * n_region)
+    # The ratio as the decimal the user wrote (0.29 means 29/100), not its binary approximation:
+    # repr gives the shortest decimal that reads back as the float. The product is exact (a Fraction).
+    return math.floor(Fraction(repr(float(keep_ratio))) * n_region)
 
 
 def hivtp_reference(grid, regions: int, keep_ratio: float, window: int):

@@ -75,7 +75,7 @@ def test_sweep_sizes_match_the_design():
 
 
 def test_stages_arms_reach_matched_token_counts():
-    """global only / both / (near-)local only all end at exactly 144 tokens on a 24x24 grid."""
+    """global only / both / local only all end at exactly 144 tokens on a 24x24 grid."""
     import torch
 
     from hivtp.selection import fit_to_budget, select_masks
@@ -89,7 +89,29 @@ def test_stages_arms_reach_matched_token_counts():
         counts[p["keep_ratio"]] = (int(c["tokens_global"]), int(c["tokens_local"]))
     assert counts[0.25] == (144, 0)
     assert counts[0.125] == (72, 72)
-    assert counts[1 / 144] == (4, 140)
+    assert counts[0.001] == (0, 144)  # floor(144 x 0.001) = 0 global: stage 2 alone
+
+
+@pytest.mark.parametrize("model", ["tiny-llava", "toy-llava"])
+def test_layers_sweep_is_invalid_exactly_past_the_models_feature_layer(model):
+    """sweep/layers is written for a 24-layer CLIP; on toy-llava's 12-layer encoder the points past its
+    feature layer are refused from the model's config (so skip_invalid marks them INVALID before any
+    model loads) and every other point is accepted."""
+    from hivtp.errors import ConfigError
+    from hivtp.zoo import local_config, vision_geometry
+
+    last = vision_geometry(local_config(plain(compose_([f"model={model}"]))["model"]["pretrained"]))[2]
+    jobs = sweep_jobs("layers", [f"model={model}"])
+    for job in jobs:
+        cfg = plain(compose_(["+sweep=layers", f"model={model}", *job]))
+        assert cfg["skip_invalid"]
+        layers = [int(x) for x in str(method_params(cfg)["layers"]).split("-")]
+        if max(layers) <= last:
+            check_method(cfg)
+        else:
+            with pytest.raises(ConfigError, match="past the feature layer"):
+                check_method(cfg)
+    assert any(max(int(x) for x in j[0].split("=")[1].split("-")) > last for j in jobs) == (model == "toy-llava")
 
 
 def test_geometry_invalid_pairs_are_exactly_the_non_dividing_ones():

@@ -302,3 +302,38 @@ def test_git_commit_marks_rows_measured_on_a_changed_tree(tmp_path, monkeypatch)
     assert fingerprint.git_commit() == head + "-dirty"
     monkeypatch.setenv("HIVTP_COMMIT", "abc")
     assert fingerprint.git_commit() == "abc"
+
+
+def test_cli_bad_device_and_unwritable_out_are_clear_errors(tmp_path, capsys):
+    assert main(["--model", "tiny-llava", "--random-weights", "--device", "tpu", "--out", str(tmp_path / "x")]) == 2
+    assert "device 'tpu' is not a device torch knows" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder\n")
+    assert main(["--model", "tiny-llava", "--random-weights", "--out", str(blocker / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot create the --out folder {blocker / 'out'}" in err and "Traceback" not in err
+
+
+def test_method_refusing_the_attention_backend_is_skipped_and_others_kept(monkeypatch, caplog):
+    """fastv / pdrop refuse flash_attention_2 (GPU only); make them refuse eager here instead: the one
+    call that times them with others still returns every other method's rows and says why they are
+    missing. A bad parameter (refused under every backend) is still an error."""
+    import logging
+
+    from hivtp.methods import fastv
+
+    monkeypatch.setattr(fastv, "SUPPORTED_ATTENTION", ("sdpa",))
+    kw = dict(model="tiny-llava", random_weights=True, attn="eager", warmup=1, repeats=1, new_tokens=2, prompt_tokens=4,
+              progress=False)
+    with caplog.at_level(logging.WARNING, logger="hivtp.latency"):
+        rows = measure(methods=[("none", {}), ("fastv", {"budget": 64, "k_layer": 1}),
+                                ("pdrop", {"budget": 400, "layers": "1"}), ("random", {"budget": 64})], **kw)
+    assert {(r["method"], r["stage"]) for r in rows} == {(m, s) for m in ("none", "random") for s in STAGES}
+    assert {r["attn"] for r in rows} == {"eager"}
+    skipped = [r.getMessage() for r in caplog.records]
+    for name in ("fastv", "pdrop"):
+        assert any(f"skipping {name}:" in m and "under attn=eager" in m and "attn_implementation='sdpa'" in m for m in skipped), skipped
+    with pytest.raises(ConfigError, match="no method could run under attn=eager"):
+        measure(methods=[("fastv", {"budget": 64, "k_layer": 1})], **kw)
+    with pytest.raises(ConfigError, match="k_layer=2 but the language model has 2 layers"):
+        measure(methods=[("none", {}), ("fastv", {"budget": 64, "k_layer": 2})], **kw)

@@ -43,10 +43,16 @@ def test_hash_ignores_non_identity_keys_and_null_params(tmp_path):
     assert run_hash(a) == run_hash(b)
     c = plain(cfg_of(["method.params.budget=128"]))
     assert run_hash(c) != run_hash(a)
-    # accuracy-only runs do not depend on the latency protocol
+    # accuracy-only runs do not depend on the latency protocol ...
     d = plain(cfg_of(["mode=accuracy", "latency=cpu"]))
-    e = plain(cfg_of(["mode=accuracy", "latency=gpu"]))
-    assert run_hash(d) == run_hash(e)
+    assert run_hash(d) == run_hash(plain(cfg_of(["mode=accuracy", "latency=cpu", "latency.repeats=50", "latency.attn=eager"])))
+    # ... but on the device and dtype they run with: a GPU re-run of a CPU run is another run
+    assert run_hash(d) != run_hash(plain(cfg_of(["mode=accuracy", "latency=gpu"])))  # accuracy follows latency.device
+    assert run_hash(d) != run_hash(plain(cfg_of(["mode=accuracy", "accuracy.device=cuda"])))
+    assert run_hash(d) != run_hash(plain(cfg_of(["mode=accuracy", "accuracy.dtype=float16"])))
+    # latency-only runs do not depend on how accuracy would run
+    f = plain(cfg_of(["mode=latency"]))
+    assert run_hash(f) == run_hash(plain(cfg_of(["mode=latency", "accuracy.dtype=float16", "benchmark.limit=3"])))
 
 
 def test_run_writes_rows_and_skips_when_finished(tmp_path, fake_log):
@@ -69,7 +75,7 @@ def test_run_writes_rows_and_skips_when_finished(tmp_path, fake_log):
 def test_part_finished_before_a_kill_is_kept(tmp_path, fake_log):
     cfg = cfg_of([f"runs_root={tmp_path}", *FAKE])
     folder = tmp_path / run_hash(plain(cfg))
-    write_atomic(folder / "accuracy.json", "[]\n")  # accuracy finished, then the process died
+    write_atomic(folder / "accuracy.json", '[{"benchmark": "x", "value": 1.0}]\n')  # accuracy finished, then the process died
     execute(cfg)
     assert [c["kind"] for c in calls(fake_log)] == ["latency"]
     assert (folder / "DONE").exists()

@@ -100,6 +100,25 @@ def test_keep_ratio_floor_is_exact_for_decimals():
     assert int(sel.global_mask.sum()) == 29
 
 
+def test_keep_count_is_the_decimal_rule_where_rounding_would_differ():
+    """One rule for floor(n x keep_ratio), the reference's: the decimal the ratio is written as.
+    0.006944444444444444 (sweep/stages' ratio) is just below 1/144, so a 144-token region keeps 0
+    global tokens (rounding the float product to 9 decimals said 1)."""
+    from reference import keep_count
+
+    from hivtp.selection import region_keep_count
+
+    for n, ratio in [(144, 0.006944444444444444), (100, 0.29), (144, 0.25), (576, 1 / 3), (36, 0.1), (144, 1.0)]:
+        assert region_keep_count(n, ratio) == keep_count(n, ratio), (n, ratio)
+    assert region_keep_count(144, 0.006944444444444444) == 0
+    maps = random_maps(24, 24, seed=7)
+    sel = select_masks(maps, regions=2, keep_ratio=0.006944444444444444, window=2)
+    assert not sel.global_mask.any()  # stage 2 alone: one token per 2x2 window
+    for b in range(maps.shape[0]):
+        g_ref, l_ref = hivtp_reference(as_grid(maps[b]), 2, 0.006944444444444444, 2)
+        assert sel.keep_mask[b].nonzero().flatten().tolist() == sorted(g_ref | l_ref)
+
+
 def test_keep_ratio_one_keeps_everything():
     out = hivtp.select(torch.rand(2, 24, 24), keep_ratio=1.0)
     assert all(len(i) == 576 for i in out)

@@ -15,6 +15,7 @@ from hivtp.zoo import (
     resolve_checkpoint,
     shape_config,
     shape_spec,
+    trained_dir,
 )
 
 
@@ -105,3 +106,58 @@ def test_every_shape_builds_on_meta():
     for name in available_shapes():
         model = meta_model(name)
         assert model.config.vision_feature_select_strategy == "default"
+
+
+def test_missing_folder_or_misspelt_shape_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "artifacts").mkdir()
+    for wrong in ("tiny-lava", str(tmp_path / "no-such-checkpoint"), "./checkpoints/llava", "artifacts/models"):
+        with pytest.raises(MissingArtifactError, match="no such folder") as err:
+            resolve_checkpoint(wrong)
+        assert all(name in str(err.value) for name in available_shapes())  # lists what exists
+    with pytest.raises(MissingArtifactError, match="Did you mean 'tiny-llava'"):
+        resolve_checkpoint("tiny-lava")
+    # real hub ids still pass through, to from_pretrained
+    assert resolve_checkpoint("llava-hf/llava-v1.6-mistral-7b-hf") == "llava-hf/llava-v1.6-mistral-7b-hf"
+
+
+def _copy_checkpoint(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_truncated_weights_name_the_file_and_a_fix(tiny_llava_dir, tmp_path):
+    from hivtp.latency.inputs import load_model
+    from hivtp.zoo import load_pretrained
+
+    folder = _copy_checkpoint(tiny_llava_dir, tmp_path / "ckpt")
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # an interrupted copy
+    for load in (lambda: load_pretrained(str(folder)),
+                 lambda: load_model(str(folder), False, torch.float32, "sdpa", torch.device("cpu"))):
+        with pytest.raises(MissingArtifactError, match="model.safetensors is damaged: .*cut short.*copy the checkpoint"):
+            load()
+    weights.write_bytes(data[:5])  # not even a header
+    with pytest.raises(MissingArtifactError, match="too few for a safetensors header"):
+        resolve_checkpoint(str(folder))
+
+
+def test_local_config_gives_the_adapters_vision_geometry_without_loading():
+    """What a method's check gets from the adapter of the loaded model, read from the config alone."""
+    from hivtp.adapters import adapter_for
+    from hivtp.zoo import local_config, vision_geometry
+
+    for name in available_shapes():
+        adapter = adapter_for(meta_model(name))
+        expected = (adapter.grid, adapter.num_layers, adapter.feature_attention_layer)
+        assert vision_geometry(local_config(name)) == expected, name
+        hub_id = shape_spec(name)["hub_id"]
+        if hub_id:  # a hub id that a shipped shape copies is read from that shape
+            assert vision_geometry(local_config(hub_id)) == expected
+    # the shipped trained toy (its own config.json) has the toy shape's 12-layer encoder
+    assert vision_geometry(local_config("toy-llava")) == vision_geometry(local_config(str(trained_dir("toy-llava"))))
+    assert vision_geometry(local_config("toy-llava"))[1] == shape_config("toy-llava").vision_config.num_hidden_layers
+    assert local_config("someone/other-model") is None

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..atomic import write_text
 from ..errors import ConfigError, HivtpError
 from .inputs import DEFAULT_PROMPT_TOKENS, DTYPES
 from .measure import measure
 from .report import summarize, write_csv
-
-STANDARD_BUDGETS = {"llava-1.5": (64, 128, 192), "llava-next": (160, 320, 640)}
+from .timing import check_device
 
 
 def _value(text: str) -> Any:
@@ -60,9 +61,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _output_folder(out: Path) -> None:
+    """Create ``--out`` before any timing, so that an unusable folder fails in a second, not after."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create the --out folder {out} ({err.strerror or err}); pass a folder you can write to.") from err
+    if not os.access(out, os.W_OK):
+        raise ConfigError(f"the --out folder {out} is not writable; pass a folder you can write to.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        check_device(args.device)  # a bad device fails before the folder is made
+        _output_folder(args.out)
         if args.threads:
             import torch
 
@@ -78,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     csv_path = write_csv(rows, args.out / "latency.csv")
     text = summarize(rows)
-    (args.out / "summary.md").write_text(text)
+    write_text(args.out / "summary.md", text)
     print(text)
     print(f"wrote {csv_path} and {args.out / 'summary.md'}", file=sys.stderr)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from typing import Any, Iterable, Sequence
 
@@ -18,6 +19,8 @@ from .stages import STAGES, RepeatResult, run_repeat
 from .timing import check_device, spread
 
 __all__ = ["measure", "MethodSpec", "with_faithful", "COLUMNS"]
+
+log = logging.getLogger("hivtp.latency")
 
 MethodSpec = tuple[str, dict[str, Any]]
 
@@ -77,7 +80,9 @@ def measure(
     """Time ``vision``, ``select``, ``ttft``, ``decode``, ``e2e`` of each method; rows per stage.
 
     Methods are interleaved within each repeat (none, m1, m2, none, m1, ...) so that drift in clock
-    speed or temperature hits them alike. ``warmup`` rounds are run and dropped.
+    speed or temperature hits them alike. ``warmup`` rounds are run and dropped. A method that refuses
+    the set-up on its first call (a ConfigError, e.g. fastv / pdrop under ``flash_attention_2``) is
+    skipped with a logged reason and has no rows; the others' rows are returned as usual.
     """
     dev = check_device(device)
     if repeats < 1 or warmup < 0 or new_tokens < 1:
@@ -93,14 +98,30 @@ def measure(
     attached = _attach_all(net, methods)
     inputs = synthesise(net, attached[0][2].adapter, batch, prompt_tokens, image_size)
     results: list[list[RepeatResult]] = [[] for _ in attached]
+    refused: dict[int, str] = {}
     total = warmup + repeats
     for r in range(total):
         for i, (name, params, pruned) in enumerate(attached):
-            res = run_repeat(pruned, inputs, new_tokens, dev)
+            if i in refused:
+                continue
+            try:
+                res = run_repeat(pruned, inputs, new_tokens, dev)
+            except ConfigError as err:
+                if r > 0 or not _runs_under(net, DEFAULT_ATTENTION, pruned, inputs, dev):
+                    raise  # not a refusal of the attention backend: a bad parameter or a failure
+                # fastv / pdrop refuse flash_attention_2 on their first call; the others are still
+                # timed and their rows kept.
+                refused[i] = str(err)
+                log.warning("latency: skipping %s under attn=%s, %s: %s", _label(name, params), attn, dtype, err)
+                _say(True, f"skip {_label(name, params)} (attn={attn}): {err}")
+                continue
             if r >= warmup:
                 results[i].append(res)
             _say(progress, f"{'warmup' if r < warmup else 'repeat'} {r + 1}/{total} {_label(name, params)}: "
                            f"ttft {res.ms['ttft']:.1f} ms, e2e {res.ms['e2e']:.1f} ms")
+    if len(refused) == len(attached):
+        reasons = "; ".join(f"{_label(n, p)}: {refused[i]}" for i, (n, p, _) in enumerate(attached))
+        raise ConfigError(f"no method could run under attn={attn}, dtype={dtype}: {reasons}")
     ident = {
         "model": model, "weights": weights, "profile": "paper" if dev.type == "cuda" else "offline",
         "batch": batch, "dtype": dtype, "attn": attn, "backend": attn, "device": dev.type,
@@ -108,8 +129,31 @@ def measure(
     }
     rows = []
     for (name, params, pruned), reps in zip(attached, results):
+        if not reps:  # refused above
+            continue
         rows.extend(_method_rows(ident, name, params, pruned, reps, inputs.text_tokens, new_tokens, batch))
     return rows
+
+
+#: the attention kernel every method runs under (fastv / pdrop build masks for sdpa and eager only)
+DEFAULT_ATTENTION = "sdpa"
+
+
+def _runs_under(net: Any, attn: str, pruned: PrunedModel, inputs: Any, dev: torch.device) -> bool:
+    """Whether one untimed call of ``pruned`` succeeds with the model switched to ``attn``: tells a
+    method that refuses the requested attention backend from one with a bad parameter (refused
+    under every backend). The model is switched back afterwards."""
+    current = net.config._attn_implementation
+    if current == attn:
+        return False  # the call that failed already ran under ``attn``
+    net.set_attn_implementation(attn)
+    try:
+        run_repeat(pruned, inputs, 1, dev)
+        return True
+    except ConfigError:
+        return False
+    finally:
+        net.set_attn_implementation(current)
 
 
 def _method_rows(ident, name, params, pruned, reps, text_tokens, new_tokens, batch) -> list[dict[str, Any]]:

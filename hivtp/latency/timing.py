@@ -23,7 +23,10 @@ __all__ = ["Measurement", "stopwatch", "quantile", "spread", "check_device"]
 
 def check_device(device: str | torch.device) -> torch.device:
     """The torch device to measure on; a clear error for CUDA on a machine without a GPU."""
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:  # torch's message lists dozens of device types
+        raise DeviceError(f"device {device!r} is not a device torch knows ({err}); use cpu or cuda (cuda:N).") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(
             f"--device {device} was requested but torch sees no CUDA GPU here (torch {torch.__version__}, "

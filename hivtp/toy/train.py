@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..atomic import atomic_open
 from ..vision import hidden_state_index, tower_parts
 from ..world import COLOURS, FAMILIES, KINDS
 from .data import Batch, encode_items, patch_labels, sample_items
@@ -391,9 +392,9 @@ class MentionProbes(torch.nn.Module):
 
 
 def _save_state(path: Path, model, heads, opt, step: int) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "aux_heads": heads.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
-    os.replace(tmp, path)  # atomic: an interrupted save never corrupts the last checkpoint
+    # atomic: an interrupted save never corrupts the last checkpoint
+    with atomic_open(path, "wb") as f:
+        torch.save({"model": model.state_dict(), "aux_heads": heads.state_dict(), "opt": opt.state_dict(), "step": step}, f)
 
 
 def _read_log(path: Path, upto: int) -> list[dict]:

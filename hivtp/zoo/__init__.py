@@ -13,8 +13,10 @@ config.json) plus how to build its processor. From a shape this module builds
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,9 @@ __all__ = [
     "artifacts_dir",
     "checkpoint_dir",
     "resolve_checkpoint",
+    "check_weights",
+    "local_config",
+    "vision_geometry",
     "load_pretrained",
     "trained_dir",
     "TRAINED",
@@ -149,11 +154,21 @@ def trained_dir(name: str) -> Path:
     return TRAINED_DIR / name
 
 
+#: a hub repository id as ``from_pretrained`` takes it: ``namespace/name`` (one slash)
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
 def resolve_checkpoint(name_or_path: str) -> str:
     """A local directory, a shipped trained model (``toy-llava``), an offline shape name (random
-    weights, built by ``make models``), or a hub id (returned unchanged for ``from_pretrained``)."""
-    if Path(name_or_path).is_dir():
-        return str(name_or_path)
+    weights, built by ``make models``), or a hub id ``namespace/name`` (returned unchanged for
+    ``from_pretrained``). A local checkpoint's safetensors files are checked for truncation here, so
+    that every loader (lmms-eval, latency, :func:`load_pretrained`) names a damaged file and a fix.
+    Anything else (a folder that does not exist, a misspelt shape name) is an error listing what exists."""
+    name_or_path = str(name_or_path)
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir():
+        check_weights(folder, fix="copy the checkpoint folder again")
+        return str(folder) if name_or_path.startswith("~") else name_or_path  # from_pretrained does not expand ~
     if name_or_path in TRAINED:
         path = trained_dir(name_or_path)
         if not (path / "model.safetensors").is_file():
@@ -161,6 +176,7 @@ def resolve_checkpoint(name_or_path: str) -> str:
                 f"the trained checkpoint {name_or_path!r} is missing from {path}; it ships with the repository "
                 "(restore it with `git checkout -- hivtp/zoo/trained`) or retrain it with `make toy-model`."
             )
+        check_weights(path, fix="restore it with `git checkout -- hivtp/zoo/trained` (or retrain: `make toy-model`)")
         return str(path)
     if name_or_path in available_shapes():
         path = checkpoint_dir(name_or_path)
@@ -169,8 +185,100 @@ def resolve_checkpoint(name_or_path: str) -> str:
                 f"offline checkpoint {name_or_path!r} is not built yet (looked in {path}). Run `make models` "
                 f"(or `python scripts/build_models.py {name_or_path}`)."
             )
+        check_weights(path, fix=f"rebuild it with `python scripts/build_models.py --force {name_or_path}`")
         return str(path)
-    return name_or_path
+    if _is_hub_id(name_or_path):
+        return name_or_path
+    raise _not_found(name_or_path)
+
+
+def _is_hub_id(text: str) -> bool:
+    """``namespace/name`` whose first part is not a local folder (``artifacts/x`` is a path typo)."""
+    return bool(HUB_ID.match(text)) and not Path(text.split("/")[0]).is_dir()
+
+
+def _not_found(name_or_path: str) -> MissingArtifactError:
+    known = list(TRAINED) + [s for s in available_shapes() if s not in TRAINED]
+    close = difflib.get_close_matches(name_or_path, known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return MissingArtifactError(
+        f"{name_or_path!r} is neither an existing checkpoint folder nor a shipped model: no such folder "
+        f"(looked in {Path(name_or_path).expanduser().resolve()}), and the shipped names are {', '.join(known)}.{hint} "
+        "A hub checkpoint is named namespace/name, e.g. llava-hf/llava-1.5-7b-hf."
+    )
+
+
+def check_weights(folder: Path, fix: str = "copy the checkpoint folder again") -> None:
+    """Raise MissingArtifactError naming the first safetensors file of ``folder`` that is cut short
+    or unreadable (an interrupted copy or save), with ``fix``; safetensors itself names neither."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+    else:
+        names = sorted(p.name for p in folder.glob("*.safetensors"))
+    for name in names:
+        problem = _safetensors_problem(folder / name)
+        if problem:
+            raise MissingArtifactError(f"weights file {folder / name} is damaged: {problem}. To fix it, {fix}.")
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file, from its header alone: layout
+    ``[u64 little-endian header size][JSON header][data]``, each tensor's ``data_offsets`` relative to
+    the data, so the file must be exactly 8 + header size + the largest end offset bytes long."""
+    if not path.is_file():
+        return "the file is missing"
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"it holds {size} bytes, too few for a safetensors header"
+        header_len = int.from_bytes(head, "little")
+        if 8 + header_len > size:
+            return f"its header says {header_len} bytes but the file holds {size} in all (cut short)"
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return f"its header is not readable JSON ({exc})"
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict) and "data_offsets" in t]
+    expected = 8 + header_len + max(ends, default=0)
+    if size != expected:
+        return f"it holds {size} bytes where its header says {expected} ({'cut short' if size < expected else 'extra bytes'})"
+    return None
+
+
+def local_config(name_or_path: str):
+    """A checkpoint's model config without loading weights or asking the hub: from a local folder, a
+    shipped trained model, a shipped shape, or a hub id that a shipped shape copies (``hub_id``);
+    None for any other hub id."""
+    from transformers import AutoConfig
+
+    name_or_path = str(name_or_path)
+    folder = Path(name_or_path).expanduser()
+    if name_or_path in TRAINED:
+        folder = trained_dir(name_or_path)
+    if (folder / "config.json").is_file():
+        return AutoConfig.from_pretrained(folder)
+    if name_or_path in available_shapes():
+        return shape_config(name_or_path)
+    for shape in available_shapes():
+        if shape_spec(shape).get("hub_id") == name_or_path:
+            return shape_config(shape)
+    return None
+
+
+def vision_geometry(config) -> tuple[tuple[int, int], int, int]:
+    """(patch grid, encoder layers, 0-based layer whose output is the feature layer) of a LLaVA config:
+    what a method's ``check`` receives from the adapter once the model is loaded
+    (:class:`hivtp.adapters.base.ModelAdapter`), read from the config instead."""
+    from ..vision import hidden_state_index
+
+    vc = config.vision_config
+    side = vc.image_size // vc.patch_size
+    layer = config.vision_feature_layer
+    layers = [layer] if isinstance(layer, int) else list(layer)
+    num_layers = vc.num_hidden_layers
+    return (side, side), num_layers, max(hidden_state_index(x, num_layers) for x in layers) - 1
 
 
 def load_pretrained(name_or_path: str):

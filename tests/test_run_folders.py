@@ -1,0 +1,180 @@
+"""A finished run must really be finished (issue 21, items 2 and 10): the manifest written last, runs
+whose files went missing or changed are redone, a forced re-run cannot destroy the run it replaces,
+files follow the user's umask, and a run made at another commit says so when it is skipped."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from hivtp.run import CONFIG_DIR, REPO, execute, plain, run_hash
+from hivtp.runfolder import IncompleteRunError, check_run, is_complete, read_part, verify_run
+
+# This module's own backends: the accuracy one writes logged samples under its output folder, as
+# lmms-eval does, and can fail half-way (a killed run).
+BACKENDS = ["backend.accuracy=test_run_folders:accuracy", "backend.latency=fake_backends:latency"]
+
+
+def accuracy(*, pretrained, method, params, tasks, limit, batch_size, output_dir, device, include_path):
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for t in tasks:
+        (out / f"samples_{t}.jsonl").write_text(json.dumps({"doc_id": 0, "answer": os.environ.get("HIVTP_TEST_ANSWER", "yes")}) + "\n")
+    if os.environ.get("HIVTP_TEST_DIE"):
+        raise KeyboardInterrupt("killed half-way")  # as a kill would: the samples are written, the rows not
+    with open(os.environ["HIVTP_FAKE_LOG"], "a") as f:
+        f.write(json.dumps({"kind": "accuracy", "params": params}) + "\n")
+    return [{"benchmark": t, "metric": "accuracy", "value": 1.0, "n_samples": 1} for t in tasks]
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("HIVTP_FAKE_LOG", str(log))
+    monkeypatch.setenv("HIVTP_COMMIT", "aaaa")
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
+    return log
+
+
+def n_calls(log: Path) -> int:
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def cfg_of(root: Path, *extra: str):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=[f"runs_root={root}", "mode=accuracy", "benchmark.tasks=[hivtp_gqa]",
+                                            "method.params.budget=64", *BACKENDS, *extra])
+
+
+def test_run_missing_a_file_is_not_finished_and_is_redone(tmp_path, env):
+    cfg = cfg_of(tmp_path)
+    folder = execute(cfg)
+    assert is_complete(folder) and verify_run(folder) == [] and n_calls(env) == 1
+    (folder / "accuracy.json").unlink()
+    assert verify_run(folder) == ["accuracy.json is missing"]
+    execute(cfg)
+    assert n_calls(env) == 2 and is_complete(folder)
+    assert read_part(folder, "accuracy")[0]["benchmark"] == "hivtp_gqa"
+    (folder / "lmms" / "samples_hivtp_gqa.jsonl").unlink()  # the logged answers are part of the run too
+    assert not is_complete(folder)
+    execute(cfg)
+    assert n_calls(env) == 3 and (folder / "lmms" / "samples_hivtp_gqa.jsonl").is_file()
+
+
+def test_corrupt_rows_without_done_are_redone_not_sealed(tmp_path, env):
+    cfg = cfg_of(tmp_path)
+    folder = execute(cfg)
+    (folder / "DONE").unlink()
+    (folder / "accuracy.json").write_text('[{"benchmark": "hivtp_g')  # truncated
+    execute(cfg)
+    assert n_calls(env) == 2
+    assert read_part(folder, "accuracy")[0]["benchmark"] == "hivtp_gqa"
+
+
+def test_broken_file_is_named(tmp_path, env):
+    folder = execute(cfg_of(tmp_path))
+    text = (folder / "accuracy.json").read_text()
+    (folder / "accuracy.json").write_text(text[: len(text) // 2])
+    with pytest.raises(IncompleteRunError, match="accuracy.json changed after the run finished") as err:
+        read_part(folder, "accuracy")
+    assert err.value.path == folder / "accuracy.json"
+    (folder / "DONE").write_text("2026-11-28T10:00:00\n")  # the marker of an older hivtp: no manifest
+    with pytest.raises(IncompleteRunError, match="DONE is not a manifest") as err:
+        check_run(folder)
+    assert err.value.path == folder / "DONE"
+
+
+def test_interrupted_forced_rerun_leaves_the_old_run_intact(tmp_path, env, monkeypatch):
+    cfg = cfg_of(tmp_path)
+    folder = execute(cfg)
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    monkeypatch.setenv("HIVTP_TEST_ANSWER", "no")
+    monkeypatch.setenv("HIVTP_TEST_DIE", "1")
+    with pytest.raises(KeyboardInterrupt):
+        execute(cfg_of(tmp_path, "force=true"))
+    after = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert after == before and is_complete(folder)
+    execute(cfg)  # not forced: the old run is still finished
+    assert n_calls(env) == 1
+    monkeypatch.delenv("HIVTP_TEST_DIE")
+    execute(cfg_of(tmp_path, "force=true"))  # a forced re-run that finishes replaces the run
+    assert n_calls(env) == 2 and is_complete(folder)
+    assert json.loads((folder / "lmms" / "samples_hivtp_gqa.jsonl").read_text())["answer"] == "no"
+    assert [p.name for p in tmp_path.iterdir() if p.name != "calls.jsonl"] == [folder.name, "_incoming"]
+    assert list((tmp_path / "_incoming").iterdir()) == []  # the failed attempt's leftovers are gone too
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_files_follow_the_umask(tmp_path, env, umask):
+    old = os.umask(umask)
+    try:
+        folder = execute(cfg_of(tmp_path))
+    finally:
+        os.umask(old)
+    for name in ("config.json", "accuracy.json", "DONE"):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o666 & ~umask, name
+
+
+def test_skipping_a_run_made_at_another_commit_says_so(tmp_path, env, monkeypatch, capsys):
+    cfg = cfg_of(tmp_path)
+    folder = execute(cfg)
+    monkeypatch.setenv("HIVTP_COMMIT", "bbbb")
+    capsys.readouterr()
+    execute(cfg)
+    out = capsys.readouterr().out
+    assert f"skip {folder.name}: finished at commit aaaa, not this tree's bbbb" in out
+    assert n_calls(env) == 1
+    assert {r["commit"] for r in read_part(folder, "accuracy")} == {"aaaa"}  # rows keep their commit
+    execute(cfg)
+    assert "finished at commit" in capsys.readouterr().out  # said on every skip, not once
+    monkeypatch.setenv("HIVTP_COMMIT", "aaaa")
+    execute(cfg)
+    assert f"skip {folder.name}: finished\n" in capsys.readouterr().out
+
+
+def test_invalid_run_is_complete_and_has_no_rows(tmp_path, env):
+    folder = execute(cfg_of(tmp_path, "method.params.regions=4", "method.params.window=4", "method.params.keep_ratio=0.25",
+                            "skip_invalid=true"))
+    assert is_complete(folder) and read_part(folder, "accuracy") is None and n_calls(env) == 0
+    assert json.loads((folder / "DONE").read_text())["status"] == "invalid"
+
+
+def test_score_layer_past_the_models_feature_layer_is_invalid_before_loading(tmp_path, env):
+    """toy-llava's encoder has 12 layers (features = output of layer 10): layer 11 is refused from the
+    model's config, before any model loads, and marked INVALID under skip_invalid."""
+    from hivtp.errors import ConfigError
+    from hivtp.run import check_method
+
+    check_method(plain(cfg_of(tmp_path, "model=toy-llava", "method.params.layers=8-9-10")))
+    with pytest.raises(ConfigError, match="past the feature layer"):
+        check_method(plain(cfg_of(tmp_path, "model=toy-llava", "method.params.layers=9-10-11")))
+    check_method(plain(cfg_of(tmp_path, "model=tiny-llava", "method.params.layers=9-10-11")))  # a 24-layer encoder
+    folder = execute(cfg_of(tmp_path, "model=toy-llava", "method.params.layers=11", "skip_invalid=true"))
+    assert "past the feature layer" in (folder / "INVALID").read_text() and n_calls(env) == 0
+
+
+def test_accuracy_dtype_the_backend_cannot_honour_is_refused(tmp_path, env):
+    from hivtp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="accuracy.dtype=float16 .* takes no dtype"):
+        execute(cfg_of(tmp_path, "accuracy.dtype=float16"))
+    assert n_calls(env) == 0
+
+
+def test_accuracy_runs_on_its_configured_device(tmp_path, env, monkeypatch):
+    seen = {}
+
+    def backend(**kw):
+        seen.update(kw)
+        return [{"benchmark": "hivtp_gqa", "metric": "accuracy", "value": 1.0}]
+
+    monkeypatch.setattr("hivtp.run.load_callable", lambda spec: backend)
+    folder = execute(cfg_of(tmp_path, "accuracy.device=cuda:1"))
+    assert seen["device"] == "cuda:1"
+    assert json.loads((folder / "config.json").read_text())["identity"]["accuracy"] == {"device": "cuda:1", "dtype": "auto"}
+    assert folder.name == run_hash(plain(cfg_of(tmp_path, "accuracy.device=cuda:1")))
