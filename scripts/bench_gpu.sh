@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU latency benchmark (`make bench-gpu`): random-weight models of the real shapes, fp16,
-# every method in the registry at the standard budgets, plus the faithful (eager) HIVTP path.
+# every method in the registry at the standard budgets (hivtp/claims.py), HIVTP also at its own rule
+# (no budget: the paper's operating point), plus the faithful (eager) HIVTP path.
 # Needs only python with torch + transformers (no hydra / pandas / network).
 #
 # Writes results/latency/gpu-<device>-<date>/{latency.csv,summary.md,fingerprint.txt} under $OUT if
@@ -43,11 +44,9 @@ BASELINES=$("$PY" -c "import hivtp; print(' '.join(m for m in hivtp.available_me
 } > "$ROOT/fingerprint.txt"
 cat "$ROOT/fingerprint.txt"
 
+# The family's standard budgets, from the one module that holds them (standard library only).
 budgets_for() {
-    case "$1" in
-        *v1.6*|*next*) echo "160 320 640" ;;
-        *) echo "64 128 192" ;;
-    esac
+    "$PY" hivtp/claims.py budgets "$1"
 }
 
 for model in $MODELS; do

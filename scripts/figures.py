@@ -2,8 +2,11 @@
 
     python scripts/figures.py [--results results]
 
-Reads results/accuracy.csv and results/latency.csv; writes results/tables/*.md|*.tex,
-results/figures/*.png|*.pdf and results/ledger.md. The token picture needs a model: scripts/reproduce.py.
+Reads results/accuracy.csv and results/latency.csv (written from run folders by the collector,
+`python -m hivtp.results RUNS_ROOT results`, with each score's n, 95% interval and paired differences);
+writes results/tables.md + results/tables/*.tex (scores with ± half-widths, marks where a paired interval
+excludes zero), results/figures/*.png|*.pdf (accuracy with error bars) and results/ledger.md. The token
+picture needs a model: scripts/reproduce.py.
 """
 
 from __future__ import annotations

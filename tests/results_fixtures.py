@@ -1,12 +1,16 @@
-"""Hand-made tidy rows for the results tests (values chosen so every expected number is checkable by hand)."""
+"""Hand-made tidy rows and run folders for the results tests (values chosen so every expected number is
+checkable by hand, or follows from answers whose truth the test sets)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 
+from hivtp.atomic import write_json, write_text
 from hivtp.results import ACCURACY_COLUMNS, LATENCY_COLUMNS
+from hivtp.runfolder import write_manifest
 
 
 def _row(columns: list[str], **kw: object) -> dict:
@@ -17,8 +21,9 @@ def _row(columns: list[str], **kw: object) -> dict:
 
 
 def acc_row(method: str, params: dict, bench: str, value: float, metric: str = "accuracy", tokens: float = 576.0, **kw) -> dict:
+    fields = {"n": 10, "tokens_kept_mean": tokens, "tokens_kept_std": 0.0, **kw}
     return _row(ACCURACY_COLUMNS, method=method, params=json.dumps(params, sort_keys=True), budget=params.get("budget"),
-                benchmark=bench, metric=metric, value=value, n_samples=10, tokens_kept_mean=tokens, tokens_kept_std=0.0, **kw)
+                benchmark=bench, metric=metric, value=value, **fields)
 
 
 def lat_row(method: str, params: dict, stage: str, median_ms: float, tokens: int, tps: float | None = None, **kw) -> dict:
@@ -37,6 +42,36 @@ def accuracy_frame() -> pd.DataFrame:
         acc_row("random", {"budget": 64}, "pope", 0.40, metric="f1", tokens=64), acc_row("random", {"budget": 64}, "gqa", 0.25, tokens=64),
     ]
     return pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
+
+
+def with_intervals() -> pd.DataFrame:
+    """:func:`accuracy_frame` with intervals and paired differences whose signs are known:
+    random@64 is below HIVTP@64 on POPE (interval below 0) and not told apart on GQA (interval holds 0);
+    HIVTP@64 is below the unpruned model on GQA and not told apart on POPE; HIVTP at its rule is
+    above the unpruned model on POPE."""
+    frame = accuracy_frame()
+    frame["ci_low"], frame["ci_high"] = frame["value"] - 0.05, frame["value"] + 0.05
+    rule = pd.DataFrame([acc_row("hivtp", {}, "pope", 0.90, metric="f1", tokens=270),
+                         acc_row("hivtp", {}, "gqa", 0.50, tokens=270)], columns=ACCURACY_COLUMNS)
+    rule["ci_low"], rule["ci_high"] = rule["value"] - 0.04, rule["value"] + 0.04
+    frame = pd.concat([frame, rule], ignore_index=True)
+
+    def at(method: str, budget, bench: str, metric: str | None = None) -> pd.Series:
+        b = frame["budget"].isna() if budget is None else frame["budget"] == budget
+        sel = (frame["method"] == method) & b & (frame["benchmark"] == bench)
+        return sel & (frame["metric"] == metric) if metric else sel
+
+    frame.loc[at("random", 64, "pope", "f1"), DIFF_HIVTP] = [-0.32, -0.40, -0.20]
+    frame.loc[at("random", 64, "gqa"), DIFF_HIVTP] = [-0.15, -0.30, 0.01]
+    frame.loc[at("hivtp", 64, "gqa"), DIFF_NONE] = [-0.10, -0.18, -0.02]
+    frame.loc[at("hivtp", 64, "pope", "f1"), DIFF_NONE] = [-0.08, -0.20, 0.03]
+    frame.loc[at("hivtp", None, "pope", "f1"), DIFF_NONE] = [0.10, 0.02, 0.18]
+    frame.loc[at("hivtp", None, "gqa"), DIFF_NONE] = [0.0, -0.05, 0.05]
+    return frame
+
+
+DIFF_HIVTP = ["diff_vs_hivtp", "diff_vs_hivtp_low", "diff_vs_hivtp_high"]
+DIFF_NONE = ["diff_vs_none", "diff_vs_none_low", "diff_vs_none_high"]
 
 
 def latency_frame() -> pd.DataFrame:
@@ -58,3 +93,61 @@ def sweep_frame() -> pd.DataFrame:
             rows.append(acc_row("hivtp", {"regions": r, "window": w, "keep_ratio": 0.25}, "pope", 0.1 * r + 0.01 * w, metric="f1", tokens=200))
     rows.append(acc_row("fastervlm", {"budget": 128}, "pope", 0.6, metric="f1", tokens=128))
     return pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
+
+
+# ----------------------------------------------------------------------------- run folders
+POPE_TASK, GQA_TASK = "hivtp_pope_adv", "hivtp_gqa"
+POPE_METRICS = ("pope_accuracy", "pope_precision", "pope_recall", "pope_f1_score", "pope_yes_ratio")
+
+
+def pope_samples(answers: list[str], truths: list[str]) -> list[dict]:
+    """POPE samples as lmms-eval logs them (pope_process_results' dict under each metric)."""
+    out = []
+    for i, (pred, gt) in enumerate(zip(answers, truths)):
+        value = {"question_id": str(i + 1), "score": float(pred == gt), "prediction": pred, "ground_truth": gt}
+        out.append({"doc_id": i, "target": gt, "resps": pred, "filtered_resps": pred, **{m: value for m in POPE_METRICS}})
+    return out
+
+
+def mean_samples(correct: list[bool], metric: str = "exact_match") -> list[dict]:
+    return [{"doc_id": i, "target": "a", "resps": "a", "filtered_resps": "a", metric: float(c)} for i, c in enumerate(correct)]
+
+
+def pope_value(answers: list[str], truths: list[str], metric: str) -> float:
+    """The POPE metric by hand (lmms-eval's definitions, so the collector's check can pass)."""
+    tp = sum(p == "yes" and g == "yes" for p, g in zip(answers, truths))
+    fp = sum(p == "yes" and g == "no" for p, g in zip(answers, truths))
+    fn = sum(p == "no" and g == "yes" for p, g in zip(answers, truths))
+    precision = tp / (tp + fp) if tp + fp else 0
+    recall = tp / (tp + fn) if tp + fn else 0
+    return {"pope_f1_score": 2 * (precision * recall) / (precision + recall) if precision + recall else 0,
+            "pope_accuracy": sum(p == g for p, g in zip(answers, truths)) / len(truths)}[metric]
+
+
+def write_run(runs: Path, name: str, method: str, params: dict, samples: dict[str, list[dict]],
+              rows: list[dict] | None = None, seal: bool = True) -> Path:
+    """A complete accuracy run folder as hivtp.run leaves it: config.json, accuracy.json with one row per
+    (task, metric) whose value the samples give, lmms-eval's logged samples, and the DONE manifest."""
+    folder = runs / name
+    write_json(folder / "config.json", {"identity": {"method": {"name": method, "params": params}}})
+    if rows is None:
+        rows = []
+        for task, s in samples.items():
+            metrics = ["pope_accuracy", "pope_f1_score"] if "pope_f1_score" in s[0] else ["exact_match"]
+            for metric in metrics:
+                if metric.startswith("pope"):
+                    value = pope_value([x["filtered_resps"] for x in s], [x["target"] for x in s], metric)
+                else:
+                    value = sum(x[metric] for x in s) / len(s)
+                rows.append(acc_row(method, params, task, value, metric=metric, tokens=float(params.get("budget", 576)),
+                                    n=None, n_samples=len(s), run=name))
+    write_json(folder / "accuracy.json", rows)
+    for task, s in samples.items():
+        write_text(folder / "lmms" / "lmms" / "toy-llava" / f"20260101_000000_samples_{task}.jsonl",
+                   "".join(json.dumps(x) + "\n" for x in s))
+        # the plugin's accounting file shares the suffix; the collector must not take it for lmms-eval's
+        write_text(folder / "lmms" / "accounting" / f"hivtp_samples_{task}.jsonl",
+                   "".join(json.dumps({"doc_id": x["doc_id"], "tokens_kept": 64}) + "\n" for x in s))
+    if seal:
+        write_manifest(folder, ["accuracy"])
+    return folder

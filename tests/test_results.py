@@ -1,33 +1,155 @@
-"""Collector, tables, ledger and figures against hand-made rows (tests/results_fixtures.py)."""
+"""Collector, tables, ledger and figures against hand-made rows and run folders (tests/results_fixtures.py)."""
 
 from __future__ import annotations
 
-import json
+import math
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
-from results_fixtures import acc_row, accuracy_frame, latency_frame, sweep_frame
+from results_fixtures import (
+    DIFF_HIVTP,
+    GQA_TASK,
+    POPE_TASK,
+    acc_row,
+    accuracy_frame,
+    lat_row,
+    latency_frame,
+    mean_samples,
+    pope_samples,
+    sweep_frame,
+    with_intervals,
+    write_run,
+)
 
+from hivtp.atomic import write_json
 from hivtp.errors import ConfigError
-from hivtp.results import ACCURACY_COLUMNS, collect, ledger_markdown
+from hivtp.results import ACCURACY_COLUMNS, BrokenRunsError, collect, ledger_markdown
 from hivtp.results.report import write_reports
-from hivtp.results.tables import accuracy_table, latency_table, split_ablations, to_latex, to_markdown
-from hivtp.run import REPO, write_atomic, write_json
+from hivtp.results.stats import bootstrap_ci, paired_ci, scores_from_samples
+from hivtp.results.tables import (
+    BETTER,
+    WORSE,
+    accuracy_table,
+    accuracy_text_table,
+    latency_table,
+    split_ablations,
+    to_latex,
+    to_markdown,
+)
+from hivtp.run import REPO
+from hivtp.runfolder import write_manifest
+
+TRUTHS = ["yes", "no"] * 100  # 200 POPE questions
 
 
-def test_collector_reads_only_finished_runs(tmp_path):
+def _flip(answers: list[str], every: int) -> list[str]:
+    """Every ``every``-th answer turned wrong."""
+    return [("no" if a == "yes" else "yes") if i % every == 0 else a for i, a in enumerate(answers)]
+
+
+def _sweep(runs):
+    """none, hivtp@64, random@64 (a quarter of POPE wrong: a real difference) and pool@64 (one POPE
+    answer differs from hivtp@64: no difference 200 questions can tell); GQA right / wrong alike."""
+    hivtp_answers = _flip(TRUTHS, 10)
+    gqa = [i % 3 != 0 for i in range(90)]
+    plan = {
+        "r_none": ("none", {}, TRUTHS, gqa),
+        "r_hivtp64": ("hivtp", {"budget": 64}, hivtp_answers, gqa),
+        "r_random64": ("random", {"budget": 64}, _flip(TRUTHS, 4), gqa),
+        "r_pool64": ("pool", {"budget": 64}, hivtp_answers[:-1] + _flip(hivtp_answers[-1:], 1), gqa),
+    }
+    for name, (method, params, pope, correct) in plan.items():
+        write_run(runs, name, method, params, {POPE_TASK: pope_samples(pope, TRUTHS), GQA_TASK: mean_samples(correct)})
+
+
+def test_collector_adds_n_intervals_and_paired_differences(tmp_path, capsys):
     runs = tmp_path / "runs"
-    rows = accuracy_frame().to_dict("records")
-    write_json(runs / "aaa" / "accuracy.json", rows[:3])
-    write_atomic(runs / "aaa" / "DONE", "x\n")
-    write_json(runs / "bbb" / "accuracy.json", rows[3:])  # killed before DONE: ignored
-    frames = collect(runs, tmp_path / "results")
+    _sweep(runs)
+    write_json(runs / "r_killed" / "accuracy.json", [acc_row("fastv", {"budget": 64}, POPE_TASK, 0.5)])  # no DONE
+    acc = collect(runs, tmp_path / "results", resamples=500)["accuracy"]
     back = pd.read_csv(tmp_path / "results" / "accuracy.csv")
-    assert list(back.columns[: len(ACCURACY_COLUMNS)]) == ACCURACY_COLUMNS
-    assert len(back) == 3 and set(back["method"]) == {"none"}
-    assert len(frames["latency"]) == 0 and (tmp_path / "results" / "latency.csv").exists()
+    assert list(back.columns[: len(ACCURACY_COLUMNS)]) == ACCURACY_COLUMNS and "n_samples" not in back
+    assert len(back) == 4 * 3 and set(back["method"]) == {"none", "hivtp", "random", "pool"}
+    assert "r_killed" in capsys.readouterr().err  # unfinished: no rows, but said
+    f1 = back[back["metric"] == "pope_f1_score"].set_index("method")
+    assert (f1["n"] == 200).all() and (back[back["benchmark"] == GQA_TASK]["n"] == 90).all()
+    assert (f1["ci_low"] <= f1["value"]).all() and (f1["value"] <= f1["ci_high"]).all()
+    assert f1.loc["none", "ci_low"] == f1.loc["none", "ci_high"] == 1.0  # every answer right: nothing varies
+    # paired differences to hivtp at the same budget: exact on the full sample, interval by the truth
+    assert f1.loc["random", "diff_vs_hivtp"] == pytest.approx(f1.loc["random", "value"] - f1.loc["hivtp", "value"])
+    assert f1.loc["random", "diff_vs_hivtp_high"] < 0
+    assert f1.loc["pool", "diff_vs_hivtp_low"] < 0 <= f1.loc["pool", "diff_vs_hivtp_high"]  # holds 0: not told apart
+    assert math.isnan(f1.loc["hivtp", "diff_vs_hivtp"]) and math.isnan(f1.loc["none", "diff_vs_hivtp"])
+    # the same GQA answers everywhere: a paired difference of exactly zero
+    gqa = back[back["benchmark"] == GQA_TASK].set_index("method")
+    assert (gqa.loc["random", ["diff_vs_hivtp", "diff_vs_hivtp_low", "diff_vs_hivtp_high"]] == 0).all()
+    assert f1.loc["hivtp", "diff_vs_none_high"] < 0 and math.isnan(f1.loc["none", "diff_vs_none"])
+    assert len(acc) == len(back)
+    # one set of draws serves every interval of the same questions: each is what stats gives alone
+    random_f1 = scores_from_samples("pope_f1_score", pope_samples(_flip(TRUTHS, 4), TRUTHS))
+    hivtp_f1 = scores_from_samples("pope_f1_score", pope_samples(_flip(TRUTHS, 10), TRUTHS))
+    assert (acc.set_index("method").loc["random"].query("metric == 'pope_f1_score'")[["ci_low", "ci_high"]].iloc[0].tolist()
+            == list(bootstrap_ci(random_f1, resamples=500)))
+    assert (acc.set_index("method").loc["random"].query("metric == 'pope_f1_score'")[DIFF_HIVTP].iloc[0].tolist()
+            == list(paired_ci(random_f1, hivtp_f1, resamples=500)))
+
+
+def test_collector_names_broken_runs_and_never_drops_rows_silently(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    _sweep(runs)
+    (runs / "r_random64" / "accuracy.json").unlink()  # deleted after the run finished
+    truncated = runs / "r_pool64" / "accuracy.json"
+    truncated.write_text(truncated.read_text()[:100])
+    with pytest.raises(BrokenRunsError) as info:
+        collect(runs, tmp_path / "results", resamples=50)
+    text = str(info.value)
+    assert f"{runs / 'r_random64'}: accuracy.json is missing" in text
+    assert f"{runs / 'r_pool64'}: accuracy.json changed" in text and "JSONDecodeError" not in text
+    assert not (tmp_path / "results" / "accuracy.csv").exists()
+    # strict=False: the complete runs' rows, every skipped run listed on stderr
+    acc = collect(runs, tmp_path / "results", strict=False, resamples=50)["accuracy"]
+    assert set(acc["method"]) == {"none", "hivtp"}
+    err = capsys.readouterr().err
+    assert "SKIPPED" in err and "r_random64" in err and "r_pool64" in err
+    # a rows file sealed truncated (checksum and all) is named too, never a bare JSONDecodeError
+    write_manifest(runs / "r_pool64", ["accuracy"])
+    with pytest.raises(BrokenRunsError, match=f"{runs / 'r_pool64'}: accuracy.json holds no list of rows"):
+        collect(runs, tmp_path / "results", resamples=50)
+
+
+def test_collect_command_line_exits_non_zero_on_broken_runs(tmp_path, capsys):
+    from hivtp.results.collect import main
+
+    runs = tmp_path / "runs"
+    write_run(runs, "r_none", "none", {}, {GQA_TASK: mean_samples([True, False])})
+    write_run(runs, "r_hivtp", "hivtp", {}, {GQA_TASK: mean_samples([True, True])})
+    (runs / "r_hivtp" / "accuracy.json").unlink()
+    assert main([str(runs), str(tmp_path / "results"), "--resamples", "20"]) == 1
+    assert f"{runs / 'r_hivtp'}: accuracy.json is missing" in capsys.readouterr().err
+    assert main([str(runs), str(tmp_path / "results"), "--resamples", "20", "--lenient"]) == 0
+    assert "1 accuracy rows" in capsys.readouterr().out
+    assert main([str(tmp_path / "nowhere"), str(tmp_path / "results")]) == 1
+    assert "run a sweep first" in capsys.readouterr().err
+
+
+def test_collector_refuses_rows_without_matching_logged_samples(tmp_path):
+    runs = tmp_path / "runs"
+    folder = write_run(runs, "r_none", "none", {}, {GQA_TASK: mean_samples([True, False])}, seal=False)
+    next((folder / "lmms" / "lmms").glob("**/*_samples_*.jsonl")).unlink()  # lost before the run was sealed
+    write_manifest(folder, ["accuracy"])
+    with pytest.raises(BrokenRunsError, match=f"no lmms-eval logged samples for task '{GQA_TASK}'"):
+        collect(runs, tmp_path / "results")
+    rows = [acc_row("none", {}, GQA_TASK, 0.9, metric="exact_match")]  # samples give 0.5
+    write_run(runs, "r_none", "none", {}, {GQA_TASK: mean_samples([True, False])}, rows=rows)
+    with pytest.raises(BrokenRunsError, match="is 0.9 in accuracy.json but its logged samples give 0.5"):
+        collect(runs, tmp_path / "results")
+    samples = next((runs / "r_none" / "lmms" / "lmms").glob("**/*_samples_*.jsonl"))
+    samples.write_text(samples.read_text()[:30])
+    write_manifest(runs / "r_none", ["accuracy"])  # sealed truncated: the file itself is named
+    with pytest.raises(BrokenRunsError, match=f"{samples}: line 1 is not valid JSON"):
+        collect(runs, tmp_path / "results")
 
 
 def test_a_later_latency_run_supersedes_an_earlier_one_of_the_same_configuration(tmp_path):
@@ -37,7 +159,7 @@ def test_a_later_latency_run_supersedes_an_earlier_one_of_the_same_configuration
            for r in latency_frame().to_dict("records") if r["method"] == "none"]  # re-ran only "none"
     for name, rows in (("old", old), ("new", new)):
         write_json(runs / name / "latency.json", rows)
-        write_atomic(runs / name / "DONE", "x\n")
+        write_manifest(runs / name, ["latency"])
     lat = collect(runs, tmp_path / "results")["latency"]
     assert set(lat[lat["method"] == "none"]["run"]) == {"new"}  # superseded
     assert set(lat[lat["method"] == "hivtp"]["run"]) == {"old"}  # nothing newer: kept
@@ -83,36 +205,64 @@ def test_latency_table():
     assert t.loc[("none", "all"), "tokens/s"] == pytest.approx(20.0)
 
 
-def test_ledger_keeps_offline_apart_and_computes_gains():
-    text = ledger_markdown(accuracy_frame(), latency_frame())
+def test_text_table_shows_half_widths_and_marks_only_intervals_that_exclude_zero():
+    t = accuracy_text_table(with_intervals())
+    assert t.loc[("random", "64"), "pope"] == f"0.40 ± 0.05 {WORSE}"  # paired CI vs hivtp@64 [-0.40, -0.20]
+    assert t.loc[("random", "64"), "gqa"] == "0.25 ± 0.05"  # CI [-0.30, 0.01] holds 0: no mark
+    assert t.loc[("hivtp", "64"), "gqa"] == "0.40 ± 0.05" and t.loc[("hivtp", "default"), "pope"] == "0.90 ± 0.04"
+    marked = [c for c in t[["gqa", "pope"]].to_numpy().ravel() if BETTER in c or WORSE in c]
+    assert marked == [f"0.40 ± 0.05 {WORSE}"]
+    flipped = with_intervals()
+    sel = flipped["method"] == "random"
+    flipped.loc[sel, ["diff_vs_hivtp_low", "diff_vs_hivtp_high"]] = [[0.02, 0.3], [0.01, 0.2], [0.01, 0.2]][: sel.sum()]
+    assert accuracy_text_table(flipped).loc[("random", "64"), "gqa"].endswith(BETTER)
+    assert accuracy_text_table(accuracy_frame()).loc[("random", "64"), "gqa"] == "0.25"  # no interval: the score alone
+    tex = to_latex(t)
+    assert "0.40 $\\pm$ 0.05 $\\downarrow$" in tex
+
+
+def test_ledger_keeps_offline_apart_and_computes_gains_at_the_rule():
+    lat = pd.concat([latency_frame(), pd.DataFrame([lat_row("hivtp", {}, "ttft", 55.0, 270),
+                                                   lat_row("hivtp", {}, "decode", 45.0, 270, tps=24.0)])])
+    text = ledger_markdown(accuracy_frame(), lat)
     paper, offline = text.split("## Offline profile")
     assert "not measured" in paper and "60.0%" not in paper
-    assert "60.0% (budget 64" in offline  # TTFT 100 -> 40 ms
-    assert "50.0% (budget 64" in offline  # 20 -> 30 tokens/s
-    assert "ratio" not in offline
-    assert "50.0%" not in offline.replace("50.0% (budget 64", "")  # no paper figure beside offline numbers
-    lat = latency_frame().assign(profile="paper")
-    paper_text = ledger_markdown(accuracy_frame(), lat).split("## Offline profile")[0]
-    assert "| 1.20 |" in paper_text  # 60.0 / 50.0
+    # TTFT 100 -> 55 ms at the rule; the best budget (64: 100 -> 40 ms) beside it
+    assert "45.0% at its rule (cpu float32 batch 1); best 60.0% (budget 64, cpu float32 batch 1)" in offline
+    assert "20.0% at its rule" in offline and "best 50.0% (budget 64" in offline  # 20 -> 24 / 30 tokens/s
+    assert "ratio" not in offline and "50.0%" not in offline.replace("best 50.0% (budget 64", "")
+    paper_text = ledger_markdown(accuracy_frame(), lat.assign(profile="paper")).split("## Offline profile")[0]
+    assert "| 0.90 |" in paper_text  # the ratio is the rule's: 45.0 / 50.0
+    without_rule = ledger_markdown(accuracy_frame(), latency_frame().assign(profile="paper")).split("## Offline")[0]
+    assert "its rule not measured; best 60.0% (budget 64" in without_rule and "| 1.20 |" not in without_rule
 
 
-def test_ledger_names_a_budgetless_best_row_default():
-    """A run without a budget (the method's own geometry) is "default" in the ledger, as in the tables."""
-    from results_fixtures import lat_row
+def test_ledger_says_better_or_worse_only_where_the_paired_interval_excludes_zero():
+    offline = ledger_markdown(with_intervals(), latency_frame().iloc[:0]).split("## Offline profile")[1]
+    lines = offline.splitlines()
+    rule = next(l for l in lines if l.startswith("| toy-llava | rule (no budget) |"))
+    b64 = next(l for l in lines if l.startswith("| toy-llava | budget 64 |"))
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip().strip("|").split("|")]
 
-    frame = latency_frame()
-    frame = pd.concat([frame, pd.DataFrame([lat_row("hivtp", {"regions": 2}, "ttft", 10.0, 200)], columns=frame.columns)])
-    offline = ledger_markdown(accuracy_frame(), frame).split("## Offline profile")[1]
-    assert "90.0% (budget default" in offline and "nan" not in offline
+    # | model | HIVTP | tokens | % of unpruned | worse | better | not told apart |
+    assert cells(rule)[4:7] == ["-", "pope +0.1 [+0.02, +0.18]", "gqa +0 [-0.05, +0.05]"]
+    assert cells(b64)[3:7] == ["85.0%", "gqa -0.1 [-0.18, -0.02]", "-", "pope -0.08 [-0.2, +0.03]"]
+    # prior methods: HIVTP better than random@64 on POPE only (the column holds random - hivtp)
+    prior = next(l for l in lines if l.startswith("| toy-llava | 64 | random |"))
+    assert cells(prior)[3:6] == ["pope +0.32 [+0.2, +0.4]", "-", "gqa +0.15 [-0.01, +0.3]"]
+    assert "HIVTP better in 1, worse in 0 of 2 (method, budget, benchmark) comparisons" in offline
+    assert "toy-llava rule (no budget): worse on 0, better on 1, not told apart on 1 of 2 benchmarks" in offline
+    # one line per configuration, not one long cell
+    assert offline.count("| toy-llava | budget ") == 2
 
 
 def test_ledger_hallucination_from_stages_rows():
-    from results_fixtures import acc_row
-
-    rows = [acc_row("hivtp", {"budget": 144, "keep_ratio": 0.25, "regions": 2, "window": 2}, "hivtp_pope_adv", 0.6, tokens=144),
+    rows = [acc_row("hivtp", {"budget": 144, "keep_ratio": 0.25, "regions": 2, "window": 2}, "hivtp_pope_adv", 0.6, tokens=144,
+                    ci_low=0.5, ci_high=0.7),
             acc_row("hivtp", {"budget": 144, "keep_ratio": 0.125, "regions": 2, "window": 2}, "hivtp_pope_adv", 0.7, tokens=144)]
-    text = ledger_markdown(pd.DataFrame(rows), latency_frame().iloc[:0])
-    assert "global + local: 0.700, global only: 0.600" in text
+    text = ledger_markdown(pd.DataFrame(rows, columns=ACCURACY_COLUMNS), latency_frame().iloc[:0])
+    assert "global + local: hivtp_pope_adv 0.700; global only: hivtp_pope_adv 0.600 [0.500, 0.700]" in text
 
 
 def test_reports_render_every_figure_from_csvs(tmp_path):
@@ -142,8 +292,9 @@ def test_reports_error_without_csvs(tmp_path):
 
 
 def test_token_picture(tiny_llava, tmp_path):
-    from hivtp.results.token_picture import token_picture
     from helpers import make_image
+
+    from hivtp.results.token_picture import token_picture
 
     model, processor = tiny_llava
     paths = token_picture(model, processor, [make_image(0), make_image(1)], tmp_path)

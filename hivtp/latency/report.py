@@ -6,38 +6,29 @@ import csv
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from ..atomic import atomic_open
+from ..claims import FAMILIES, FAMILY_NAMES, claim, family_of
 from .measure import COLUMNS
 
 __all__ = ["write_csv", "read_csv", "summarize", "PAPER_CLAIMS", "family_of"]
 
-#: The paper's headline speed claims (HIVTP vs. the unpruned model): TTFT reduction, throughput gain.
-PAPER_CLAIMS = {
-    "llava-1.5": {"ttft_reduction": 0.500, "throughput_gain": 0.609},
-    "llava-next": {"ttft_reduction": 0.551, "throughput_gain": 0.473},
-}
+#: The paper's headline speed claims (HIVTP vs. the unpruned model) as fractions, per model family
+#: (hivtp.claims holds them; this is a view of it).
+PAPER_CLAIMS = {f: {w: claim(f, w).fraction for w in ("ttft_reduction", "throughput_gain")} for f in FAMILIES}
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
-    """Write rows to ``path`` atomically (a temp file in the same folder, then rename)."""
+    """Write rows to ``path`` atomically (:mod:`hivtp.atomic`: temp file, rename, the user's umask)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     columns = list(COLUMNS) + sorted({k for r in rows for k in r} - set(COLUMNS))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     return path
 
 
@@ -55,11 +46,6 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
 
     with open(path, newline="") as f:
         return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def family_of(model: str) -> str:
-    name = str(model).lower()
-    return "llava-next" if ("next" in name or "v1.6" in name) else "llava-1.5"
 
 
 def _key(row: dict[str, Any]) -> tuple:
@@ -113,7 +99,7 @@ def _setting_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str
 
 def _claims(model: str, ratios: list[dict[str, Any]]) -> list[str]:
     family = family_of(model)
-    claim = PAPER_CLAIMS[family]
+    paper = PAPER_CLAIMS[family]
     hivtp = [r for r in ratios if r["method"] == "hivtp" and '"eager"' not in r["params"]]
 
     def reached(metric: str, test) -> str:
@@ -124,10 +110,10 @@ def _claims(model: str, ratios: list[dict[str, Any]]) -> list[str]:
         best = max(hits, key=lambda r: (r["budget"] is None, r["budget"] or 0))
         return "rule (no budget)" if best["budget"] is None else f"budget {best['budget']}"
 
-    ttft_red = claim["ttft_reduction"]
-    gain = claim["throughput_gain"]
+    ttft_red = paper["ttft_reduction"]
+    gain = paper["throughput_gain"]
     return [
-        f"Paper claims for {family} (HIVTP vs. unpruned): TTFT -{100 * ttft_red:.1f}%, throughput +{100 * gain:.1f}%.",
+        f"Paper claims for {FAMILY_NAMES[family]} (HIVTP vs. unpruned): TTFT -{100 * ttft_red:.1f}%, throughput +{100 * gain:.1f}%.",
         "",
         "| claim | paper | measured (hivtp rows, best) | reached at |",
         "|---|---|---|---|",
@@ -141,7 +127,7 @@ def _claims(model: str, ratios: list[dict[str, Any]]) -> list[str]:
 
 
 def _claim_line(what, paper, hivtp, metric, to_gain, where) -> str:
-    """One claim row; TTFT is shown as a change (-50.0%), throughput as a gain (+60.9%)."""
+    """One claim row; TTFT is shown as a change (e.g. -50.0%), throughput as a gain (e.g. +60.9%)."""
     values = [to_gain(r[metric]) for r in hivtp if not math.isnan(r[metric])]
     sign = -1 if what.startswith("TTFT") else 1
     best = f"{sign * 100 * max(values):+.1f}%" if values else "-"

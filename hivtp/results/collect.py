@@ -1,38 +1,267 @@
-"""Run folders (``<runs_root>/<hash>/{accuracy,latency}.json`` + ``DONE``) -> tidy CSVs."""
+"""Run folders (``<runs_root>/<hash>/``, :mod:`hivtp.runfolder`) -> tidy CSVs, with confidence intervals.
+
+Only complete runs give rows: a run's ``DONE`` manifest must verify (every file it names present and
+unchanged, :func:`hivtp.runfolder.verify_run`), its rows file must parse, and every accuracy row must
+be backed by lmms-eval's logged samples for its task, from which the row's score is recomputed
+(:mod:`hivtp.results.stats`) and must equal the reported one. Each accuracy row then gets:
+
+- ``n`` (questions scored), ``ci_low`` / ``ci_high``: the 95% bootstrap interval of its score;
+- ``diff_vs_hivtp`` (+ ``_low`` / ``_high``): this row minus HIVTP (default geometry) at the same
+  budget on the same questions, with a paired-bootstrap interval; empty where there is no such run;
+- ``diff_vs_none`` (+ ``_low`` / ``_high``): this row minus the unpruned model, paired likewise.
+
+A run whose ``DONE`` exists but that is broken (a file deleted, truncated or changed, samples missing,
+a score the samples do not give) is never dropped silently: ``collect`` raises
+:class:`~hivtp.runfolder.IncompleteRunError` naming each broken file, or, with ``strict=False``,
+skips it and prints every skipped run on stderr. A folder without ``DONE`` is a run still going or
+killed (an interrupted sweep keeps what finished): it gives no rows and is listed on stderr.
+
+    python -m hivtp.results RUNS_ROOT RESULTS_DIR [--lenient]
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ..run import write_atomic
+from ..atomic import write_text
+from ..errors import MissingArtifactError
+from ..runfolder import MANIFEST, IncompleteRunError, read_manifest, read_part, verify_run
+from .stats import (
+    LEVEL,
+    MME_METRICS,
+    RESAMPLES,
+    SEED,
+    Scores,
+    StatsError,
+    UnknownAggregationError,
+    bootstrap,
+    interval,
+    read_logged_samples,
+    scores_from_samples,
+)
 
 IDENTITY = ["model", "method", "params", "budget"]
 TAIL = ["profile", "weights", "commit", "date"]
-ACCURACY_COLUMNS = IDENTITY + ["benchmark", "metric", "value", "n_samples", "tokens_kept_mean", "tokens_kept_std"] + TAIL
+#: paired differences to a reference run on the same questions (reference name -> columns)
+DIFF_COLUMNS = [f"diff_vs_{ref}{end}" for ref in ("hivtp", "none") for end in ("", "_low", "_high")]
+ACCURACY_COLUMNS = (IDENTITY + ["benchmark", "metric", "value", "n", "ci_low", "ci_high", "tokens_kept_mean",
+                                "tokens_kept_std"] + TAIL + DIFF_COLUMNS)
 LATENCY_COLUMNS = IDENTITY + TAIL + [
     "stage", "batch", "dtype", "backend", "device", "median_ms", "p10_ms", "p90_ms", "repeats",
     "peak_mem_mb", "flops", "tokens_kept", "tokens_per_s",
 ]
 
+class BrokenRunsError(IncompleteRunError):
+    """Finished runs (``DONE`` written) whose files no longer make a complete run; ``broken`` maps each
+    run folder to its problems, each naming the broken file."""
 
-def finished_runs(runs_root: Path) -> list[Path]:
-    """Run folders marked DONE (an unfinished folder from a killed run is ignored)."""
-    return sorted(p.parent for p in Path(runs_root).glob("*/DONE"))
+    def __init__(self, broken: dict[Path, list[str]]):
+        first = next(iter(broken))
+        super().__init__(first, broken[first])
+        self.broken = broken
+        self.args = (self.describe(broken) + "\nOr collect with strict=False (--lenient) to skip them, listed.",)
+
+    @staticmethod
+    def describe(broken: dict[Path, list[str]]) -> str:
+        lines = [f"  {folder}: {problem}" for folder, problems in broken.items() for problem in problems]
+        return (f"{len(broken)} finished run(s) are broken and give no rows:\n" + "\n".join(lines) + "\n"
+                "Run each config again with `python -m hivtp.run` (a broken run is redone), or delete its folder.")
 
 
-def read_rows(runs_root: Path, kind: str) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for folder in finished_runs(runs_root):
-        path = folder / f"{kind}.json"
-        if path.exists():
-            rows.extend(json.loads(path.read_text()))
-    return rows
+@dataclass
+class Collected:
+    """What one pass over the runs found: rows per kind, the accuracy rows' resampling units, and the
+    folders that gave no rows (with why)."""
+
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {"accuracy": [], "latency": []})
+    scores: list[Scores | None] = field(default_factory=list)  # one per accuracy row, same order
+    broken: dict[Path, list[str]] = field(default_factory=dict)
+    unfinished: list[Path] = field(default_factory=list)
+    invalid: list[Path] = field(default_factory=list)
+    no_interval: list[str] = field(default_factory=list)
 
 
+def run_folders(runs_root: Path) -> list[Path]:
+    """Every run folder under ``runs_root`` (Hydra's ``_hydra`` logs and the ``_incoming`` folders of
+    forced re-runs are not runs)."""
+    root = Path(runs_root)
+    if not root.is_dir():
+        raise MissingArtifactError(f"the runs folder {root} does not exist; run a sweep first (`python -m hivtp.run -m ...` "
+                                   "or `make reproduce`), or name the folder it wrote (runs_root).")
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+
+
+def logged_samples_file(folder: Path, task: str) -> Path:
+    """lmms-eval's ``*_samples_<task>.jsonl`` under a run folder. The plugin's accounting files share
+    the suffix; lmms-eval's own are told apart by their content (answers under ``filtered_resps``)."""
+    found = [p for p in sorted(folder.glob(f"**/*_samples_{task}.jsonl")) if _is_lmms_log(p)]
+    if len(found) != 1:
+        what = "no" if not found else f"{len(found)} ({', '.join(str(p) for p in found)})"
+        raise StatsError(f"{what} lmms-eval logged samples for task {task!r} (looked for "
+                         f"**/*_samples_{task}.jsonl); every accuracy run logs exactly one per task.")
+    return found[0]
+
+
+def _is_lmms_log(path: Path) -> bool:
+    with path.open() as f:
+        first = f.readline()
+    try:
+        return "filtered_resps" in json.loads(first)
+    except json.JSONDecodeError:
+        return True  # lmms-eval's, but broken: read_logged_samples names the line
+
+
+def _accuracy_units(folder: Path, rows: list[dict[str, Any]], found: Collected) -> list[Scores | None]:
+    """Each row's resampling units, its score checked against the samples; StatsError when broken."""
+    samples: dict[str, list[dict[str, Any]]] = {}
+    out: list[Scores | None] = []
+    for row in rows:
+        task, metric = str(row["benchmark"]), str(row["metric"])
+        if task not in samples:
+            samples[task] = read_logged_samples(logged_samples_file(folder, task))
+        try:
+            scores = scores_from_samples(metric, samples[task])
+        except UnknownAggregationError as e:  # a paper task scored by a judge etc.: a row without interval
+            found.no_interval.append(f"{task} {metric} ({folder.name}): {e}")
+            out.append(None)
+            continue
+        except StatsError as e:
+            raise StatsError(f"{task} {metric}: {e}") from None
+        point, reported = scores.point(), float(row["value"])
+        if not math.isclose(point, reported, rel_tol=1e-9, abs_tol=1e-12):
+            raise StatsError(f"{task} {metric} is {reported} in accuracy.json but its logged samples give "
+                             f"{point}; the samples are not this run's (re-run it with force=true) or the task "
+                             "aggregates in a way hivtp.results.stats does not know.")
+        reported_n = row.get("n_samples", row.get("n"))
+        if reported_n not in (None, "") and metric not in MME_METRICS and int(reported_n) != scores.n:
+            raise StatsError(f"{task} scored {reported_n} questions but logged {scores.n} samples.")
+        out.append(scores)
+    return out
+
+
+def read_runs(runs_root: Path) -> Collected:
+    """One pass over every run folder: rows of complete runs, and every other folder with its reason."""
+    found = Collected()
+    for folder in run_folders(runs_root):
+        if not (folder / MANIFEST).exists():
+            found.unfinished.append(folder)
+            continue
+        problems = verify_run(folder)  # each names its file, relative to the folder
+        if problems:
+            found.broken[folder] = problems
+            continue
+        if read_manifest(folder)["status"] == "invalid":
+            found.invalid.append(folder)
+            continue
+        try:
+            parts = {kind: read_part(folder, kind) or [] for kind in found.rows}
+            units = _accuracy_units(folder, parts["accuracy"], found)
+        except IncompleteRunError as e:
+            found.broken[folder] = e.problems
+            continue
+        except StatsError as e:
+            found.broken[folder] = [str(e)]
+            continue
+        for kind, rows in parts.items():
+            found.rows[kind].extend(rows)
+        found.scores.extend(units)
+    return found
+
+
+# ----------------------------------------------------------------------------- statistics per row
+def _reference_key(row: dict[str, Any]) -> tuple:
+    return tuple(str(row.get(k)) for k in ("profile", "model", "weights", "benchmark", "metric"))
+
+
+def _is_default_hivtp(row: dict[str, Any]) -> bool:
+    """HIVTP with its default geometry: no parameter but (maybe) the budget."""
+    return row["method"] == "hivtp" and set(_params(row)) <= {"budget"}
+
+
+def _params(row: dict[str, Any]) -> dict[str, Any]:
+    p = row.get("params")
+    return json.loads(p) if isinstance(p, str) and p else dict(p or {})
+
+
+def _budget(row: dict[str, Any]) -> Any:
+    return _params(row).get("budget")
+
+
+def _references(rows: list[dict[str, Any]], scores: list[Scores | None]) -> dict[str, dict[tuple, int]]:
+    """Row index of each reference run per (profile, model, weights, benchmark, metric[, budget]);
+    of several candidates (the same configuration run twice), the latest."""
+    refs: dict[str, dict[tuple, int]] = {"hivtp": {}, "none": {}}
+    for i, row in enumerate(rows):
+        if scores[i] is None:
+            continue
+        if row["method"] == "none" and not _params(row):
+            name, key = "none", _reference_key(row)
+        elif _is_default_hivtp(row) and _budget(row) is not None:
+            name, key = "hivtp", _reference_key(row) + (str(_budget(row)),)
+        else:
+            continue
+        j = refs[name].get(key)
+        if j is None or str(rows[j].get("date")) < str(row.get("date")):
+            refs[name][key] = i
+    return refs
+
+
+@dataclass
+class _Group:
+    """Rows scored on the same units: one set of resamples serves all their intervals (the draws
+    depend only on the units and the seed, so each interval is the one bootstrap_ci / paired_ci give;
+    drawing once per group instead of once per interval is what keeps a full collect fast)."""
+
+    strata: Any
+    statistics: list = field(default_factory=list)  # weights [R, U] -> [R]
+    targets: list = field(default_factory=list)  # (row index, column prefix, full-sample value or None)
+
+
+def add_statistics(rows: list[dict[str, Any]], scores: list[Scores | None], resamples: int = RESAMPLES,
+                   seed: int = SEED, level: float = LEVEL) -> list[str]:
+    """Fill ``n``, ``ci_low``/``ci_high`` and the paired differences into ``rows`` (in place); return
+    the pairs that could not be made (different questions), to be reported."""
+    refs = _references(rows, scores)
+    unpaired, groups = [], {}
+    for i, (row, sc) in enumerate(zip(rows, scores)):
+        row["n"] = sc.n if sc is not None else row.get("n_samples", row.get("n"))
+        row.pop("n_samples", None)
+        if sc is None:
+            continue
+        group = groups.setdefault(sc.keys, _Group(sc.strata))
+        group.statistics.append(sc.value)
+        group.targets.append((i, "ci", None))
+        for name in ("hivtp", "none"):
+            j = refs[name].get(_reference_key(row) + ((str(_budget(row)),) if name == "hivtp" else ()))
+            if j is None or j == i:
+                continue
+            try:
+                ref = scores[j].aligned_to(sc.keys)
+            except StatsError as e:
+                unpaired.append(f"{row['method']} {row['params']} {row['benchmark']} vs {name}: {e}")
+                continue
+            group.statistics.append(lambda w, a=sc, b=ref: a.value(w) - b.value(w))
+            group.targets.append((i, f"diff_vs_{name}", sc.point() - ref.point()))
+    for group in groups.values():
+        values = bootstrap(group.statistics, group.strata, resamples, seed)  # [statistics, resamples]
+        for (i, prefix, point), v in zip(group.targets, values):
+            low, high = interval(v, level)
+            if prefix == "ci":
+                rows[i]["ci_low"], rows[i]["ci_high"] = low, high
+            else:
+                rows[i][prefix], rows[i][f"{prefix}_low"], rows[i][f"{prefix}_high"] = point, low, high
+    return unpaired
+
+
+# ----------------------------------------------------------------------------- frames and files
 def tidy(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
     """Harness columns first (missing ones empty), any extra backend columns after, stable order."""
     frame = pd.DataFrame(rows)
@@ -63,16 +292,60 @@ def latest_measurements(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_table_csv(frame: pd.DataFrame, path: Path) -> None:
-    write_atomic(Path(path), frame.to_csv(index=False))
+    write_text(Path(path), frame.to_csv(index=False))
 
 
-def collect(runs_root: Path, results_dir: Path) -> dict[str, pd.DataFrame]:
-    """Write results/accuracy.csv and results/latency.csv from every finished run; return the frames."""
+def say(text: str) -> None:
+    print(f"[hivtp.results.collect] {text}", file=sys.stderr, flush=True)
+
+
+def _report(found: Collected, strict: bool) -> None:
+    """Say what gave no rows; raise for broken runs unless ``strict`` is off (then say it loudly)."""
+    if found.unfinished:
+        say(f"{len(found.unfinished)} run folder(s) without {MANIFEST} (still running or killed; no rows): "
+            + ", ".join(p.name for p in found.unfinished))
+    if found.invalid:
+        say(f"{len(found.invalid)} run(s) marked INVALID (skip_invalid): " + ", ".join(p.name for p in found.invalid))
+    for text in found.no_interval:
+        say(f"no confidence interval: {text}")
+    if not found.broken:
+        return
+    if strict:
+        raise BrokenRunsError(found.broken)
+    say("SKIPPED (strict=False): " + BrokenRunsError.describe(found.broken))
+
+
+def collect(runs_root: Path, results_dir: Path, strict: bool = True, resamples: int = RESAMPLES,
+            seed: int = SEED) -> dict[str, pd.DataFrame]:
+    """Write results/accuracy.csv and results/latency.csv from every complete run; return the frames.
+    Raises IncompleteRunError naming every broken run's files unless ``strict=False``."""
+    found = read_runs(runs_root)
+    _report(found, strict)
+    unpaired = add_statistics(found.rows["accuracy"], found.scores, resamples, seed)
+    for text in unpaired:
+        say(f"no paired difference: {text}")
     out = {}
     for kind, columns in (("accuracy", ACCURACY_COLUMNS), ("latency", LATENCY_COLUMNS)):
-        frame = tidy(read_rows(runs_root, kind), columns)
+        frame = tidy(found.rows[kind], columns)
         if kind == "latency":
             frame = latest_measurements(frame)
         write_table_csv(frame, Path(results_dir) / f"{kind}.csv")
         out[kind] = frame
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hivtp.results",
+                                     description="Collect run folders into results/accuracy.csv and latency.csv.")
+    parser.add_argument("runs_root", type=Path)
+    parser.add_argument("results_dir", type=Path)
+    parser.add_argument("--lenient", action="store_true", help="skip broken runs (listed on stderr) instead of failing")
+    parser.add_argument("--resamples", type=int, default=RESAMPLES)
+    args = parser.parse_args(argv)
+    try:
+        frames = collect(args.runs_root, args.results_dir, strict=not args.lenient, resamples=args.resamples)
+    except (IncompleteRunError, MissingArtifactError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{len(frames['accuracy'])} accuracy rows, {len(frames['latency'])} latency rows -> {args.results_dir}")
+    return 0

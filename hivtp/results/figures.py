@@ -35,22 +35,33 @@ def _primary(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(keep) if keep else frame
 
 
+def _interval(rows: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """(lower, upper) error-bar lengths from ci_low / ci_high (0 where a row has no interval)."""
+    lo, hi = rows["ci_low"], rows["ci_high"]
+    return (rows["value"] - lo).clip(lower=0).fillna(0), (hi - rows["value"]).clip(lower=0).fillna(0)
+
+
 def accuracy_vs_tokens(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Score vs visual tokens kept, one panel per benchmark: error bars (and the unpruned model's
+    band) are the 95% bootstrap intervals of the scores."""
     written: list[Path] = []
+    acc = acc.assign(**{c: pd.to_numeric(acc[c], errors="coerce") for c in ("value", "ci_low", "ci_high")})
     for (profile, model), rows in _primary(acc).groupby(["profile", "model"]):
         benches = sorted(rows["benchmark"].unique())
         fig, axes = plt.subplots(1, len(benches), figsize=(4 * len(benches), 3.4), squeeze=False)
         for ax, bench in zip(axes[0], benches):
             sub = rows[rows["benchmark"] == bench]
             for method, m in sub.groupby("method"):
-                pts = m.groupby("tokens_kept_mean")["value"].mean().sort_index()
-                style = "--" if method == "none" else "-o"
+                m = m.groupby("tokens_kept_mean", as_index=False)[["value", "ci_low", "ci_high"]].mean().sort_values("tokens_kept_mean")
+                below, above = _interval(m)
                 if method == "none":
-                    ax.axhline(pts.mean(), ls="--", color="grey", label="none (all tokens)")
+                    ax.axhline(m["value"].mean(), ls="--", color="grey", label="none (all tokens)")
+                    ax.axhspan((m["value"] - below).mean(), (m["value"] + above).mean(), color="grey", alpha=0.15, lw=0)
                 else:
-                    ax.plot(pts.index, pts.values, style, label=method, ms=4)
+                    ax.errorbar(m["tokens_kept_mean"], m["value"], yerr=[below, above], fmt="-o", label=method,
+                                ms=4, capsize=2)
             ax.set(title=f"{bench} ({sub['metric'].iloc[0]})", xlabel="visual tokens kept")
-        axes[0][0].set_ylabel("score")
+        axes[0][0].set_ylabel("score (95% CI)")
         axes[0][-1].legend(fontsize=7)
         fig.suptitle(f"{model} [{profile}]")
         written += save(fig, out_dir, f"accuracy_vs_tokens_{profile}_{model}")

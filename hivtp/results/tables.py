@@ -8,6 +8,8 @@ import math
 
 import pandas as pd
 
+from .stats import excludes_zero
+
 # Which metric stands for a benchmark when a task reports several (first present wins).
 PRIMARY_METRICS = ("f1", "pope_f1_score", "accuracy", "acc", "exact_match", "mme_perception_score", "mme_total_score", "score")
 METHOD_ORDER = ("none", "random", "pool", "fastv", "fastervlm", "visionzip", "divprune", "hivtp")
@@ -47,10 +49,8 @@ def split_ablations(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return main, pd.concat([reference, rest])
 
 
-def accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One model/profile's accuracy rows -> the table (index: method, budget, tokens)."""
-    if frame.empty:
-        return pd.DataFrame()
+def _primary_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each benchmark's primary-metric rows, labelled (``budget_label``) as the table's rows."""
     frame = frame.copy()
     frame["budget_label"] = frame.apply(_budget_label, axis=1)
     keep = []
@@ -60,7 +60,30 @@ def accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:
     # Several runs with the same method/budget (e.g. a layers sweep) are told apart by params.
     dup = frame.groupby(["method", "budget_label"])["params"].transform("nunique") > 1
     frame.loc[dup, "budget_label"] = frame.loc[dup, "budget_label"] + " " + frame.loc[dup, "params"]
-    table = frame.pivot_table(index=["method", "budget_label"], columns="benchmark", values="value", aggfunc="mean")
+    return frame
+
+
+def _by_benchmark(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    """(method, budget_label) x benchmark table of one column of :func:`_primary_rows`."""
+    values = pd.to_numeric(frame[column], errors="coerce") if column in frame else pd.Series(float("nan"), frame.index)
+    return frame.assign(_v=values).pivot_table(index=["method", "budget_label"], columns="benchmark", values="_v",
+                                               aggfunc="mean")
+
+
+def _ordered(table: pd.DataFrame) -> pd.DataFrame:
+    order = sorted(table.index, key=lambda k: (_method_rank(k[0]), k[0], _sort_budget(k[1])))
+    table = table.loc[order]
+    table.index.names = ["method", "budget"]
+    table.columns.name = None
+    return table
+
+
+def accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One model/profile's accuracy rows -> the table of scores (index: method, budget, tokens)."""
+    if frame.empty:
+        return pd.DataFrame()
+    frame = _primary_rows(frame)
+    table = _by_benchmark(frame, "value")
     tokens = frame.groupby(["method", "budget_label"])["tokens_kept_mean"].mean()
     benches = list(table.columns)
     if (table[benches].abs() <= 1).all().all():  # a plain average only when every column is a 0-1 score
@@ -69,11 +92,45 @@ def accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:
         base = table.xs("none", level="method")[benches].iloc[0]
         table["% unpruned"] = (table[benches] / base * 100).mean(axis=1)
     table.insert(0, "tokens", tokens.reindex(table.index))
-    order = sorted(table.index, key=lambda k: (_method_rank(k[0]), k[0], _sort_budget(k[1])))
-    table = table.loc[order]
-    table.index.names = ["method", "budget"]
-    table.columns.name = None
-    return table
+    return _ordered(table)
+
+
+#: marks after a score whose paired 95% CI against HIVTP at the same budget excludes zero
+BETTER, WORSE = "↑", "↓"
+ACCURACY_LEGEND = (
+    "Scores are the value ± half the width of its 95% bootstrap interval over questions (MME: over image "
+    f"pairs). {BETTER} / {WORSE}: the paired 95% interval of (row − HIVTP with default geometry at the same "
+    "budget, same questions) lies above / below zero; without a mark the two are not told apart. "
+    "Avg and % unpruned carry no interval."
+)
+
+
+def significance(low: float, high: float) -> str:
+    """The mark of a paired difference's interval: BETTER above zero, WORSE below, '' otherwise."""
+    side = excludes_zero(low, high)
+    return BETTER if side > 0 else WORSE if side < 0 else ""
+
+
+def accuracy_text_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """:func:`accuracy_table` with every benchmark cell written ``score ± half-width`` and marked by
+    :func:`significance` against HIVTP at the same budget (strings, ready for :func:`to_markdown`)."""
+    table = accuracy_table(frame)
+    if table.empty:
+        return table
+    rows = _primary_rows(frame)
+    benches = [c for c in table.columns if c not in ("tokens", "Avg", "% unpruned")]
+    # rows or benchmarks without an interval are absent from these pivots: reindexed to NaN
+    half = ((_by_benchmark(rows, "ci_high") - _by_benchmark(rows, "ci_low")) / 2).reindex(index=table.index, columns=benches)
+    low, high = (_by_benchmark(rows, f"diff_vs_hivtp{e}").reindex(index=table.index, columns=benches) for e in ("_low", "_high"))
+    text = table.astype(object)
+    for bench in benches:
+        for key in table.index:
+            cell = _cell(table.at[key, bench])
+            if cell and not math.isnan(half.at[key, bench]):
+                cell += f" ± {_cell(half.at[key, bench])}"
+            mark = significance(low.at[key, bench], high.at[key, bench])
+            text.at[key, bench] = f"{cell} {mark}" if mark else cell
+    return text
 
 
 def _sort_budget(label: str) -> tuple[int, str]:
@@ -91,11 +148,7 @@ def latency_table(frame: pd.DataFrame) -> pd.DataFrame:
     table = table.rename(columns=lambda s: f"{s} ms")
     if "tokens_per_s" in frame and frame["tokens_per_s"].notna().any():
         table["tokens/s"] = frame.groupby(["method", "budget_label"])["tokens_per_s"].max()
-    order = sorted(table.index, key=lambda k: (_method_rank(k[0]), k[0], _sort_budget(k[1])))
-    table = table.loc[order]
-    table.index.names = ["method", "budget"]
-    table.columns.name = None
-    return table
+    return _ordered(table)
 
 
 def _cell(v: object) -> str:
@@ -117,7 +170,8 @@ def to_markdown(table: pd.DataFrame) -> str:
 def _tex(s: str) -> str:
     """Escape the LaTeX specials that occur in method names, params and benchmark names."""
     for a, b in (("\\", "\\textbackslash "), ("_", "\\_"), ("%", "\\%"), ("&", "\\&"), ("#", "\\#"),
-                 ("{", "\\{"), ("}", "\\}"), ("$", "\\$")):
+                 ("{", "\\{"), ("}", "\\}"), ("$", "\\$"),
+                 ("±", "$\\pm$"), (BETTER, "$\\uparrow$"), (WORSE, "$\\downarrow$"), ("−", "$-$")):
         s = s.replace(a, b)
     return s
 
