@@ -34,11 +34,11 @@ test: setup  ## the whole test suite (CPU, no network)
 test-fast: setup  ## skip the real-shape (7B / ViT-L) tests
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-reproduce: setup models  ## the offline experiment end to end (CPU, minutes)
-	$(PY) scripts/reproduce.py
+reproduce: setup models  ## the offline experiment end to end (CPU, minutes); FULL=1: 1000 questions per benchmark, every ablation point
+	$(PY) scripts/reproduce.py $(if $(FULL),--full,)
 
-data: setup  ## build the offline mini-benchmarks under artifacts/data (POPE, GQA, MME, ScienceQA-IMG schemas)
-	$(PY) scripts/build_data.py --size 200 --seed 0
+data: setup  ## build the offline mini-benchmarks under artifacts/data (POPE, GQA, MME, ScienceQA-IMG schemas; 1000 questions each)
+	$(PY) scripts/build_data.py --size 1000 --seed 0
 
 toy-model: setup  ## train the small LLaVA on the procedural world (2 CPU cores, about 57 min)
 	$(PY) scripts/train_toy.py

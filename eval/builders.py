@@ -35,7 +35,9 @@ GQA_FAMILIES = ("attribute", "relation", "count")
 
 def _png(scene: Scene) -> dict:
     buf = io.BytesIO()
-    render(scene).save(buf, format="PNG")
+    # compress_level 1: the same pixels as the default level 6, encoded 3-4x faster (PNG encoding was
+    # most of the build time; files about 10% larger)
+    render(scene).save(buf, format="PNG", compress_level=1)
     return {"bytes": buf.getvalue(), "path": None}
 
 

@@ -1,22 +1,23 @@
 """The offline experiment end to end (`make reproduce`): data, runs, CSVs, tables, figures, ledger.
 
     python scripts/reproduce.py                      # offline profile, CPU, <= 15 min on 2 cores
+    python scripts/reproduce.py --full               # 1000 questions per benchmark and configuration
     python scripts/reproduce.py --profile paper --dry-run   # compose (and list) the paper runs only
 
 Every run goes through the same runner as `python -m hivtp.run` (hash-named folders under
 artifacts/runs/<profile>, finished runs skipped, atomic writes), so a second call only redoes what
-did not finish. Offline rows are marked profile=offline and are never compared with the paper.
+did not finish. All accuracy runs are evaluated in this one process (hivtp.lmms.inprocess: the model
+and lmms-eval's tasks load once; each configuration re-attaches its method). Offline rows are marked
+profile=offline and are never compared with the paper.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,12 +27,18 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 
 from hivtp.run import CONFIG_DIR, execute, method_params, plain, run_hash  # noqa: E402
 
-# The offline plan, budgeted for <= 15 min on 2 cores.
+# The offline plan. Default: >= 200 questions per benchmark and configuration, sized to finish
+# `make reproduce` within 15 minutes on 2 cores (set-up included); --full: 1000, every ablation point.
 BUDGETS = (64, 128, 192)
 LATENCY_BUDGETS = (64, 192)
+DEFAULT_LIMIT, FULL_LIMIT = 200, 1000
 # toy-llava's encoder has 12 layers and its feature layer is the output of layer 10 (0-based)
 LAYER_WINDOWS = ("0-1-2", "2-3-4", "4-5-6", "6-7-8", "8-9-10")
 GEOMETRIES = tuple((r, w) for r in (1, 2, 3) for w in (2, 4))  # all valid on 24x24; window 1 keeps every token
+# the default run's ablation points (the time budget); --full runs all of the above
+QUICK_LAYER_WINDOWS = ("2-3-4", "6-7-8", "8-9-10")
+QUICK_GEOMETRIES = ((1, 2), (2, 2), (3, 2))
+ABLATION_TASKS = "[hivtp_pope_adv]"
 # The offline models' language models have 2 (tiny-llava) or 3 (toy-llava) layers: FastV's default K=2
 # would leave one layer or none to prune, so offline runs rank at layer 1 (after one full layer). The
 # paper profile keeps K=2.
@@ -43,19 +50,23 @@ def _extra(method: str) -> list[str]:
     return [f"{k}={v}" for k, v in OFFLINE_EXTRA.get(method, {}).items()]
 
 
-def offline_plan(model: str, methods: list[str], limit: int) -> list[list[str]]:
-    """Accuracy runs (none, then every method at every budget), small score-layer and geometry
-    ablations on POPE-adversarial, and one latency run that times every method interleaved in one
-    process, so that its ratios are like for like. The full ablations are sweeps
-    (`make sweep SWEEP=layers_offline`, `geometry`, `stages`)."""
-    base = ["+experiment=offline", f"model={model}", f"benchmark.limit={limit}", "mode=accuracy"]
-    plan = [base + ["method=none"]]
-    plan += [base + [f"method={m}", f"method.params.budget={b}", *(f"method.params.{e}" for e in _extra(m))]
+def offline_plan(model: str, methods: list[str], limit: int, ablation_limit: int | None = None,
+                 full: bool = False) -> list[list[str]]:
+    """Accuracy runs on the four offline benchmarks -- none, every method at every budget, and HIVTP at
+    its own rule (no budget: regions 2, keep_ratio 0.25, window 2) -- then score-layer and geometry
+    ablations of HIVTP on POPE-adversarial (a few points by default, all with ``full``), and one
+    latency run that times every method interleaved in one process, so that its ratios are like for
+    like. The full ablations are also sweeps (`make sweep SWEEP=layers_offline`, `geometry`, `stages`)."""
+    base = ["+experiment=offline", f"model={model}", "mode=accuracy", "benchmark.batch_size=16"]
+    main = base + [f"benchmark.limit={limit}"]
+    plan = [main + ["method=none"], main + ["method=hivtp"]]
+    plan += [main + [f"method={m}", f"method.params.budget={b}", *(f"method.params.{e}" for e in _extra(m))]
              for m in ["hivtp", *methods] for b in BUDGETS]
-    pope = base + ["benchmark.tasks=[hivtp_pope_adv]", "method=hivtp"]
-    plan += [pope + ["method.params.budget=128", f"method.params.layers={w}"] for w in LAYER_WINDOWS]
+    pope = base + [f"benchmark.limit={ablation_limit or limit}", f"benchmark.tasks={ABLATION_TASKS}", "method=hivtp"]
+    windows, geometries = (LAYER_WINDOWS, GEOMETRIES) if full else (QUICK_LAYER_WINDOWS, QUICK_GEOMETRIES)
+    plan += [pope + ["method.params.budget=128", f"method.params.layers={w}"] for w in windows]
     plan += [pope + ["method.params.keep_ratio=0.25", f"method.params.regions={r}", f"method.params.window={w}"]
-             for r, w in GEOMETRIES]
+             for r, w in geometries]
     timed = ["none", "hivtp"] + [",".join([f"{m}:budget={b}", *_extra(m)])
                                  for m in ["hivtp", *methods] for b in LATENCY_BUDGETS]
     plan.append(["+experiment=offline", f"model={model}", "mode=latency", "method=none",
@@ -67,6 +78,7 @@ def paper_plan() -> list[list[str]]:
     plan = []
     for exp, budgets in (("paper_llava15", (64, 128, 192)), ("paper_llava_next", (160, 320, 640))):
         plan.append([f"+experiment={exp}", "method=none"])
+        plan.append([f"+experiment={exp}", "method=hivtp"])  # its own rule: regions 2, keep_ratio 0.25, window 2
         for m in ("hivtp", "random", "pool", "fastervlm", "visionzip", "divprune", "hiprune", "fastv"):
             plan += [[f"+experiment={exp}", f"method={m}", f"method.params.budget={b}"] for b in budgets]
     return plan
@@ -108,10 +120,29 @@ def available_baselines() -> list[str]:
     return [m for m in methods if m not in OFFLINE_SKIP]
 
 
-def ensure_offline_artifacts(model: str) -> None:
-    if not (ROOT / "artifacts" / "data").exists():
-        print("[reproduce] building the offline mini-benchmarks (make data)", flush=True)
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "build_data.py"), "--size", "100"], check=True)
+OFFLINE_DATASETS = {"pope": "adversarial", "gqa_instructions": "testdev", "mme": "test", "scienceqa_img": "test"}
+
+
+def built_size(data: Path) -> int:
+    """Questions per benchmark in an offline data build (0 when missing or incomplete)."""
+    from datasets import load_from_disk
+
+    try:
+        return min(len(load_from_disk(str(data / name))[split]) for name, split in OFFLINE_DATASETS.items())
+    except (FileNotFoundError, KeyError, ValueError):
+        return 0
+
+
+def ensure_offline_artifacts(model: str, size: int) -> None:
+    """Offline data with at least ``size`` questions per benchmark. The builders are deterministic and
+    a larger build starts with the same questions, so scores at a given limit do not depend on it."""
+    data = ROOT / "artifacts" / "data"
+    have = built_size(data)
+    if have < size:
+        print(f"[reproduce] building the offline mini-benchmarks: {size} questions per benchmark "
+              f"(found {have}) -> {data}", flush=True)
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "build_data.py"), "--size", str(size),
+                        "--out", str(data)], check=True)
     if model == "tiny-llava" and not (ROOT / "artifacts" / "models" / "tiny-llava").exists():
         subprocess.run([sys.executable, str(ROOT / "scripts" / "build_models.py")], check=True)
 
@@ -129,72 +160,72 @@ def token_pictures(model_name: str, out: Path) -> None:
     token_picture(model, processor, images, out, name=f"token_picture_offline_{model_name}")
 
 
-def run_all(configs: list, jobs: int, start: float) -> None:
-    """Accuracy runs ``jobs`` at a time (each lmms-eval subprocess on its own core: most of a run is
-    single-threaded start-up and task indexing), then latency runs one at a time, alone, so that
-    nothing else competes with the clock."""
+def questions(folder: Path) -> int:
+    """Questions one finished accuracy run answered (its rows' n_samples, one per benchmark)."""
+    rows = json.loads((folder / "accuracy.json").read_text())
+    per_task = {r["benchmark"]: r.get("n_samples") or r.get("n") or 0 for r in rows}
+    return int(sum(per_task.values()))
+
+
+def run_all(configs: list, start: float) -> None:
+    """Every accuracy run in this process, one after another (the model and tasks load once), then
+    the latency runs, alone, so that nothing else competes with the clock. Prints questions per
+    second per run and overall (runs skipped as finished are not counted)."""
     accuracy = [c for c in configs if c.mode == "accuracy"]
     timed = [c for c in configs if c.mode != "accuracy"]
-    done, lock = [0], threading.Lock()
-
-    def one(cfg) -> None:
-        execute(cfg)
-        with lock:
-            done[0] += 1
-            print(f"[reproduce] {done[0]}/{len(configs)} runs finished ({time.perf_counter() - start:.0f} s)", flush=True)
-
-    if jobs > 1 and len(accuracy) > 1:
-        threads = os.environ.get("OMP_NUM_THREADS")
-        os.environ["OMP_NUM_THREADS"] = "1"  # read by the lmms-eval subprocesses, not by this process
-        for c in accuracy:
-            c.progress = False  # interleaved lmms-eval logs would be unreadable; each run's log is in its folder
-        try:
-            with ThreadPoolExecutor(max_workers=jobs) as pool:
-                for future in [pool.submit(one, c) for c in accuracy]:
-                    future.result()  # re-raises the first failure; finished runs stay finished
-        finally:
-            if threads is None:
-                os.environ.pop("OMP_NUM_THREADS", None)
-            else:
-                os.environ["OMP_NUM_THREADS"] = threads
-    else:
-        for cfg in accuracy:
-            one(cfg)
-    for cfg in timed:
-        one(cfg)
+    answered, busy = 0, 0.0
+    for i, cfg in enumerate(accuracy + timed):
+        t0 = time.perf_counter()
+        folder = execute(cfg)
+        took = time.perf_counter() - t0
+        line = f"[reproduce] {i + 1}/{len(configs)} runs finished ({time.perf_counter() - start:.0f} s)"
+        if cfg.mode == "accuracy" and took > 1.0:  # a skipped (finished) run returns at once
+            n = questions(folder)
+            answered, busy = answered + n, busy + took
+            line += f"; {n} questions in {took:.1f} s = {n / took:.1f} q/s (so far {answered / busy:.1f} q/s)"
+        print(line, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=("offline", "paper"), default="offline")
     parser.add_argument("--dry-run", action="store_true", help="compose and list the runs; run nothing")
-    parser.add_argument("--limit", type=int, default=20, help="offline samples per task (even: MME scores pairs; default 20)")
-    parser.add_argument("--jobs", type=int, default=2, help="accuracy runs at a time (default 2: one per core)")
+    parser.add_argument("--full", action="store_true",
+                        help=f"{FULL_LIMIT} questions per benchmark and configuration and every ablation point "
+                             "(the committed results); default: the 15-minute plan")
+    parser.add_argument("--limit", type=int, default=None,
+                        help=f"offline questions per benchmark and configuration (even: MME scores pairs; default "
+                             f"{DEFAULT_LIMIT}, {FULL_LIMIT} with --full)")
+    parser.add_argument("--ablation-limit", type=int, default=None, help="questions per ablation point (default: --limit)")
     parser.add_argument("--results", type=Path, default=ROOT / "results")
     parser.add_argument("--runs-root", type=Path, default=None, help="default: artifacts/runs/<profile>")
     args = parser.parse_args(argv)
-    if args.limit < 2 or args.limit % 2:
-        parser.error("--limit must be an even number >= 2 (MME scores question pairs)")
+    limit = args.limit or (FULL_LIMIT if args.full else DEFAULT_LIMIT)
+    ablation_limit = args.ablation_limit or limit
+    for name, value in (("--limit", limit), ("--ablation-limit", ablation_limit)):
+        if value < 2 or value % 2:
+            parser.error(f"{name} must be an even number >= 2 (MME scores question pairs)")
     runs_root = args.runs_root or ROOT / "artifacts" / "runs" / args.profile
 
     if args.profile == "paper":
         plan = paper_plan()
     else:
         model = offline_model()
-        plan = offline_plan(model, available_baselines(), args.limit)
+        plan = offline_plan(model, available_baselines(), limit, ablation_limit, args.full)
     configs = compose_all(plan, runs_root)
     for i, cfg in enumerate(configs):
         c = plain(cfg)
         print(f"[{i + 1}/{len(configs)}] {run_hash(c)} {c['profile']} {c['mode']} {c['model']['name']} "
-              f"{c['method']['name']} {method_params(c)} {list(c['benchmark']['tasks'])}", flush=True)
+              f"{c['method']['name']} {method_params(c)} {list(c['benchmark']['tasks'])} limit={c['benchmark']['limit']}",
+              flush=True)
     if args.dry_run:
         print(f"[reproduce] dry run: {len(configs)} runs composed, none run.")
         return 0
 
     if args.profile == "offline":
-        ensure_offline_artifacts(model)
+        ensure_offline_artifacts(model, max(limit, ablation_limit))
     start = time.perf_counter()
-    run_all(configs, args.jobs, start)
+    run_all(configs, start)
 
     from hivtp.results import collect
     from hivtp.results.report import write_reports

@@ -157,17 +157,20 @@ def _reproduce():
 def test_reproduce_paper_dry_run_composes(tmp_path, capsys):
     assert _reproduce().main(["--profile", "paper", "--dry-run", "--runs-root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "50 runs composed" in out and "llava-1.5-7b hivtp {'budget': 64}" in out  # 2 x (none + 8 methods x 3 budgets)
+    # 2 x (none + hivtp at its own rule + 8 methods x 3 budgets)
+    assert "52 runs composed" in out and "llava-1.5-7b hivtp {'budget': 64}" in out
+    assert "llava-1.5-7b hivtp {} " in out
     assert "llava-v1.6-vicuna-7b hivtp {'budget': 640}" in out
     assert not any(tmp_path.iterdir())  # nothing ran
 
 
 def test_reproduce_offline_plan_has_unique_runs(tmp_path):
     r = _reproduce()
-    configs = r.compose_all(r.offline_plan("tiny-llava", ["random"], 4), tmp_path)
-    hashes = {run_hash(plain(c)) for c in configs}
-    # none, hivtp x 3 budgets, random x 3, 5 score-layer windows, 6 geometries, one latency run
-    assert len(hashes) == len(configs) == 1 + 3 + 3 + 5 + 6 + 1
+    for full, windows, geometries in ((False, 3, 3), (True, 5, 6)):
+        configs = r.compose_all(r.offline_plan("tiny-llava", ["random"], 4, full=full), tmp_path)
+        hashes = {run_hash(plain(c)) for c in configs}
+        # none, hivtp at its own rule, hivtp x 3 budgets, random x 3, score-layer windows, geometries, one latency run
+        assert len(hashes) == len(configs) == 1 + 1 + 3 + 3 + windows + geometries + 1
     assert all(plain(c)["profile"] == "offline" for c in configs)
     modes = [plain(c)["mode"] for c in configs]
     assert modes.count("latency") == 1 and modes.count("accuracy") == len(configs) - 1

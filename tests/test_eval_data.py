@@ -108,3 +108,25 @@ def test_build_data_cli(tmp_path):
 def test_bad_size_is_a_clear_error():
     with pytest.raises(ValueError, match="size"):
         build_pope(0)
+
+
+def test_a_larger_build_starts_with_the_same_questions(built):
+    """make reproduce reuses a larger build for a smaller limit: the first questions must be the same."""
+    smaller = {"pope": build_pope(SIZE // 2, seed=0)["random"], "gqa": build_gqa(SIZE // 2, seed=0)[0]["testdev"],
+               "mme": build_mme(SIZE // 2, seed=0)["test"], "sqa": build_scienceqa_img(SIZE // 2, seed=0)["test"]}
+    larger = {"pope": built["pope"]["random"], "gqa": built["gqa"]["testdev"], "mme": built["mme"]["test"],
+              "sqa": built["sqa"]["test"]}
+    for name, ds in smaller.items():
+        assert ds.to_list() == larger[name].select(range(len(ds))).to_list(), name
+
+
+def test_images_hold_the_rendered_scene_exactly(built):
+    """The PNGs are lossless: decoding gives back the renderer's pixels (whatever the compression level)."""
+    import numpy as np
+
+    from eval.builders import _scenes
+    from hivtp.world import render
+
+    _, scene, _ = next(_scenes(0, "pope-adversarial"))
+    stored = built["pope"]["adversarial"][0]["image"].convert("RGB")
+    assert np.array_equal(np.asarray(stored), np.asarray(render(scene).convert("RGB")))

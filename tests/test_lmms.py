@@ -1,7 +1,8 @@
 """lmms-eval plugin ``hivtp_llava``, per-sample accounting and the accuracy runner.
 
-Each end-to-end test (marked slow) runs lmms-eval in a subprocess on a tiny random LLaVA and 3 local GQA docs;
-runs are shared through module fixtures to keep the file to about two minutes on two cores.
+Each end-to-end test (marked slow) runs lmms-eval on a tiny random LLaVA and 3 local GQA docs, in this
+process (the runner's default; the model is loaded once for all of them) or, where said, in a
+subprocess; runs are shared through module fixtures to keep the file to about two minutes on two cores.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def test_plugin_builds_method_from_model_args(tiny_llava_dir):
 
 
 # --- end to end -------------------------------------------------------------------------------------
-@pytest.mark.slow  # one lmms-eval subprocess (~15 s on 2 cores)
+@pytest.mark.slow  # one lmms-eval subprocess (llava_hf, ~15 s on 2 cores) and one in-process run
 def test_method_none_answers_equal_llava_hf(tiny_llava_dir, data_dir, tmp_path):
     # the stock class passes device_map="" to from_pretrained, which transformers 5 rejects: name cpu
     ref = run_lmms_eval("llava_hf", f"pretrained={tiny_llava_dir},device_map=cpu", [TASK], tmp_path / "ref", limit=LIMIT,
@@ -126,7 +127,7 @@ def test_method_none_answers_equal_llava_hf(tiny_llava_dir, data_dir, tmp_path):
     assert "exact_match" in json.dumps(ref["results"][TASK])
 
 
-@pytest.mark.slow  # one lmms-eval subprocess (~15 s on 2 cores)
+@pytest.mark.slow  # one in-process lmms-eval run (seconds once the model and tasks are loaded)
 def test_hivtp_logs_tokens_kept_per_sample(hivtp_runs):
     rows, out = hivtp_runs[1]
     samples = read_samples(out / "accounting", TASK)
@@ -143,7 +144,7 @@ def test_hivtp_logs_tokens_kept_per_sample(hivtp_runs):
     assert results["hivtp_accounting"][TASK]["tokens_kept_mean"] == pytest.approx(mean)
 
 
-@pytest.mark.slow  # one lmms-eval subprocess (~15 s on 2 cores)
+@pytest.mark.slow  # one in-process lmms-eval run (seconds once the model and tasks are loaded)
 def test_tidy_rows_have_harness_columns(hivtp_runs):
     rows, _ = hivtp_runs[1]
     cols = {"model", "method", "params", "budget", "benchmark", "metric", "value", "n_samples", "tokens_kept_mean",
@@ -154,7 +155,7 @@ def test_tidy_rows_have_harness_columns(hivtp_runs):
     assert json.loads(row["params"]) == {"keep_ratio": 0.5, "layers": [6, 7, 8]}
 
 
-@pytest.mark.slow  # one lmms-eval subprocess (~15 s on 2 cores)
+@pytest.mark.slow  # one in-process lmms-eval run (seconds once the model and tasks are loaded)
 def test_batch_two_equals_batch_one(hivtp_runs):
     (_, out1), (_, out2) = hivtp_runs[1], hivtp_runs[2]
     assert read_answers(out2, TASK) == read_answers(out1, TASK)
@@ -177,7 +178,7 @@ def _corrupt_pope(tmp_path: Path) -> Path:
     return render_tasks(TASKS_DIR, tmp_path / "tasks", tmp_path)
 
 
-@pytest.mark.slow  # one lmms-eval subprocess (~15 s on 2 cores)
+@pytest.mark.slow  # one in-process lmms-eval run (seconds once the model and tasks are loaded)
 def test_llava_next_checkpoint_through_the_plugin_keeps_exact_image_budgets(tiny_llava_next_dir, data_dir, tmp_path):
     rows = run_accuracy(str(tiny_llava_next_dir), "hivtp", {"budget": 160}, [TASK], limit=LIMIT, batch_size=2,
                         output_dir=tmp_path, data_dir=data_dir)
@@ -188,7 +189,7 @@ def test_llava_next_checkpoint_through_the_plugin_keeps_exact_image_budgets(tiny
     assert rows and all(r["benchmark"] == TASK and r["budget"] == 160 for r in rows)
 
 
-@pytest.mark.slow  # one lmms-eval subprocess (~15 s on 2 cores)
+@pytest.mark.slow  # one in-process lmms-eval run (seconds once the model and tasks are loaded)
 def test_unreadable_image_names_the_sample(tiny_llava_dir, tmp_path):
     include = _corrupt_pope(tmp_path)
     with pytest.raises(EvalRunError, match=r"hivtp_pope_adv.*doc_id 1"):
@@ -196,7 +197,7 @@ def test_unreadable_image_names_the_sample(tiny_llava_dir, tmp_path):
                      include_path=include, data_dir=tmp_path)
 
 
-@pytest.mark.slow  # one lmms-eval subprocess (~15 s on 2 cores)
+@pytest.mark.slow  # one in-process lmms-eval run (seconds once the model and tasks are loaded)
 def test_failed_run_is_reported_not_scored(tiny_llava_dir, data_dir, tmp_path):
     with pytest.raises(EvalRunError, match="bogus"):
         run_accuracy(str(tiny_llava_dir), "hivtp", {"bogus": 1}, [TASK], limit=1, output_dir=tmp_path, data_dir=data_dir)
@@ -212,6 +213,25 @@ def test_error_in_log_with_exit_zero_is_a_failure(tmp_path):
               "print('\\x1b[31m\\x1b[1mERROR   \\x1b[0m | x - Error during evaluation: k_layer=2 is too deep.')")
     with pytest.raises(EvalRunError, match="logged an error.*: k_layer=2 is too deep"):
         _run([sys.executable, "-c", script], tmp_path, tmp_path, timeout=60, progress=False)
+
+
+def test_failed_cli_run_reports_the_cause_it_printed(tmp_path):
+    """hivtp.lmms.cli exits 1 and prints the cause last; the runner quotes it."""
+    from hivtp.lmms.cli import FAILURE_PREFIX
+
+    script = (f"import sys; print('Traceback (most recent call last):'); "
+              f"print({FAILURE_PREFIX!r} + 'FileNotFoundError: Directory x not found', file=sys.stderr); sys.exit(1)")
+    with pytest.raises(EvalRunError, match="exited with status 1: FileNotFoundError: Directory x not found"):
+        _run([sys.executable, "-c", script], tmp_path, tmp_path, timeout=60, progress=False)
+
+
+@pytest.mark.parametrize("limit, batch_size, key", [(None, 0, "batch_size"), (None, 2.5, "batch_size"),
+                                                     (0, 1, "limit"), (-4, 1, "limit")])
+def test_bad_limit_or_batch_size_is_a_config_error(tmp_path, limit, batch_size, key):
+    """lmms-eval would fail on these with ZeroDivisionError or "did not find any docs"."""
+    with pytest.raises(ConfigError, match=f"benchmark.{key} must be"):
+        run_accuracy("toy-llava", "none", {}, [TASK], limit=limit, batch_size=batch_size, output_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # refused before anything ran
 
 
 def test_missing_results_file_is_a_failure(tmp_path):

@@ -3,18 +3,35 @@
 Files (in ``accounting_dir``; one set per process rank when data-parallel):
   ``hivtp_samples_<task>[_rank<r>].jsonl``  one JSON line per sample: task, doc_id, tokens_kept,
                                              tokens_global, tokens_local, tokens_corrected, select_ms, ...
+Without ``accounting_dir`` they go to :func:`default_directory` (``<--output_path>/hivtp_accounting``
+for lmms-eval's CLI). A writer replaces a task's file the first time it writes it and appends after,
+so a run's files hold that run's samples only.
 Use :func:`read_samples` / :func:`summarize` to get mean and spread per task.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
 STAT_KEYS = ("tokens_kept", "tokens_global", "tokens_local", "tokens_corrected", "tokens_total", "select_ms")
+#: the folder name used when no accounting_dir is given (under lmms-eval's --output_path, or here)
+DEFAULT_DIRNAME = "hivtp_accounting"
+
+
+def default_directory(argv: list[str] | None = None) -> Path:
+    """Where per-sample counts go when ``accounting_dir`` is not given: beside lmms-eval's own output
+    (``<--output_path>/hivtp_accounting``) when the command line names one -- the model is built
+    by lmms-eval's CLI, which passes it nothing else -- otherwise ``./hivtp_accounting``."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--output_path", default=None)
+    known, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return Path(known.output_path or ".") / DEFAULT_DIRNAME
 
 
 class AccountingWriter:
@@ -23,6 +40,7 @@ class AccountingWriter:
     def __init__(self, directory: str | Path | None) -> None:
         self.directory = Path(directory) if directory else None
         self.records: list[dict[str, Any]] = []
+        self._written: set[Path] = set()  # files this writer started (later flushes append to them)
 
     def add(self, task: str, doc_id: int, stats: dict[str, Any]) -> None:
         row = {"task": task, "doc_id": int(doc_id)}
@@ -42,9 +60,10 @@ class AccountingWriter:
         written = []
         for task, rows in by_task.items():
             path = self.directory / f"hivtp_samples_{task}{suffix}.jsonl"
-            with path.open("a") as f:
+            with path.open("a" if path in self._written else "w") as f:
                 for row in sorted(rows, key=lambda r: r["doc_id"]):
                     f.write(json.dumps(row, sort_keys=True) + "\n")
+            self._written.add(path)
             written.append(path)
         self.records = []
         return written

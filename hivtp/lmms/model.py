@@ -6,21 +6,25 @@ prompts and the chat template are lmms-eval's own):
 - ``batch_size > 1`` is supported (left padding; the stock class asserts batch size 1);
 - errors inside generation propagate (the stock class logs them and scores an empty answer);
 - an unreadable dataset image raises an error naming the task and doc_id;
-- tokens kept per sample are recorded (:mod:`hivtp.lmms.accounting`);
+- tokens kept per sample are recorded (:mod:`hivtp.lmms.accounting`; by default beside lmms-eval's
+  ``--output_path``);
+- requests of different tasks never share a batch (the stock class batches by generation kwargs only);
 - ``device=cpu`` loads with device_map=cpu, so it works with transformers 5 and under
   ``accelerate launch --multi_gpu --num_processes N`` on CPU (the stock class assumes CUDA there).
 """
 
 from __future__ import annotations
 
+import gc
+import json
 import time
-from typing import Any, List
+from pathlib import Path
+from typing import Any, Iterator, List
 
 import torch
 from loguru import logger as eval_logger
 from tqdm import tqdm
 
-from lmms_eval import utils
 from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.models.chat.llava_hf import LlavaHf
 from lmms_eval.protocol import ChatMessages
@@ -28,7 +32,7 @@ from lmms_eval.protocol import ChatMessages
 from ..attach import attach
 from ..errors import ConfigError, HivtpError
 from ..zoo import resolve_checkpoint
-from .accounting import AccountingWriter
+from .accounting import AccountingWriter, default_directory
 from .args import split_model_args
 
 __all__ = ["HivtpLlava", "SampleError"]
@@ -45,14 +49,24 @@ class HivtpLlava(LlavaHf):
         loader, plugin, params = split_model_args(kwargs)
         loader = self._cpu_data_parallel(loader)
         super().__init__(pretrained=resolve_checkpoint(str(pretrained)), **loader)
-        self.method_name = plugin["method"]
+        self.configure(plugin, params)
+
+    def configure(self, plugin: dict[str, Any], params: dict[str, Any]) -> None:
+        """Attach ``plugin["method"]`` with ``params`` (as :func:`split_model_args` returns them),
+        replacing the method attached before, and send the accounting to ``plugin["accounting_dir"]``
+        (default: :func:`default_directory`). ``attach`` never modifies the HF model, so one loaded
+        instance can evaluate many configurations (:mod:`hivtp.lmms.inprocess`)."""
+        method = plugin.get("method") or "none"
         try:
-            self.pruned = attach(self.model, method=self.method_name, **params)
+            self.pruned = attach(self.model, method=method, **params)
         except HivtpError as exc:
             raise ConfigError(f"hivtp_llava model_args: {exc}") from exc
+        self.method_name = method
         self.method_params = self.pruned.method.params()
-        self.accounting = AccountingWriter(plugin.get("accounting_dir"))
-        eval_logger.info(f"hivtp_llava: method={self.method_name} params={self.method_params}")
+        accounting_dir = plugin.get("accounting_dir") or default_directory()
+        self.accounting = AccountingWriter(accounting_dir)
+        eval_logger.info(f"hivtp_llava: method={self.method_name} params={self.method_params}; "
+                         f"per-sample token counts go to {Path(accounting_dir).resolve()} (model_args accounting_dir=...)")
 
     # --- data parallel on CPU -------------------------------------------------------------------
     @staticmethod
@@ -71,18 +85,26 @@ class HivtpLlava(LlavaHf):
             "use --model llava_hf for loglikelihood tasks."
         )
 
+    def clean(self) -> None:
+        """lmms-eval calls this after generation to free the model for a local judge; the stock version
+        deletes every ``nn.Module`` attribute. ``self.pruned`` holds the model as well, so deleting
+        would free nothing, and keeping it lets one instance evaluate many configurations
+        (:mod:`hivtp.lmms.inprocess`). Only caches are released."""
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def generate_until(self, requests: List[Instance]) -> List[GenerationResult]:
-        # same ordering and grouping as the stock class: sorted by doc id, grouped by gen kwargs
-        collator = utils.Collator([r.args for r in requests], lambda x: (x[2], x[2]), group_fn=lambda x: x[2], grouping=True)
-        chunks = collator.get_batched(n=self.batch_size, batch_fn=None)
-        pbar = tqdm(total=-(-len(requests) // self.batch_size), disable=(self.rank != 0), desc="Model Responding")
-        res: list[GenerationResult] = []
-        for chunk in chunks:
-            res.extend(self._generate_chunk(chunk))
+        res: list[GenerationResult | None] = [None] * len(requests)
+        batches = list(_batches([r.args for r in requests], self.batch_size))
+        pbar = tqdm(total=len(batches), disable=(self.rank != 0), desc="Model Responding")
+        for indices in batches:
+            for i, result in zip(indices, self._generate_chunk([requests[i].args for i in indices])):
+                res[i] = result
             pbar.update(1)
         pbar.close()
         self.accounting.flush(self.rank, self.world_size)
-        return collator.get_original(res)
+        return res  # type: ignore[return-value]
 
     # --- one batch --------------------------------------------------------------------------------
     def _messages(self, doc_to_messages, task: str, split: str, doc_id: int) -> ChatMessages:
@@ -96,9 +118,10 @@ class HivtpLlava(LlavaHf):
             ) from exc
 
     def _generate_chunk(self, chunk) -> list[GenerationResult]:
+        """One batch; every request in it has the same task, split and generation kwargs (_batches)."""
         _ctx, doc_to_messages, all_gen_kwargs, doc_ids, tasks, splits = zip(*chunk)
         task, split = tasks[0], splits[0]
-        chats = [self._messages(doc_to_messages[0], task, split, d) for d in doc_ids]
+        chats = [self._messages(fn, task, split, d) for fn, d in zip(doc_to_messages, doc_ids)]
         texts, visuals = [], []
         for chat in chats:
             visual, video, _ = chat.extract_media()
@@ -140,3 +163,20 @@ class HivtpLlava(LlavaHf):
             pad_token_id=self.eot_token_id,
             eos_token_id=self.eot_token_id,
         )
+
+
+def _batches(args: list[tuple], batch_size: int) -> Iterator[list[int]]:
+    """Indices into ``args`` (lmms-eval's chat request tuples ``(ctx, doc_to_messages, gen_kwargs,
+    doc_id, task, split)``) in batches of at most ``batch_size`` that share task, split and generation
+    kwargs, each group in request order (what the stock class's collator gives for one task).
+
+    A batch reads every document from its task's split and generates with one set of kwargs, so
+    requests of two tasks must never share a batch, even when their kwargs are equal (the stock
+    class groups by kwargs only and answers the second task's documents from the first task's)."""
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    for i, (_ctx, _to_messages, gen_kwargs, _doc_id, task, split) in enumerate(args):
+        key = (task, split, json.dumps(gen_kwargs, sort_keys=True, default=repr))
+        groups.setdefault(key, []).append(i)
+    for indices in groups.values():
+        for start in range(0, len(indices), batch_size):
+            yield indices[start:start + batch_size]

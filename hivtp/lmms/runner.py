@@ -1,10 +1,14 @@
 """Run lmms-eval with ``hivtp_llava`` and return tidy accuracy rows (harness.md).
 
-One run = one subprocess ``python -m hivtp.lmms.cli`` (lmms-eval's CLI with the plugin registered),
-so a crash, a hang or a stray ``sys.exit`` cannot take the caller down, and the run's log is kept.
-``python -m lmms_eval`` exits 0 even when the evaluation raised, so a run is judged by its artefacts:
-non-zero exit, no results file, a requested task missing from it, or a traceback / ERROR line in
-the log all raise :class:`EvalRunError` -- never a score.
+Two paths, the same command line, the same files:
+- in process (default, :mod:`hivtp.lmms.inprocess`): the model and the tasks are loaded once per
+  process and every configuration re-attaches its method, so a Hydra multirun or ``make reproduce``
+  pays one model load and one task load; errors raise :class:`EvalRunError` with their cause;
+- one subprocess ``python -m hivtp.lmms.cli`` per run (``inprocess=False``,
+  :func:`run_accuracy_subprocess`, :func:`run_lmms_eval`): for other models (``llava_hf``), a
+  ``timeout``, or a run that must not share this process. A run is judged by its artefacts: non-zero
+  exit, no results file, a requested task missing from it, or a traceback / ERROR line in the log all
+  raise :class:`EvalRunError` -- never a score.
 
 The offline task YAMLs (``eval/tasks``) name their data relative to the repository
 (``artifacts/data/...``); the runner renders them with absolute paths into ``<output_dir>/tasks``
@@ -13,6 +17,7 @@ so that the run does not depend on the working directory and the exact YAMLs are
 
 from __future__ import annotations
 
+import atexit
 import datetime as _dt
 import json
 import os
@@ -20,15 +25,18 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import HivtpError
+from ..atomic import write_text
+from ..errors import ConfigError, HivtpError
 from ..latency.fingerprint import git_commit
 from ..zoo import TRAINED, available_shapes, resolve_checkpoint
 from .accounting import read_samples, summarize
 
-__all__ = ["run_accuracy", "run_lmms_eval", "read_answers", "EvalRunError", "REPO_ROOT", "TASKS_DIR", "DATA_DIR", "model_args_string"]
+__all__ = ["run_accuracy", "run_accuracy_subprocess", "run_lmms_eval", "read_answers", "EvalRunError", "REPO_ROOT",
+           "TASKS_DIR", "DATA_DIR", "model_args_string"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TASKS_DIR = REPO_ROOT / "eval" / "tasks"
@@ -37,16 +45,20 @@ SKIP_KEYS = ("alias", "samples", "name", "sample_len", "sample_count")
 # Matched on the log with ANSI colours removed; a traceback may follow a progress bar on its line.
 ERROR_PATTERNS = (re.compile(r"Traceback \(most recent call last\)"), re.compile(r"\|\s*ERROR\s*\|"))
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-REASON = re.compile(r"Error during evaluation: (.*)")
+# Why a run failed: hivtp.lmms.cli's last line (the cause), else lmms-eval's own error line.
+REASONS = (re.compile(r"hivtp\.lmms\.cli: evaluation failed: (.*)"), re.compile(r"Error during evaluation: (.*)"))
 
 
 class EvalRunError(HivtpError, RuntimeError):
     """An lmms-eval run that did not produce valid results (the message holds the log's tail)."""
 
 
-def model_args_string(pretrained: str, method: str, params: dict[str, Any], accounting_dir: Path) -> str:
-    """``--model_args`` for hivtp_llava; sequences become dash lists (``layers=6-7-8``)."""
-    parts = {"pretrained": pretrained, "method": method, **params, "accounting_dir": str(accounting_dir)}
+def model_args_string(pretrained: str, method: str, params: dict[str, Any], accounting_dir: Path,
+                      dtype: str = "auto") -> str:
+    """``--model_args`` for hivtp_llava; sequences become dash lists (``layers=6-7-8``). ``dtype`` is
+    named only when it is not lmms-eval's default (``auto``: the checkpoint's own)."""
+    loading = {} if dtype in (None, "auto") else {"dtype": str(dtype)}
+    parts = {"pretrained": pretrained, **loading, "method": method, **params, "accounting_dir": str(accounting_dir)}
     out = []
     for key, value in parts.items():
         if isinstance(value, (list, tuple)):
@@ -108,13 +120,19 @@ def _run(cmd: list[str], out: Path, data_dir: Path, timeout: float | None, progr
             raise EvalRunError(f"lmms-eval timed out after {timeout}s; log: {log_path}") from exc
     text = ANSI.sub("", log_path.read_text())
     if rc != 0:
-        raise EvalRunError(f"lmms-eval exited with status {rc}; log: {log_path}\n{_tail(text)}")
+        raise EvalRunError(f"lmms-eval exited with status {rc}{_reason(text)}; log: {log_path}\n{_tail(text)}")
     for pattern in ERROR_PATTERNS:
         if pattern.search(text):
-            reason = REASON.search(text)
-            head = f": {reason.group(1).strip()}" if reason else ""
-            raise EvalRunError(f"lmms-eval logged an error (it exits 0 regardless){head}; log: {log_path}\n{_tail(text)}")
+            raise EvalRunError(f"lmms-eval logged an error (it exits 0 regardless){_reason(text)}; log: {log_path}\n{_tail(text)}")
     return text
+
+
+def _reason(text: str) -> str:
+    for pattern in REASONS:
+        found = pattern.search(text)
+        if found:
+            return f": {found.group(1).strip()}"
+    return ""
 
 
 def _tail(text: str, n: int = 40) -> str:
@@ -149,21 +167,11 @@ def _metric_rows(results: dict[str, Any], tasks: Sequence[str]) -> list[tuple[st
     return rows
 
 
-def run_lmms_eval(
-    model: str,
-    model_args: str,
-    tasks: Sequence[str],
-    output_dir: Path | str,
-    limit: int | float | None = None,
-    batch_size: int = 1,
-    device: str = "cpu",
-    include_path: Path | str | None = None,
-    data_dir: Path | str | None = None,
-    timeout: float | None = None,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """One lmms-eval run of any model (``hivtp_llava``, or ``llava_hf`` for reference); returns its
-    results file's content. Logged samples are under ``<output_dir>/lmms``. Raises EvalRunError."""
+def _prepare(tasks: Sequence[str], output_dir: Path | str, data_dir: Path | str | None,
+             include_path: Path | str | None) -> tuple[list[str], Path, Path, Path]:
+    """(tasks, output folder, data folder, include path) for one run; the output folder is emptied of an
+    earlier run's lmms-eval files. With the repo's YAMLs (``include_path=None``) they are rendered
+    against ``data_dir`` into ``<output_dir>/tasks``, the include path returned."""
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     if not tasks:
         raise EvalRunError("no tasks given; name lmms-eval tasks, e.g. ['hivtp_pope_adv'].")
@@ -179,13 +187,77 @@ def run_lmms_eval(
                 f"the offline mini-benchmarks are not built: {data} does not exist (tasks {offline}). "
                 "Run `make data` (or `python scripts/build_data.py --out DIR` and pass data_dir=DIR)."
             )
-        include = render_tasks(TASKS_DIR, out / "tasks", data)
+        include = render_tasks(TASKS_DIR, out / "tasks", data).resolve()  # kept with the run
+    return tasks, out, data, include
+
+
+_SHARED_TASKS: dict[str, Path] = {}
+
+
+def _shared_tasks(data: Path) -> Path:
+    """The repo's YAMLs rendered against ``data`` once per process (removed at exit)."""
+    key = str(data.resolve())
+    if key not in _SHARED_TASKS:
+        folder = Path(tempfile.mkdtemp(prefix="hivtp-tasks-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _SHARED_TASKS[key] = render_tasks(TASKS_DIR, folder, data)
+    return _SHARED_TASKS[key]
+
+
+def run_lmms_eval(
+    model: str,
+    model_args: str,
+    tasks: Sequence[str],
+    output_dir: Path | str,
+    limit: int | float | None = None,
+    batch_size: int = 1,
+    device: str = "cpu",
+    include_path: Path | str | None = None,
+    data_dir: Path | str | None = None,
+    timeout: float | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """One lmms-eval subprocess run of any model (``hivtp_llava``, or ``llava_hf`` for reference);
+    returns its results file's content. Logged samples are under ``<output_dir>/lmms``. Raises EvalRunError."""
+    tasks, out, data, include = _prepare(tasks, output_dir, data_dir, include_path)
     cmd = _command(model, model_args, tasks, limit, batch_size, device, out, include)
     (out / "command.txt").write_text(" ".join(cmd) + "\n")
     _run(cmd, out, data, timeout, progress)
     results = _results_file(out)
     _metric_rows(results, tasks)  # validates: every task present, numeric metrics
     return results
+
+
+def _run_inprocess(model_args: str, tasks: Sequence[str], output_dir: Path | str, limit, batch_size: int,
+                   device: str, include_path, data_dir) -> dict[str, Any]:
+    """:func:`run_lmms_eval` for ``hivtp_llava`` in this process (:mod:`hivtp.lmms.inprocess`)."""
+    from .cli import describe
+    from .inprocess import evaluate
+
+    tasks, out, data, include = _prepare(tasks, output_dir, data_dir, include_path)
+    # the run's own rendered YAMLs are named in the command; the tasks are loaded from a per-process
+    # copy of the same YAMLs, so that every run shares one task index and one loaded dataset per task
+    index = _shared_tasks(data) if include == (out / "tasks").resolve() else include
+    cmd = _command("hivtp_llava", model_args, tasks, limit, batch_size, device, out, include)
+    (out / "command.txt").write_text("# evaluated in process (hivtp.lmms.inprocess), as if by:\n" + " ".join(cmd) + "\n")
+    log_path = out / "lmms_eval.log"
+    try:
+        evaluate(cmd[3:], data, log_path, task_index=index)  # cmd[3:]: what follows `python -m hivtp.lmms.cli`
+    except Exception as exc:  # noqa: BLE001 - any failure is the run's, reported with its cause
+        raise EvalRunError(f"lmms-eval failed: {describe(exc)}; log: {log_path}") from exc
+    results = _results_file(out)
+    _metric_rows(results, tasks)
+    return results
+
+
+def check_run_size(limit: int | float | None, batch_size: int) -> None:
+    """A clear error for a limit or batch size lmms-eval would fail on obscurely (ZeroDivisionError,
+    "did not find any docs") or misread."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"benchmark.batch_size must be a whole number >= 1, got {batch_size!r}.")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
+        raise ConfigError(f"benchmark.limit must be a number of questions per task >= 1 (or a fraction in (0, 1), "
+                          f"or null for every question), got {limit!r}.")
 
 
 def run_accuracy(
@@ -202,6 +274,8 @@ def run_accuracy(
     weights: str | None = None,
     timeout: float | None = None,
     progress: bool = False,
+    dtype: str = "auto",
+    inprocess: bool = True,
 ) -> list[dict[str, Any]]:
     """Run lmms-eval with ``hivtp_llava`` for (model, method, params, tasks, limit); tidy accuracy rows.
 
@@ -209,27 +283,54 @@ def run_accuracy(
     ``include_path``: task YAML folder (default: the repo's offline tasks, rendered against ``data_dir``,
     default ``artifacts/data``). Per-sample accounting goes to ``<output_dir>/accounting``; its
     mean / spread per task is added to the results file (``hivtp_accounting``) and to the rows.
-    Raises :class:`EvalRunError` when the run failed.
+    ``dtype``: the weights' dtype (``auto``: the checkpoint's own, lmms-eval's default; else e.g. ``float16``).
+    ``inprocess``: evaluate in this process with the cached model and tasks (default); False starts
+    one lmms-eval subprocess (the only path that honours ``timeout``).
+    Raises :class:`EvalRunError` when the run failed, ConfigError for a bad limit or batch size.
     """
+    check_run_size(limit, batch_size)
     params = dict(params or {})
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     out = Path(output_dir).resolve()
     accounting = out / "accounting"
     shutil.rmtree(accounting, ignore_errors=True)
-    model_args = model_args_string(resolve_checkpoint(pretrained), method, params, accounting)
-    results = run_lmms_eval("hivtp_llava", model_args, tasks, out, limit, batch_size, device,
-                            include_path, data_dir, timeout, progress)
+    model_args = model_args_string(resolve_checkpoint(pretrained), method, params, accounting, dtype)
+    if inprocess:
+        results = _run_inprocess(model_args, tasks, out, limit, batch_size, device, include_path, data_dir)
+    else:
+        results = run_lmms_eval("hivtp_llava", model_args, tasks, out, limit, batch_size, device,
+                                include_path, data_dir, timeout, progress)
     _add_accounting(out, results, accounting)
     return _rows(results, tasks, pretrained, method, params, accounting, weights or _weights(pretrained))
+
+
+def run_accuracy_subprocess(
+    pretrained: str,
+    method: str = "none",
+    params: dict[str, Any] | None = None,
+    tasks: Sequence[str] = ("hivtp_offline",),
+    limit: int | float | None = None,
+    batch_size: int = 1,
+    output_dir: Path | str = Path("runs/accuracy"),
+    device: str = "cpu",
+    include_path: Path | str | None = None,
+    data_dir: Path | str | None = None,
+    weights: str | None = None,
+    timeout: float | None = None,
+    progress: bool = False,
+    dtype: str = "auto",
+) -> list[dict[str, Any]]:
+    """:func:`run_accuracy` with one lmms-eval subprocess per run; as a config backend:
+    ``backend.accuracy=hivtp.lmms.runner:run_accuracy_subprocess``."""
+    return run_accuracy(pretrained, method, params, tasks, limit, batch_size, output_dir, device, include_path,
+                        data_dir, weights, timeout, progress, dtype, inprocess=False)
 
 
 def _add_accounting(out: Path, results: dict[str, Any], accounting: Path) -> None:
     """Add per-task tokens-kept mean / spread to the results file (key ``hivtp_accounting``)."""
     results["hivtp_accounting"] = {t: summarize(read_samples(accounting, t)) for t in results.get("results", {})}
     path = sorted((out / "lmms").glob("**/*_results.json"), key=lambda p: p.stat().st_mtime)[-1]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2, default=str))
-    tmp.replace(path)
+    write_text(path, json.dumps(results, indent=2, default=str))
 
 
 def _rows(results, tasks, pretrained, method, params, accounting: Path, weights: str) -> list[dict[str, Any]]:
