@@ -25,6 +25,14 @@ class MergedInputs:
     inputs_embeds: torch.Tensor  # [B, L', D]
     image_positions: torch.Tensor  # [B, L'] bool: where image features were written
 
+    @property
+    def position_ids(self) -> torch.Tensor:
+        """[B, L'] the position ids ``generate`` gives this left-padded prompt (transformers'
+        ``_prepare_position_ids_for_generation``): each sample counts from 0 at its first real token,
+        padding gets 0. A forward must pass them too, or padded samples are shifted."""
+        mask = self.attention_mask.long()
+        return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
 
 def _runs(is_image: torch.Tensor) -> list[tuple[int, int]]:
     """Contiguous runs of True in a 1-D bool tensor, as (start, end) pairs."""
@@ -125,6 +133,10 @@ def merge_image_tokens(
         lookup_ids = new_ids.masked_fill(positions, 0)
     embeds = embed(lookup_ids)  # [B, L', D]
     if image_features:
-        flat = torch.cat([image_features[i] for images in per_sample for i in images]).to(embeds.dtype)
-        embeds = embeds.masked_scatter(positions.unsqueeze(-1), flat)
+        # Device and dtype of the embeddings, as transformers' LLaVA does (image_features.to(
+        # inputs_embeds.device, inputs_embeds.dtype)): with a device_map the tower / projector and the
+        # embeddings may sit on different devices.
+        flat = torch.cat([image_features[i] for images in per_sample for i in images])
+        flat = flat.to(embeds.device, embeds.dtype)
+        embeds = embeds.masked_scatter(positions.unsqueeze(-1).to(embeds.device), flat)
     return MergedInputs(new_ids, new_mask, embeds, positions)

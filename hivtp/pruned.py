@@ -12,8 +12,9 @@
                ``input_ids``), so decoding, caching and stopping are the model's.
 
 The returned sequences start with the caller's original ``input_ids``, so they compare one to one
-with the unmodified model's output. The wrapped model is never modified: no class is patched, and
-any temporary hook or attention switch is undone before returning.
+with the unmodified model's output (with ``num_beams`` / ``num_return_sequences``, each returned row
+starts with its sample's prompt, as transformers repeats it). The wrapped model is never modified:
+no class is patched, and any temporary hook or attention switch is undone before returning.
 """
 
 from __future__ import annotations
@@ -29,12 +30,27 @@ from .adapters.base import CropLayout, ImageFeatures, ModelAdapter
 from .errors import InputMismatchError
 from .inputs import MergedInputs, merge_image_tokens, split_images_by_sample
 from .methods.base import CropBatch, PruningMethod
-from .vision import run_tower, run_tower_eager
+from .vision import TowerCache, run_tower, run_tower_eager
 
 __all__ = ["PrunedModel", "PreparedInputs", "STAT_KEYS"]
 
 #: keys every ``last_stats`` entry carries (harness.md), whatever the method
 STAT_KEYS = ("tokens_kept", "tokens_global", "tokens_local", "tokens_corrected", "select_ms")
+
+
+def _check_pixel_values(pixel_values: torch.Tensor) -> None:
+    """Refuse what the tower cannot turn into meaningful tokens, before any work: no images at all,
+    or NaN / inf pixels (they would surface later as non-finite scores or silently as NaN features)."""
+    if pixel_values.dim() == 0 or pixel_values.shape[0] == 0:
+        raise InputMismatchError(
+            f"pixel_values holds no images (shape {tuple(pixel_values.shape)}): pass at least one image per "
+            "<image> in the prompts, or call generate without pixel_values for text-only prompts."
+        )
+    if pixel_values.is_floating_point() and not bool(torch.isfinite(pixel_values).all()):
+        raise InputMismatchError(
+            "pixel_values contain NaN or inf; check the image loading and preprocessing (the model's "
+            "processor returns finite values)."
+        )
 
 
 def _sync(device: torch.device) -> None:
@@ -62,6 +78,8 @@ class PrunedModel:
         self.method = method
         self.adapter = adapter
         self.last_stats: list[dict[str, Any]] = []
+        #: optional :class:`hivtp.vision.TowerCache` shared by models attached to the same weights
+        self.tower_cache: TowerCache | None = None
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails; guard against recursion before __init__ ran.
@@ -78,25 +96,36 @@ class PrunedModel:
 
     # --- stages ------------------------------------------------------------------------------
     def layout(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None) -> CropLayout:
+        _check_pixel_values(pixel_values)
         return self.adapter.crops(pixel_values.to(self.adapter.vision_tower.device), image_sizes)
 
     @torch.no_grad()
     def run_vision(self, layout: CropLayout):
         """Stage 1: the tower on every crop, up to the feature layer, with the method's captures."""
         request = self.method.tower_request()
-        vision = self.adapter.vision_tower
-        if request.eager:
-            return run_tower_eager(vision, layout.pixel_values, self.adapter.feature_indices, request.attention_layers)
-        return run_tower(vision, layout.pixel_values, self.adapter.feature_indices, request.qk_layers)
+        vision, pixels, hidden = self.adapter.vision_tower, layout.pixel_values, self.adapter.feature_indices
+
+        def compute():
+            if request.eager:
+                return run_tower_eager(vision, pixels, hidden, request.attention_layers)
+            return run_tower(vision, pixels, hidden, request.qk_layers)
+
+        if self.tower_cache is None:
+            return compute()
+        # opt-in (in-process evaluation): reuse an exactly equal batch's pass (see vision.TowerCache)
+        return self.tower_cache.run(vision, pixels, hidden, request, compute)
 
     @torch.no_grad()
     def select_tokens(self, tower, layout: CropLayout, crop_keys: list[str] | None = None):
         """Stage 2: the method's scoring + selection on every crop."""
+        # Only before-projector methods spend their budget on crops; an in-LLM method keeps every
+        # token here and applies (and checks) its budget inside the LLM, in its own unit.
+        budget = getattr(self.method, "budget", None) if self.method.stage == "projector" else None
         batch = CropBatch(
             features=self.adapter.patch_features(tower),
             grid=self.adapter.grid,
             tower=tower,
-            budgets=self.adapter.crop_budgets(layout, getattr(self.method, "budget", None)),
+            budgets=self.adapter.crop_budgets(layout, budget),
             crop_keys=crop_keys or [],
             feature_attention_layer=self.adapter.feature_attention_layer,
             valid=self.adapter.crop_valid_masks(layout),
@@ -136,6 +165,11 @@ class PrunedModel:
         """Stages 1-4: the shortened, left-padded LLM inputs with image features written in."""
         if pixel_values is None:
             raise InputMismatchError("prepare_inputs needs pixel_values; text-only prompts need no pruning.")
+        if input_ids.dim() != 2 or input_ids.shape[0] == 0:
+            raise InputMismatchError(
+                f"input_ids must be a non-empty batch [batch, length], got shape {tuple(input_ids.shape)}: "
+                "pass at least one prompt (build inputs with the model's processor)."
+            )
         if sample_ids is not None and len(sample_ids) != input_ids.shape[0]:
             raise InputMismatchError(f"got {len(sample_ids)} sample_ids for a batch of {input_ids.shape[0]}.")
         device = self.device
@@ -176,7 +210,9 @@ class PrunedModel:
         """Same call as the wrapped model's ``generate``; prunes image tokens at prefill.
 
         ``sample_ids`` (optional) names the samples, so methods with randomness can seed per sample.
-        Use ``max_new_tokens`` rather than ``max_length``: the pruned prompt is shorter.
+        Use ``max_new_tokens`` rather than ``max_length``: the pruned prompt is shorter. Beam search and
+        ``num_return_sequences`` work as on the wrapped model: images are pruned once per sample and
+        transformers repeats the pruned prompt for each beam / returned sequence.
         """
         if pixel_values is None:  # text only: nothing to prune
             self.last_stats = []
@@ -206,27 +242,43 @@ class PrunedModel:
         **kwargs: Any,
     ):
         """One forward pass over the *pruned* sequence (e.g. for log-likelihoods). The logits are
-        right-aligned with the caller's sequence: ``logits[:, -k:]`` covers its last k tokens."""
+        right-aligned with the caller's sequence: ``logits[:, -k:]`` covers its last k tokens.
+
+        Position ids are those ``generate`` uses (each sample counts from its first real token), so a
+        sample's logits do not depend on the left padding its batch needs."""
         if pixel_values is None:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        if "labels" in kwargs:
-            raise InputMismatchError(
-                "labels are not supported on a pruned forward (positions move); compute the loss from "
-                "the right-aligned logits instead."
-            )
+        for moved in ("labels", "position_ids"):
+            if moved in kwargs:
+                raise InputMismatchError(
+                    f"{moved} are not supported on a pruned forward (the pruned sequence is shorter and "
+                    "re-padded, so positions move); the forward computes its own position ids, and a loss "
+                    "comes from the right-aligned logits."
+                )
         prepared = self.prepare_inputs(input_ids, attention_mask, pixel_values, image_sizes, sample_ids)
         self.last_stats = prepared.stats
         merged = prepared.merged
         with self.method.llm_context(self.model, merged, self.last_stats):
-            return self.model(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask, **kwargs)
+            return self.model(
+                inputs_embeds=merged.inputs_embeds,
+                attention_mask=merged.attention_mask,
+                position_ids=merged.position_ids,  # as generate (and the timed prefill) computes them
+                **kwargs,
+            )
 
     forward = __call__
 
     # --- helpers -----------------------------------------------------------------------------
     @staticmethod
     def _restore_prompt(out, original_ids: torch.Tensor, pruned_len: int):
+        """Put the caller's prompt back in front of the generated tokens. ``original_ids`` [B, L];
+        the output has B * n rows (n returned sequences per sample, each sample's rows adjacent)."""
         sequences = out if isinstance(out, torch.Tensor) else out.sequences
-        restored = torch.cat([original_ids, sequences[:, pruned_len:]], dim=1)
+        rows, samples = sequences.shape[0], original_ids.shape[0]
+        if rows % samples:
+            raise InputMismatchError(f"generate returned {rows} sequences for {samples} prompts; expected a multiple.")
+        prompts = original_ids.repeat_interleave(rows // samples, dim=0)  # [B * n, L]
+        restored = torch.cat([prompts, sequences[:, pruned_len:]], dim=1)
         if isinstance(out, torch.Tensor):
             return restored
         out.sequences = restored

@@ -62,12 +62,17 @@ class Selection:
 
 
 def region_keep_count(n_region: int, keep_ratio: float) -> int:
-    """``floor(n_region * keep_ratio)`` on the ratio as the decimal the user wrote: ``repr`` of a float
-    is the shortest decimal that reads back as that float, so 0.29 is 29/100 exactly and
-    ``100 * 0.29`` gives 29 (binary floating point makes it ``28.999999999999996``, hence 28). The
-    product is exact, so 0.006944444444444444 (the decimal just below 1/144) keeps 0 of 144 tokens.
-    A count of 0 is valid: that region keeps no global token and stage 2 alone picks its tokens."""
-    return math.floor(Decimal(repr(float(keep_ratio))) * n_region)
+    """``floor(n_region * keep_ratio)``, where the product is taken exactly on the decimal the ratio is
+    written as (``repr`` of the float) and then rounded to 9 decimal places before the floor.
+
+    Why both steps: binary floating point makes ``100 * 0.29`` 28.999999999999996 (floor 28, but 29 is
+    meant); and a ratio meant as a fraction k/n is written as a repeating decimal cut at 16-17 digits
+    (``7/144`` -> 0.04861111111111111, ``1/144`` -> 0.006944444444444444), whose exact product falls
+    just short of k (6.99999999999999984). Rounding to 9 places gives the count meant in both cases
+    (29; 7; 1), and it is exact for any ratio written with at most 9 decimals. A count of 0 is valid
+    (e.g. 144 x 0.001): that region keeps no global token and stage 2 alone picks its tokens."""
+    product = Decimal(repr(float(keep_ratio))) * n_region
+    return math.floor(round(product, 9))
 
 
 def validate_geometry(height: int, width: int, regions: int, keep_ratio: float, window: int) -> None:

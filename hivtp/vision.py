@@ -18,9 +18,10 @@ is therefore the output of layer 22 of 24. Score layers are 0-based encoder laye
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -35,6 +36,7 @@ __all__ = [
     "run_tower",
     "run_tower_eager",
     "attention_implementation",
+    "TowerCache",
 ]
 
 
@@ -183,3 +185,94 @@ def run_tower_eager(
         num_heads=heads,
         head_dim=head_dim,
     )
+
+
+class TowerCache:
+    """Share vision-tower passes between configurations evaluated in one process (issue 20).
+
+    An in-process evaluation answers the same questions, in the same batches, once per method and
+    budget, and a batch's tower pass depends only on its pixels and on what is captured. Turn it on
+    with ``pruned.tower_cache = TowerCache()`` (one object shared by every attached method). An entry
+    is reused only when the pixels are *equal* (``torch.equal``; a cheap fingerprint only finds the
+    candidate), the pass took the same path (fast / eager: their kernels round differently) and it
+    holds every hidden state and capture the request needs; otherwise the tower runs and its captures
+    are added to the entry. A reused pass is the very tensors a fresh pass computes, so no answer
+    changes. Frozen weights only: call :meth:`clear` after changing the model. At most ``max_bytes``
+    of tensors are held (least recently used entries go first).
+    """
+
+    def __init__(self, max_bytes: int = 2 * 2**30) -> None:
+        self.max_bytes = max_bytes
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[tuple, tuple[torch.Tensor, TowerOutput]] = OrderedDict()
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def run(
+        self,
+        vision_model: nn.Module,
+        pixel_values: torch.Tensor,
+        hidden_indices: Sequence[int],
+        request: Any,
+        compute: Callable[[], TowerOutput],
+    ) -> TowerOutput:
+        """The pass ``compute()`` would return for this request (``request``: a methods TowerRequest)."""
+        n = num_encoder_layers(vision_model)
+        hidden = sorted({hidden_state_index(i, n) for i in hidden_indices})
+        pixels = pixel_values.detach()
+        flat = pixels.double().flatten()
+        fingerprint = (float(flat.sum()), float((flat * flat).sum()))
+        key = (id(vision_model), bool(request.eager), tuple(pixels.shape), pixels.dtype, str(pixels.device))
+        key += fingerprint
+        entry = self._entries.get(key)
+        if entry is not None and torch.equal(entry[0], pixels):
+            self._entries.move_to_end(key)
+            if _covers(entry[1], hidden, request):
+                self.hits += 1
+                return _subset(entry[1], hidden, request)
+            fresh = compute()
+            self.misses += 1
+            cached = entry[1]
+            cached.hidden_states.update(fresh.hidden_states)
+            cached.qk.update(fresh.qk)
+            cached.attentions.update(fresh.attentions)
+        else:
+            fresh = compute()
+            self.misses += 1
+            self._entries[key] = (pixels.clone(), fresh)  # clone: the caller may reuse its tensor
+            # the entry holds the fresh pass's dicts: give the caller its own view of them
+            fresh = _subset(fresh, hidden, request)
+        self._evict()
+        return fresh
+
+    def _evict(self) -> None:
+        while len(self._entries) > 1 and sum(_nbytes(e) for e in self._entries.values()) > self.max_bytes:
+            self._entries.popitem(last=False)
+
+
+def _covers(out: TowerOutput, hidden: Sequence[int], request: Any) -> bool:
+    return (
+        set(hidden) <= set(out.hidden_states)
+        and set(request.qk_layers) <= set(out.qk)
+        and set(request.attention_layers) <= set(out.attentions)
+    )
+
+
+def _subset(out: TowerOutput, hidden: Sequence[int], request: Any) -> TowerOutput:
+    """Exactly what a fresh pass for this request holds (same tensors, no extra layers)."""
+    return TowerOutput(
+        hidden_states={i: out.hidden_states[i] for i in hidden},
+        qk={i: out.qk[i] for i in request.qk_layers},
+        attentions={i: out.attentions[i] for i in request.attention_layers},
+        num_heads=out.num_heads,
+        head_dim=out.head_dim,
+    )
+
+
+def _nbytes(entry: tuple[torch.Tensor, TowerOutput]) -> int:
+    pixels, out = entry
+    tensors = [pixels, *out.hidden_states.values(), *out.attentions.values()]
+    tensors += [t for pair in out.qk.values() for t in pair]
+    return sum(t.numel() * t.element_size() for t in tensors)

@@ -13,8 +13,10 @@ from fractions import Fraction
 
 def keep_count(n_region: int, keep_ratio: float) -> int:
     # The ratio as the decimal the user wrote (0.29 means 29/100), not its binary approximation:
-    # repr gives the shortest decimal that reads back as the float. The product is exact (a Fraction).
-    return math.floor(Fraction(repr(float(keep_ratio))) * n_region)
+    # repr gives the shortest decimal that reads back as the float. The product is exact (a Fraction),
+    # then rounded to 9 decimal places (a ratio meant as k/n is written as a cut repeating decimal).
+    exact = Fraction(repr(float(keep_ratio))) * n_region
+    return math.floor(Fraction(round(exact * 10**9), 10**9))
 
 
 def hivtp_reference(grid, regions: int, keep_ratio: float, window: int):

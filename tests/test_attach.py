@@ -37,8 +37,12 @@ def test_nothing_pruned_reproduces_unmodified_model_exactly(tiny_llava, batch, r
 
 def test_logits_match_unmodified_forward_when_nothing_pruned(tiny_llava, batch):
     model, _ = tiny_llava
+    # The pruned forward numbers each sample's tokens from its first real one, as generate does
+    # (padding 0); the unmodified model's forward defaults to 0..L-1 for every row, so pass them.
+    mask = batch["attention_mask"]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
-        ref = model(**batch).logits
+        ref = model(**batch, position_ids=positions).logits
     got = hivtp.attach(model, "none")(**batch).logits
     # Same left-padded layout (no pruning), so positions line up one to one.
     assert torch.equal(got, ref)

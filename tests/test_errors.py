@@ -113,3 +113,48 @@ def test_attaching_twice(tiny_llava):
     model, _ = tiny_llava
     with pytest.raises(ConfigError, match="already has a method attached"):
         hivtp.attach(hivtp.attach(model, "hivtp"), "hivtp")
+
+
+# --- the engine (issue 21, item 11) ---------------------------------------------------------------
+def test_empty_batch(tiny_llava):
+    model, processor = tiny_llava
+    inputs = llava_inputs(processor, seeds=[1])
+    empty = {k: v[:0] for k, v in inputs.items()}
+    with pytest.raises(InputMismatchError, match="non-empty batch.*at least one prompt"):
+        hivtp.attach(model, "hivtp").generate(**empty, max_new_tokens=1)
+    with pytest.raises(InputMismatchError, match="pixel_values holds no images"):
+        hivtp.attach(model, "hivtp").encode_images(empty["pixel_values"])
+
+
+@pytest.mark.parametrize("method", ["hivtp", "none"])
+def test_non_finite_pixel_values_are_blamed_on_pixel_values(tiny_llava, method):
+    model, processor = tiny_llava
+    inputs = llava_inputs(processor, seeds=[1])
+    inputs["pixel_values"][0, 0, 5, 5] = float("nan")
+    with pytest.raises(InputMismatchError, match="pixel_values contain NaN or inf") as raised:
+        hivtp.attach(model, method).generate(**inputs, max_new_tokens=1)
+    assert "scores" not in str(raised.value)
+
+
+@pytest.mark.parametrize("method", ["pdrop", "fastv"])
+def test_in_llm_budget_larger_than_the_grid(tiny_llava, method):
+    model, processor = tiny_llava
+    pruned = hivtp.attach(model, method, budget=600, **({"k_layer": 1} if method == "fastv" else {}))
+    with pytest.raises(ConfigError, match=f"{method}: budget=600 .* more than sample 0 has: 576 image token"):
+        pruned.generate(**llava_inputs(processor, seeds=[1]), max_new_tokens=1)
+
+
+def test_pdrop_budget_below_what_its_stages_can_reach(tiny_llava):
+    """The 2-layer tiny LLM, one stage at layer 1: layer 0 sees all 576 tokens, so the mean per layer
+    is at least 288."""
+    model, processor = tiny_llava
+    pruned = hivtp.attach(model, "pdrop", budget=200, layers="1")
+    with pytest.raises(ConfigError, match="cannot be reached by sample 0.*at least 288"):
+        pruned.generate(**llava_inputs(processor, seeds=[1]), max_new_tokens=1)
+
+
+def test_next_budget_larger_than_the_image(tiny_llava_next):
+    model, processor = tiny_llava_next
+    inputs = llava_inputs(processor, seeds=[1], sizes=[(336, 672)])  # 3 crops of 576: 1728 visual tokens
+    with pytest.raises(ConfigError, match="budget=100000 is larger than image 0's 1728 visual tokens"):
+        hivtp.attach(model, "hivtp", budget=100000).generate(**inputs, max_new_tokens=1)

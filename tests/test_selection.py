@@ -100,23 +100,26 @@ def test_keep_ratio_floor_is_exact_for_decimals():
     assert int(sel.global_mask.sum()) == 29
 
 
-def test_keep_count_is_the_decimal_rule_where_rounding_would_differ():
-    """One rule for floor(n x keep_ratio), the reference's: the decimal the ratio is written as.
-    0.006944444444444444 (sweep/stages' ratio) is just below 1/144, so a 144-token region keeps 0
-    global tokens (rounding the float product to 9 decimals said 1)."""
+def test_keep_count_rule_is_one_rule_in_code_and_reference():
+    """One rule for floor(n x keep_ratio), in code and reference alike: the exact product on the
+    decimal the ratio is written as, rounded to 9 places. 0.006944444444444444 (1/144 as a float) keeps
+    1 of 144 (the exact product is 0.99999999999999994: a bare floor says 0), 0.29 keeps 29 of 100
+    (the float product says 28), and 0.001 keeps 0 (stage 2 alone)."""
     from reference import keep_count
 
     from hivtp.selection import region_keep_count
 
-    for n, ratio in [(144, 0.006944444444444444), (100, 0.29), (144, 0.25), (576, 1 / 3), (36, 0.1), (144, 1.0)]:
-        assert region_keep_count(n, ratio) == keep_count(n, ratio), (n, ratio)
-    assert region_keep_count(144, 0.006944444444444444) == 0
+    cases = [(144, 0.006944444444444444, 1), (144, 7 / 144, 7), (100, 0.29, 29), (144, 0.001, 0),
+             (144, 0.25, 36), (576, 1 / 3, 192), (36, 0.1, 3), (144, 1.0, 144)]
+    for n, ratio, meant in cases:
+        assert region_keep_count(n, ratio) == keep_count(n, ratio) == meant, (n, ratio)
     maps = random_maps(24, 24, seed=7)
-    sel = select_masks(maps, regions=2, keep_ratio=0.006944444444444444, window=2)
-    assert not sel.global_mask.any()  # stage 2 alone: one token per 2x2 window
-    for b in range(maps.shape[0]):
-        g_ref, l_ref = hivtp_reference(as_grid(maps[b]), 2, 0.006944444444444444, 2)
-        assert sel.keep_mask[b].nonzero().flatten().tolist() == sorted(g_ref | l_ref)
+    for ratio, globals_per_region in ((0.006944444444444444, 1), (0.001, 0)):
+        sel = select_masks(maps, regions=2, keep_ratio=ratio, window=2)
+        assert int(sel.global_mask[0].sum()) == 4 * globals_per_region
+        for b in range(maps.shape[0]):
+            g_ref, l_ref = hivtp_reference(as_grid(maps[b]), 2, ratio, 2)
+            assert sel.keep_mask[b].nonzero().flatten().tolist() == sorted(g_ref | l_ref)
 
 
 def test_keep_ratio_one_keeps_everything():

@@ -129,14 +129,22 @@ class LlavaNextAdapter(ModelAdapter):
 
     def crop_budgets(self, layout: CropLayout, budget: int | None) -> list[int | None]:
         """An image budget B (visual tokens, newlines not counted) split over the image's crops in
-        proportion to their token counts after unpadding; exact per image."""
+        proportion to their token counts after unpadding; exact per image. A budget larger than an
+        image's visual tokens is a ConfigError."""
         if budget is None:
             return [None] * len(layout.image_of_crop)
         valid = self.valid_counts(layout)
         out: list[int | None] = []
         start = 0
-        for n in layout.extra["crops_per_image"]:
-            out.extend(split_budget(budget, valid[start : start + n]))
+        for image, n in enumerate(layout.extra["crops_per_image"]):
+            counts = valid[start : start + n]
+            if budget > sum(counts):  # split_budget would clamp it: refuse instead of a silent smaller budget
+                raise ConfigError(
+                    f"budget={budget} is larger than image {image}'s {sum(counts)} visual tokens (a LLaVA-NeXT "
+                    "budget counts the tokens kept per image, newlines excluded). Pass a budget of at most "
+                    f"{sum(counts)} for this image, or method=none to keep every token."
+                )
+            out.extend(split_budget(budget, counts))
             start += n
         return out
 

@@ -119,7 +119,10 @@ class PruningMethod:
         entered around the LLM call (``generate`` or a forward) that installs temporary, instance-level
         hooks and removes them on exit. ``inputs`` is the :class:`hivtp.inputs.MergedInputs` of the call
         (image positions per sample); ``stats`` are the per-sample ``last_stats`` rows, which the
-        method may update (e.g. ``tokens_kept``). Before-projector methods keep the default no-op."""
+        method may update (e.g. ``tokens_kept``) with what it counted once the model ran, never from
+        its budget alone. The LLM may run on ``B * n`` rows (``num_beams`` / ``num_return_sequences``,
+        each sample's rows adjacent); a method that cannot serve that must refuse on entry, before
+        the model runs. Before-projector methods keep the default no-op."""
         return nullcontext()
 
     def __repr__(self) -> str:

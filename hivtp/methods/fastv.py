@@ -23,9 +23,13 @@ different sizes), the shorter ones are left-padded with masked slots.
 Budget. ``budget`` counts image tokens kept per image (per sample: ``budget x images``); ``None`` keeps
 one third of each sample's image tokens (192 of 576). On LLaVA-NeXT every position holding an
 image feature counts as an image token, the image-newline tokens included (they are ranked like
-the rest). ``last_stats[i]["tokens_kept"]`` is updated to the image tokens the layers from K on see,
-and ``tokens_llm_dropped`` records how many were dropped there. A budget at least as large as every
-sample's image token count changes nothing (the model runs untouched).
+the rest). ``last_stats[i]["tokens_kept"]`` is updated, once the prefill ran, to the image tokens
+counted in the hidden states that the layers from K on see (never copied from the budget), and
+``tokens_llm_dropped`` records how many were dropped there. A budget equal to every sample's image
+token count changes nothing (the model runs untouched); a larger one is refused (ConfigError).
+
+``generate`` with ``num_beams`` or ``num_return_sequences`` > 1 is supported: every row of a sample
+drops the same tokens (see :func:`staged_dropping`).
 
 Requirements: a decoder whose layers take ``position_embeddings`` / ``attention_mask`` keyword
 arguments (Llama / Mistral / Vicuna in transformers 5.x), and the ``sdpa`` or ``eager`` attention
@@ -37,7 +41,7 @@ the ``llm_context`` exits. Before the projector FastV keeps every token.
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import torch
@@ -133,6 +137,16 @@ def _replace(args, kwargs, hidden, stage):
     return args, kwargs
 
 
+def check_llm_budget(name: str, budget: int | None, wanted: int, count: int, images: int, sample: int) -> None:
+    """Refuse an in-LLM budget larger than the sample's image tokens (``wanted`` = budget x images)."""
+    if wanted > count:
+        raise ConfigError(
+            f"{name}: budget={budget} image tokens per image is more than sample {sample} has: {count} image "
+            f"token(s) for {images} image(s). Pass a budget of at most the image's token count (e.g. 576 for "
+            "a LLaVA-1.5 image), or method=none to keep every token."
+        )
+
+
 def choose(row: torch.Tensor, image_positions: torch.Tensor, budgets: list[int]) -> torch.Tensor:
     """[B, L] bool keep mask: every non-image position plus each sample's top-``budget`` image
     positions by ``row`` (ties: lower position)."""
@@ -152,13 +166,22 @@ def staged_dropping(
     owner: Any,
     name: str,
     param: str,
-) -> Iterator[None]:
+) -> Iterator[list[list[int] | None]]:
     """Physically drop image tokens inside the LLM at one or more layers (see the module docstring).
 
     ``stages``: (layer, budgets) pairs in increasing layer order; ``budgets(remaining)`` maps the image
     tokens each sample still has to the number it keeps from that layer on. At each stage layer the last
     token's attention row is computed from the layer's input and stored on ``owner.last_attention``
-    (the first stage's) / ``owner.stage_attention`` (all)."""
+    (the first stage's) / ``owner.stage_attention`` (all).
+
+    Yields ``counted``: one entry per stage, filled at each prefill with the image tokens of each sample
+    that are really left in the hidden states (and so in the KV cache) from that stage on; ``None``
+    until the model reached the stage. Stats are written from it, never from the budget.
+
+    ``generate`` with ``num_beams`` / ``num_return_sequences`` > 1 runs the LLM on ``B * n`` rows (each
+    sample's rows adjacent, as transformers' ``repeat_interleave`` expands them); the per-sample image
+    positions and budgets are repeated to match. Rows of one sample start from the same prompt, so they
+    drop the same tokens, and beam reordering (within a sample) leaves the stored layouts valid."""
     lm, layers = language_layers(model)
     first = stages[0][0]
     last_layer = stages[-1][0]
@@ -179,6 +202,7 @@ def staged_dropping(
     prompt_len = image_positions.shape[1]
     state: dict[str, Any] = {"stages": []}
     owner.stage_attention = []
+    counted: list[list[int] | None] = [None] * len(stages)  # per stage: image tokens left per sample
 
     def on_model(_module, _args, kwargs):
         embeds = kwargs.get("inputs_embeds")
@@ -189,10 +213,13 @@ def staged_dropping(
         if state["prefill"]:
             # a cache-less call (use_cache=False) re-runs the prompt plus what was generated so far
             length = -1 if embeds is None else embeds.shape[1]
-            if length < prompt_len:
+            rows = 0 if embeds is None else embeds.shape[0]
+            if length < prompt_len or rows % image_positions.shape[0]:
                 raise ConfigError(f"{name}: the language model's prefill does not match the pruned prompt.")
-            extra = torch.zeros(image_positions.shape[0], length - prompt_len, dtype=torch.bool)
-            state["image_positions"] = torch.cat([image_positions.bool(), extra.to(image_positions.device)], dim=1)
+            state["expand"] = rows // image_positions.shape[0]  # rows per sample (beams / returned sequences)
+            extra = torch.zeros(rows, length - prompt_len, dtype=torch.bool, device=image_positions.device)
+            expanded = image_positions.bool().repeat_interleave(state["expand"], dim=0)  # [B * n, L']
+            state["image_positions"] = torch.cat([expanded, extra], dim=1)
             state["prompt_len"] = length
             state["stages"] = []
             owner.stage_attention = []
@@ -218,8 +245,10 @@ def staged_dropping(
         owner.stage_attention.append(row.detach())
         if stage_index == 0:
             owner.last_attention = row.detach()  # [B, L]: the first ranking row of the last prefill
-        remaining = prev["image_positions"].sum(-1).tolist()
-        keep = choose(row, prev["image_positions"], stages[stage_index][1](remaining))
+        expand = state["expand"]
+        remaining = prev["image_positions"].sum(-1).tolist()[::expand]  # per sample: its first row
+        budgets = [k for k in stages[stage_index][1](remaining) for _ in range(expand)]  # per row
+        keep = choose(row, prev["image_positions"], budgets)
         new_len = int(keep.sum(-1).max())
         idx = torch.full((b, new_len), -1, dtype=torch.long, device=hidden.device)
         for i in range(b):
@@ -246,6 +275,8 @@ def staged_dropping(
             "position_ids": position_ids,
         }
         state["stages"].append(stage)
+        # what really stays from this stage on, counted on the gathered layout (per sample: its first row)
+        counted[stage_index] = stage["image_positions"].sum(-1).tolist()[::expand]
         new_hidden = hidden.gather(1, gather[..., None].expand(-1, -1, width)) * present[..., None].to(hidden.dtype)
         return _replace(args, kwargs, new_hidden, stage)
 
@@ -285,7 +316,7 @@ def staged_dropping(
     for i in range(first, len(layers)):
         handles.append(layers[i].register_forward_pre_hook(make_hook(i), with_kwargs=True))
     try:
-        yield
+        yield counted
     finally:
         for handle in handles:
             handle.remove()
@@ -317,27 +348,41 @@ class FastV(PruningMethod):
 
     # --- inside the LLM ------------------------------------------------------------------------
     def sample_budgets(self, image_counts: list[int], images: list[int]) -> list[int]:
+        """Image tokens each sample keeps from layer K on; a budget above a sample's image token count
+        is refused (clamping it would silently report a budget that was not applied)."""
         out = []
-        for n, m in zip(image_counts, images):
+        for i, (n, m) in enumerate(zip(image_counts, images)):
+            if n == 0:  # a text-only sample of the batch: nothing to keep or drop
+                out.append(0)
+                continue
             b = round(n / 3) if self.budget is None else self.budget * max(m, 1)
-            out.append(min(n, max(b, 0)))
+            check_llm_budget(self.name, self.budget, b, n, m, i)
+            out.append(b)
         return out
 
     def choose(self, row: torch.Tensor, image_positions: torch.Tensor, budgets: list[int]) -> torch.Tensor:
         """[B, L] bool keep mask: non-image positions plus each sample's top-``budget`` image positions."""
         return choose(row, image_positions, budgets)
 
-    def llm_context(self, model: Any, inputs: Any, stats: list[dict[str, Any]]):
-        image_positions = inputs.image_positions
-        counts = image_positions.sum(-1).tolist()
+    @contextmanager
+    def llm_context(self, model: Any, inputs: Any, stats: list[dict[str, Any]]) -> Iterator[None]:
+        counts = inputs.image_positions.sum(-1).tolist()
         budgets = self.sample_budgets(counts, [int(s.get("images", 1)) for s in stats])
         _, decoder_layers = language_layers(model)
         depth = len(decoder_layers)
-        for s, n, kept in zip(stats, counts, budgets):
-            s["tokens_kept"] = kept
-            s["tokens_llm_dropped"] = n - kept
+        if all(b == n for b, n in zip(budgets, counts)):
+            yield  # nothing to drop: the model runs untouched and every image token stays
+            kept = counts
+        else:
+            stages = [(self.k_layer, lambda _remaining: budgets)]
+            with staged_dropping(model, inputs, stages, self, "fastv", "k_layer") as counted:
+                yield
+            if counted[0] is None:  # the model never reached layer K (no prefill ran): nothing to count
+                return
+            kept = counted[0]
+        # Stats from what really stayed in the hidden states / cache (counted by staged_dropping).
+        for s, n, k in zip(stats, counts, kept):
+            s["tokens_kept"] = k
+            s["tokens_llm_dropped"] = n - k
             # image tokens each LLM layer sees (FLOPs accounting): all of them before layer K
-            s["tokens_by_layer"] = [n] * min(self.k_layer, depth) + [kept] * max(depth - self.k_layer, 0)
-        if all(kept == n for kept, n in zip(budgets, counts)):
-            return nullcontext()  # nothing to drop: run the model untouched
-        return staged_dropping(model, inputs, [(self.k_layer, lambda _remaining: budgets)], self, "fastv", "k_layer")
+            s["tokens_by_layer"] = [n] * min(self.k_layer, depth) + [k] * max(depth - self.k_layer, 0)

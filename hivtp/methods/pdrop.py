@@ -12,23 +12,26 @@ Budget (DECISION): PyramidDrop keeps a different number of tokens per layer, so 
 compare the *mean number of image tokens per LLM layer*. With ``budget=B`` (per image), ``ratio`` is
 solved per sample (bisection) so that this mean is B x images, up to the rounding of each stage's
 count; ``last_stats`` record ``tokens_kept`` = the achieved mean (rounded), ``tokens_llm_final`` = the
-count after the last stage and ``tokens_llm_dropped`` = tokens dropped by then. ``budget=None`` uses
-``ratio`` (default 0.5). Stage counts are ``round(N * ratio^s)`` after stage s (N: the sample's image
-tokens), never more than the tokens left. Requirements and limits are fastv's (sdpa / eager kernels,
-stage layers >= 1).
+count after the last stage and ``tokens_llm_dropped`` = tokens dropped by then, all counted in the
+hidden states once the prefill ran (never copied from the plan). ``budget=None`` uses ``ratio``
+(default 0.5). Stage counts are ``round(N * ratio^s)`` after stage s (N: the sample's image tokens),
+never more than the tokens left. A budget the stages cannot reach is refused (ConfigError): above N, or
+below ``N x layers[0] / depth`` (the layers before the first stage always see all N tokens).
+Requirements and limits are fastv's (sdpa / eager kernels, stage layers >= 1; beams and
+``num_return_sequences`` supported).
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import torch
 
 from ..errors import ConfigError
 from .base import CropBatch, CropSelection, PruningMethod, parse_layers, register_method
 from ._common import check_budget
-from .fastv import language_layers, staged_dropping
+from .fastv import check_llm_budget, language_layers, staged_dropping
 
 
 def tokens_by_layer(n: int, plan: list[int], layers: Sequence[int], depth: int) -> list[int]:
@@ -107,24 +110,50 @@ class PyramidDrop(PruningMethod):
     def plan(self, counts: list[int], images: list[int], depth: int) -> tuple[list[int], list[list[int]], list[float]]:
         layers = self.stage_layers(depth)
         plans, means = [], []
-        for n, m in zip(counts, images):
-            ratio = self.ratio if self.budget is None else solve_ratio(n, self.budget * max(m, 1), layers, depth)
+        for i, (n, m) in enumerate(zip(counts, images)):
+            if self.budget is None or n == 0:  # n == 0: a text-only sample, nothing to plan
+                ratio = self.ratio
+            else:
+                target = self.budget * max(m, 1)
+                self._check_reachable(target, n, m, i, layers, depth)
+                ratio = solve_ratio(n, target, layers, depth)
             c = stage_counts(n, ratio, len(layers))
             plans.append(c)
             means.append(mean_tokens(n, c, layers, depth))
         return layers, plans, means
 
-    def llm_context(self, model: Any, inputs: Any, stats: list[dict[str, Any]]):
+    def _check_reachable(self, target: int, n: int, images: int, sample: int, layers: list[int], depth: int) -> None:
+        """The mean tokens per layer lies in [n * layers[0] / depth, n]: refuse a budget outside it
+        rather than silently reporting another mean."""
+        check_llm_budget(self.name, self.budget, target, n, images, sample)
+        lowest = n * layers[0] / depth
+        if target < lowest:
+            raise ConfigError(
+                f"pdrop: budget={self.budget} per image (mean image tokens per LLM layer) cannot be reached by "
+                f"sample {sample}: its {n} image tokens are all seen by the {layers[0]} layer(s) before the first "
+                f"stage, so the mean over {depth} layers is at least {lowest:g}. Pass a larger budget, or stage "
+                f"layers that start earlier (layers=..., 0-based, >= 1)."
+            )
+
+    @contextmanager
+    def llm_context(self, model: Any, inputs: Any, stats: list[dict[str, Any]]) -> Iterator[None]:
         _, decoder_layers = language_layers(model)
         depth = len(decoder_layers)
         counts = inputs.image_positions.sum(-1).tolist()
-        layers, plans, means = self.plan(counts, [int(s.get("images", 1)) for s in stats], depth)
-        for s, n, plan, mean in zip(stats, counts, plans, means):
-            s["tokens_kept"] = int(round(mean))
-            s["tokens_llm_final"] = plan[-1]
-            s["tokens_llm_dropped"] = n - plan[-1]
-            s["tokens_by_layer"] = tokens_by_layer(n, plan, layers, depth)
+        layers, plans, _ = self.plan(counts, [int(s.get("images", 1)) for s in stats], depth)
         if all(plan[-1] == n for plan, n in zip(plans, counts)):
-            return nullcontext()
-        stages = [(layer, (lambda _remaining, i=i: [p[i] for p in plans])) for i, layer in enumerate(layers)]
-        return staged_dropping(model, inputs, stages, self, "pdrop", "layers")
+            yield  # nothing to drop: the model runs untouched and every image token stays
+            kept = [[n] * len(layers) for n in counts]
+        else:
+            stages = [(layer, (lambda _remaining, i=i: [p[i] for p in plans])) for i, layer in enumerate(layers)]
+            with staged_dropping(model, inputs, stages, self, "pdrop", "layers") as counted:
+                yield
+            if any(c is None for c in counted):  # the model never reached every stage: nothing to count
+                return
+            kept = [list(per_sample) for per_sample in zip(*counted)]  # per sample: count after each stage
+        # Stats from what really stayed in the hidden states / cache (counted by staged_dropping).
+        for s, n, actual in zip(stats, counts, kept):
+            s["tokens_kept"] = int(round(mean_tokens(n, actual, layers, depth)))
+            s["tokens_llm_final"] = actual[-1]
+            s["tokens_llm_dropped"] = n - actual[-1]
+            s["tokens_by_layer"] = tokens_by_layer(n, actual, layers, depth)
