@@ -63,6 +63,7 @@ def cached_model(args) -> Any:
     from lmms_eval.utils import simple_parse_args_string
 
     from .args import split_model_args
+    from ..vision import TowerCache
     from .model import HivtpLlava
 
     loader, plugin, params = split_model_args(simple_parse_args_string(args.model_args))
@@ -72,6 +73,10 @@ def cached_model(args) -> Any:
         # exactly what lmms-eval's simple_evaluate does with a model name
         lm = HivtpLlava.create_from_arg_string(
             args.model_args, {"batch_size": args.batch_size, "max_batch_size": args.max_batch_size, "device": args.device})
+        # configurations of one model answer the same batches: share their vision-tower passes
+        # (tested to change no answer: tests/test_engine_tower_cache.py)
+        lm.tower_cache = TowerCache()
+        lm.pruned.tower_cache = lm.tower_cache
         _model = (key, lm)
     else:
         lm = _model[1]

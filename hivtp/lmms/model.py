@@ -44,6 +44,9 @@ class SampleError(HivtpError, RuntimeError):
 
 class HivtpLlava(LlavaHf):
     is_simple = False
+    #: vision-tower passes shared by every configuration this instance evaluates (a
+    #: :class:`hivtp.vision.TowerCache`; the in-process runner sets one; None: no sharing)
+    tower_cache = None
 
     def __init__(self, pretrained: str = "llava-hf/llava-1.5-7b-hf", **kwargs: Any) -> None:
         loader, plugin, params = split_model_args(kwargs)
@@ -61,6 +64,7 @@ class HivtpLlava(LlavaHf):
             self.pruned = attach(self.model, method=method, **params)
         except HivtpError as exc:
             raise ConfigError(f"hivtp_llava model_args: {exc}") from exc
+        self.pruned.tower_cache = self.tower_cache
         self.method_name = method
         self.method_params = self.pruned.method.params()
         accounting_dir = plugin.get("accounting_dir") or default_directory()
