@@ -85,7 +85,7 @@ class AveragePool(PruningMethod):
         return {"budget": self.budget, "kernel": self.kernel}
 
     def check(self, grid: tuple[int, int], num_layers: int, feature_attention_layer: int) -> None:
-        if self.kernel is not None and self.kernel not in pooling_kernels(*grid):
+        if self.kernel is not None and grid is not None and self.kernel not in pooling_kernels(*grid):
             raise ConfigError(
                 f"kernel={self.kernel} does not tile the {grid[0]}x{grid[1]} grid; choose one of {pooling_kernels(*grid)}."
             )
@@ -106,6 +106,8 @@ class AveragePool(PruningMethod):
             if budgets[i] is not None and not 1 <= budgets[i] <= p:
                 raise ConfigError(f"budget {budgets[i]} is out of range for a crop of {p} tokens (1..{p}).")
             f = self.kernel_for((h, w), budgets[i])
+            if h % f or w % f:
+                raise ConfigError(f"kernel={f} does not tile the {h}x{w} grid; choose one of {pooling_kernels(h, w)}.")
             if crops.valid is None:
                 grid = crops.features[i].reshape(h // f, f, w // f, f, d)
                 pooled = grid.float().mean(dim=(1, 3)).reshape(-1, d).to(crops.features.dtype) if f > 1 else crops.features[i]
