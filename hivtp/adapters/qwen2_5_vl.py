@@ -88,7 +88,6 @@ class Qwen2_5_VLAdapter(ModelAdapter):
         self.feature_indices = [vc.depth]  # the merger reads the last block's output
         self.merge = vc.spatial_merge_size
         self.grid = None  # varies per image
-        self._attention = sys.modules[type(visual.blocks[0].attn).__module__]  # the model's own rotary helper
 
     @classmethod
     def default_method_params(cls, model: nn.Module) -> dict[str, Any]:
@@ -144,76 +143,9 @@ class Qwen2_5_VLAdapter(ModelAdapter):
         return [None if budget is None else min(budget, n) for n in layout.tokens_per_image]
 
     # --- the tower -----------------------------------------------------------------------------
-    @torch.no_grad()
     def run_tower(self, layout: CropLayout, request: TowerRequest) -> TowerOutput:
-        """The model's vision forward up to the merger (which :meth:`project` runs on kept tokens),
-        capturing each score layer's received attention per merged token (module docstring)."""
-        visual = self.vision_tower
         layers = sorted(set(request.qk_layers) | set(request.attention_layers))
-        bad = [x for x in layers if not 0 <= x < self.num_layers]
-        if bad:
-            raise ConfigError(f"score layer(s) {bad} out of range: the vision tower has {self.num_layers} blocks (0-based).")
-        grid_thw = layout.extra["grid_thw"].to(layout.pixel_values.device)
-        kernel = "eager" if request.eager else visual.config._attn_implementation
-        with attention_implementation(visual, kernel):
-            hidden, received, window_index = self._forward(visual, layout.pixel_values, grid_thw, layers)
-        # merged units in raster order: [n_units, unit * D]; the window permutation undone
-        unit = self.merge**2
-        to_raster = torch.argsort(window_index)
-        features = hidden.reshape(-1, unit * hidden.shape[-1])[to_raster]
-        counts = layout.tokens_per_image
-        patches = [n * unit for n in counts]
-        scores = {}
-        for layer, col in received.items():  # col: [S] window order, sum over heads and query rows
-            per_unit = col.reshape(-1, unit)[to_raster].mean(-1)  # mean over the token's patches
-            scores[layer] = [s / (visual.config.num_heads * p) for s, p in zip(torch.split(per_unit, counts), patches)]
-        return TowerOutput(
-            hidden_states={},
-            num_heads=visual.config.num_heads,
-            head_dim=visual.config.hidden_size // visual.config.num_heads,
-            received=scores,
-            grids=self.crop_grids(layout),
-            extra={"features": list(torch.split(features, counts)), "window_rank": to_raster},
-        )
-
-    def _forward(self, visual: nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor, layers: list[int]):
-        """``Qwen2_5_VisionTransformerPretrainedModel.forward`` without the merger: (last hidden states
-        [S, D] in window order, {layer: [S] received-attention column sums}, window_index)."""
-        cfg = visual.config
-        position_ids = get_vision_position_ids(grid_thw, visual.spatial_merge_size)
-        cu_seqlens, max_seqlen = get_vision_attention_seqlens(grid_thw, cfg)
-        window_index, cu_window = get_vision_window_index(
-            grid_thw, spatial_merge_size=visual.spatial_merge_size, window_size=visual.window_size, patch_size=visual.patch_size
-        )
-        max_window = get_max_seqlen(cu_window, cfg, kwarg_name="max_window_seqlen")
-        hidden = visual.patch_embed(pixel_values.type(visual.dtype))
-        seq_len = hidden.shape[0]
-        hidden = visual.permute_input_for_window_attn(hidden, window_index, seq_len=seq_len)
-        embeddings = visual.rotary_pos_emb(hidden, position_ids)
-        embeddings = tuple(visual.permute_input_for_window_attn(f, window_index, seq_len=seq_len) for f in embeddings)
-        received: dict[int, torch.Tensor] = {}
-        for i, block in enumerate(visual.blocks):
-            full = i in visual.fullatt_block_indexes
-            cu, longest = (cu_seqlens, max_seqlen) if full else (cu_window, max_window)
-            if i in layers:
-                qkv = block.attn.qkv(block.norm1(hidden))  # the block recomputes this; [S, 3D]
-                received[i] = self._received(qkv, embeddings, cu, visual.config.num_heads)
-            hidden = block(hidden, cu_seqlens=cu, max_seqlen=longest, position_embeddings=embeddings)
-        return hidden, received, window_index.to(hidden.device)
-
-    def _received(self, qkv: torch.Tensor, embeddings, cu_seqlens: torch.Tensor, heads: int) -> torch.Tensor:
-        """[S] float32: per token, the attention it receives summed over heads and over the query rows
-        of its attention chunk (an image in a full block, a window otherwise), window order."""
-        s = qkv.shape[0]
-        q, k, _ = qkv.reshape(s, 3, heads, -1).permute(1, 0, 2, 3).unbind(0)  # [S, heads, d] each
-        cos, sin = embeddings
-        q, k = self._attention.apply_rotary_pos_emb_vision(q, k, cos, sin)
-        bounds = cu_seqlens.tolist()
-        out = torch.zeros(s, dtype=torch.float32, device=qkv.device)
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            if b > a:  # received_attention takes [C, T, heads * d]
-                out[a:b] = received_attention(q[a:b].reshape(1, b - a, -1), k[a:b].reshape(1, b - a, -1), heads)[0]
-        return out
+        return run_qwen_tower(self.vision_tower, layout.pixel_values, layout.extra["grid_thw"], layers, request.eager)
 
     def patch_features(self, tower: TowerOutput) -> list[torch.Tensor]:
         """Per image [n_i, 4 * D]: each merged token's four patches, raster order on its grid."""
@@ -290,3 +222,86 @@ class Qwen2_5_VLAdapter(ModelAdapter):
             dst = torch.cat([dst_text, dst_image])
             out[:, b, dst.to(out.device)] = unpruned[:, b, src]
         return out
+
+
+@torch.no_grad()
+def run_qwen_tower(
+    visual: nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor, layers=(), eager: bool = False
+) -> TowerOutput:
+    """The model's vision forward up to (not including) the merger, capturing each score layer's received
+    attention per merged token (module docstring). ``eager`` runs the tower's eager attention kernel.
+
+    Returns a :class:`TowerOutput` with ``received[layer]`` = per image [n_i] float32 (mean over heads,
+    query rows and the token's patches), ``grids`` per image, and ``extra["features"]`` = per image
+    [n_i, unit * D] (a merged token's patches' last hidden states, raster order on its grid)."""
+    cfg = visual.config
+    depth = len(visual.blocks)
+    layers = sorted(set(int(x) for x in layers))
+    bad = [x for x in layers if not 0 <= x < depth]
+    if bad:
+        raise ConfigError(f"score layer(s) {bad} out of range: the vision tower has {depth} blocks (0-based 0..{depth - 1}).")
+    grid_thw = torch.as_tensor(grid_thw).to(pixel_values.device)
+    kernel = "eager" if eager else cfg._attn_implementation
+    with attention_implementation(visual, kernel):
+        hidden, received, window_index = _forward(visual, pixel_values, grid_thw, layers)
+    unit = visual.spatial_merge_size**2
+    to_raster = torch.argsort(window_index)  # window_index[slot] = raster unit, so this lists slots in raster order
+    features = hidden.reshape(-1, unit * hidden.shape[-1])[to_raster]  # [n_units, unit * D], raster order
+    counts = (grid_thw.prod(-1) // unit).tolist()
+    heads = cfg.num_heads
+    scores = {}
+    for layer, col in received.items():  # col: [S] window order, summed over heads and query rows
+        per_unit = col.reshape(-1, unit)[to_raster].mean(-1)  # mean over the token's patches
+        scores[layer] = [x / (heads * n * unit) for x, n in zip(torch.split(per_unit, counts), counts)]
+    merge = visual.spatial_merge_size
+    return TowerOutput(
+        hidden_states={},
+        num_heads=heads,
+        head_dim=cfg.hidden_size // heads,
+        received=scores,
+        grids=[(int(h) // merge, int(w) // merge) for _, h, w in grid_thw.tolist()],
+        extra={"features": list(torch.split(features, counts))},
+    )
+
+
+def _forward(visual: nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor, layers: list[int]):
+    """``Qwen2_5_VisionTransformerPretrainedModel.forward`` without the merger, with the model's own
+    helpers: (last hidden states [S, D] in window order, {layer: [S] received-attention column sums},
+    window_index)."""
+    cfg = visual.config
+    position_ids = get_vision_position_ids(grid_thw, visual.spatial_merge_size)
+    cu_seqlens, max_seqlen = get_vision_attention_seqlens(grid_thw, cfg)
+    window_index, cu_window = get_vision_window_index(
+        grid_thw, spatial_merge_size=visual.spatial_merge_size, window_size=visual.window_size, patch_size=visual.patch_size
+    )
+    max_window = get_max_seqlen(cu_window, cfg, kwarg_name="max_window_seqlen")
+    hidden = visual.patch_embed(pixel_values.type(visual.dtype))
+    seq_len = hidden.shape[0]
+    hidden = visual.permute_input_for_window_attn(hidden, window_index, seq_len=seq_len)
+    embeddings = visual.rotary_pos_emb(hidden, position_ids)
+    embeddings = tuple(visual.permute_input_for_window_attn(f, window_index, seq_len=seq_len) for f in embeddings)
+    rotary = sys.modules[type(visual.blocks[0].attn).__module__].apply_rotary_pos_emb_vision  # the model's own
+    received: dict[int, torch.Tensor] = {}
+    for i, block in enumerate(visual.blocks):
+        full = i in visual.fullatt_block_indexes
+        cu, longest = (cu_seqlens, max_seqlen) if full else (cu_window, max_window)
+        if i in layers:
+            qkv = block.attn.qkv(block.norm1(hidden))  # what the block's attention computes; [S, 3D]
+            received[i] = _received(qkv, embeddings, cu, cfg.num_heads, rotary)
+        hidden = block(hidden, cu_seqlens=cu, max_seqlen=longest, position_embeddings=embeddings)
+    return hidden, received, window_index.to(hidden.device)
+
+
+def _received(qkv: torch.Tensor, embeddings, cu_seqlens: torch.Tensor, heads: int, rotary) -> torch.Tensor:
+    """[S] float32: per token, the attention it receives summed over heads and over the query rows of
+    its attention chunk (an image in a full block, a window otherwise), window order."""
+    s = qkv.shape[0]
+    q, k, _ = qkv.reshape(s, 3, heads, -1).permute(1, 0, 2, 3).unbind(0)  # [S, heads, d] each
+    cos, sin = embeddings
+    q, k = rotary(q, k, cos, sin)
+    bounds = cu_seqlens.tolist()
+    out = torch.zeros(s, dtype=torch.float32, device=qkv.device)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b > a:  # received_attention takes [C, T, heads * d]
+            out[a:b] = received_attention(q[a:b].reshape(1, b - a, -1), k[a:b].reshape(1, b - a, -1), heads)[0]
+    return out
