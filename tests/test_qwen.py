@@ -354,3 +354,36 @@ def test_uneven_partition_is_the_strict_rule_where_the_geometry_divides(grid):
     assert torch.equal(strict.global_mask, uneven.global_mask) and torch.equal(strict.local_mask, uneven.local_mask)
     with pytest.raises(ConfigError, match="does not divide"):
         select_masks(torch.rand(1, 5, 4), 2, 0.25, 2)  # LLaVA's strict rule still refuses
+
+
+# --- lmms-eval ---------------------------------------------------------------------------------
+def test_lmms_plugin_builds_the_method_from_model_args(tiny_qwen_dir):
+    pytest.importorskip("lmms_eval")
+    from hivtp.lmms.qwen2_5_vl import HivtpQwen2_5_VL, split_qwen_args
+
+    assert split_qwen_args({"max_pixels": 50176, "method": "hivtp", "keep": 0.25, "budget": "none"}) == (
+        {"max_pixels": 50176}, {"method": "hivtp"}, {"keep": 0.25, "budget": None})
+    lm = HivtpQwen2_5_VL(pretrained=str(tiny_qwen_dir), method="hivtp", keep=0.5, layers="0-1", device="cpu", device_map="cpu")
+    assert lm.pruned.method.params()["layers"] == [0, 1] and lm.pruned.adapter.keep == 0.5
+    assert lm.model is lm.pruned  # what the stock generate_until calls
+    with pytest.raises(ConfigError, match="no \\[CLS\\] token"):
+        HivtpQwen2_5_VL(pretrained=str(tiny_qwen_dir), method="fastervlm", device="cpu", device_map="cpu")
+
+
+@pytest.mark.slow  # two lmms-eval subprocesses on 3 local GQA docs
+def test_lmms_method_none_answers_equal_stock_qwen2_5_vl(tiny_qwen_dir, tmp_path):
+    pytest.importorskip("lmms_eval")
+    from eval.builders import build_gqa
+    from hivtp.lmms.runner import read_answers, run_lmms_eval
+
+    questions, images = build_gqa(6, seed=0)
+    questions.save_to_disk(str(tmp_path / "data" / "gqa_instructions"))
+    images.save_to_disk(str(tmp_path / "data" / "gqa_images"))
+    args = f"pretrained={tiny_qwen_dir},device_map=cpu,min_pixels=3136,max_pixels=50176"  # --device cpu is the runner's
+    run = lambda model, extra, out: run_lmms_eval(model, args + extra, ["hivtp_gqa"], tmp_path / out, limit=3,
+                                                  device="cpu", data_dir=tmp_path / "data")
+    run("qwen2_5_vl", "", "ref")
+    run("hivtp_qwen2_5_vl", ",method=none", "none")
+    expected, got = read_answers(tmp_path / "ref", "hivtp_gqa"), read_answers(tmp_path / "none", "hivtp_gqa")
+    assert len(expected) == 3 and any(expected.values())
+    assert got == expected
