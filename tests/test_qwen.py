@@ -365,7 +365,7 @@ def test_lmms_plugin_builds_the_method_from_model_args(tiny_qwen_dir):
         {"max_pixels": 50176}, {"method": "hivtp"}, {"keep": 0.25, "budget": None})
     lm = HivtpQwen2_5_VL(pretrained=str(tiny_qwen_dir), method="hivtp", keep=0.5, layers="0-1", device="cpu", device_map="cpu")
     assert lm.pruned.method.params()["layers"] == [0, 1] and lm.pruned.adapter.keep == 0.5
-    assert lm.model is lm.pruned  # what the stock generate_until calls
+    assert lm.model.pruned is lm.pruned  # what the stock generate_until calls (it records last_stats)
     with pytest.raises(ConfigError, match="no \\[CLS\\] token"):
         HivtpQwen2_5_VL(pretrained=str(tiny_qwen_dir), method="fastervlm", device="cpu", device_map="cpu")
 
@@ -387,3 +387,54 @@ def test_lmms_method_none_answers_equal_stock_qwen2_5_vl(tiny_qwen_dir, tmp_path
     expected, got = read_answers(tmp_path / "ref", "hivtp_gqa"), read_answers(tmp_path / "none", "hivtp_gqa")
     assert len(expected) == 3 and any(expected.values())
     assert got == expected
+    # the accuracy runner picks this plugin for a Qwen checkpoint and records tokens kept per sample
+    from hivtp.lmms.accounting import read_samples
+    from hivtp.lmms.runner import plugin_model, run_accuracy
+
+    assert plugin_model(str(tiny_qwen_dir)) == "hivtp_qwen2_5_vl"
+    rows = run_accuracy(str(tiny_qwen_dir), "hivtp", {"keep": 0.25, "min_pixels": 3136, "max_pixels": 50176},
+                        ["hivtp_gqa"], limit=3, batch_size=2, output_dir=tmp_path / "keep", data_dir=tmp_path / "data")
+    samples = read_samples(tmp_path / "keep" / "accounting", "hivtp_gqa")
+    assert sorted(int(s["doc_id"]) for s in samples) == [0, 1, 2]
+    assert all(s["tokens_kept"] == max(1, s["tokens_total"] // 4) for s in samples)
+    assert rows[0]["tokens_kept_mean"] == sum(s["tokens_kept"] for s in samples) / 3
+
+
+# --- latency -----------------------------------------------------------------------------------
+def test_qwen_flops_match_the_flop_counter(tiny_qwen, batch):
+    """Analytic ViT, scorer and merger FLOPs equal torch's flop counter on the tiny tower (mixed sizes)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from hivtp.latency.flops import qwen_merger_flops, qwen_scorer_flops, qwen_vision_flops
+
+    model, _ = tiny_qwen
+    inputs, _ = batch
+    visual, grids = model.model.visual, inputs["image_grid_thw"].tolist()
+    counted = {}
+    for name, layers in (("vision", ()), ("scored", (0, 1))):
+        with FlopCounterMode(display=False) as counter:  # eager: the counter sees every attention matmul
+            tower = run_qwen_tower(visual, inputs["pixel_values"], inputs["image_grid_thw"], layers, eager=True)
+        counted[name] = counter.get_total_flops()
+    vc = model.config.vision_config
+    assert counted["vision"] == qwen_vision_flops(vc, grids)
+    assert counted["scored"] - counted["vision"] == qwen_scorer_flops(vc, grids, (0, 1))
+    features = torch.cat(tower.extra["features"])[:10]
+    with FlopCounterMode(display=False) as counter:
+        visual.merger(features.reshape(-1, vc.hidden_size))
+    assert counter.get_total_flops() == qwen_merger_flops(vc, 10)
+
+
+def test_latency_cli_on_the_tiny_qwen(tmp_path):
+    from hivtp.latency.__main__ import main
+
+    out = tmp_path / "lat"
+    assert main(["--model", "tiny-qwen2.5-vl", "--random-weights", "--methods", "none", "hivtp:keep=0.25",
+                 "--repeats", "1", "--warmup", "0", "--new-tokens", "2", "--image-size", "224", "300",
+                 "--out", str(out), "--quiet"]) == 0
+    text = (out / "summary.md").read_text()
+    assert "Image: 224x308 px" in text and "tiny-qwen2.5-vl" in text
+    import csv
+
+    rows = list(csv.DictReader((out / "latency.csv").open()))
+    kept = {r["params"]: float(r["tokens_kept"]) for r in rows if r["stage"] == "ttft"}
+    assert kept == {"{}": 88.0, '{"keep": 0.25}': 22.0}  # 8 x 11 merged tokens, floor(88 / 4)

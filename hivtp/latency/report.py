@@ -190,7 +190,8 @@ def summarize(rows: Sequence[dict[str, Any]]) -> str:
         "",
         f"Device: {first.get('device_name')}; torch {first.get('torch')}, transformers {first.get('transformers')}, "
         f"commit {first.get('commit')}, {first.get('date')}. Weights: {first.get('weights')}; "
-        f"{first.get('prompt_tokens')} text tokens around the image; {first.get('new_tokens')} new tokens (EOS off).",
+        f"{first.get('prompt_tokens')} text tokens around the image; {first.get('new_tokens')} new tokens (EOS off)."
+        + (f" Image: {first['image_size']}." if first.get("image_size") else ""),
         "",
         "Ratios are method / none (lower TTFT ratio is faster; higher throughput ratio is faster). "
         "FLOPs-ideal ratio: analytic TTFT FLOPs (vision + select + projector + prefill) method / none. "

@@ -4,7 +4,10 @@ The class subclasses ``lmms_eval.models.chat.qwen2_5_vl.Qwen2_5_VL`` and changes
 ``generate_until`` calls is the :func:`hivtp.attach`-wrapped one. Loading, message building,
 ``qwen_vl_utils.process_vision_info``, the processor call, the generation arguments and the decoding
 are lmms-eval's own code, so ``method=none`` answers exactly as ``--model qwen2_5_vl`` (tested).
-Tokens kept per sample are in ``last_stats`` of the wrapper (``lm.pruned.last_stats``).
+Tokens kept per sample are recorded as by ``hivtp_llava`` (:mod:`hivtp.lmms.accounting`, with
+``accounting_dir=``): each ``generate`` call's ``last_stats`` is matched to its documents by replaying
+the stock class's ordering (its ``Collator`` over the same requests). With ``device=cpu`` and no
+``device_map``, the model loads with ``device_map=cpu`` (the stock default ``auto`` moves inputs to CUDA).
 
 ``--model_args``: the stock class's arguments (``pretrained``, ``device``, ``device_map``, ``batch_size``,
 ``min_pixels``, ``max_pixels``, ``attn_implementation`` ...), ``method`` (default ``none``), and the
@@ -16,13 +19,17 @@ method's / adapter's parameters (``budget``, ``keep``, ``keep_ratio``, ``layers=
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, List
 
+from lmms_eval import utils
+from lmms_eval.api.instance import Instance
 from lmms_eval.models.chat.qwen2_5_vl import Qwen2_5_VL as Qwen2_5_VLChat
 
 from ..attach import attach
 from ..errors import ConfigError, HivtpError
+from ..pruned import PrunedModel
 from ..zoo import resolve_checkpoint
+from .accounting import AccountingWriter
 from .args import PLUGIN_ARGS, _coerce
 
 __all__ = ["HivtpQwen2_5_VL", "MODEL_NAME", "manifest", "split_qwen_args"]
@@ -53,11 +60,29 @@ def split_qwen_args(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
     return loader, plugin, params
 
 
+class _RecordingModel:
+    """The pruned model as the stock class sees it: ``generate`` also keeps each call's ``last_stats``."""
+
+    def __init__(self, pruned: PrunedModel) -> None:
+        self.pruned = pruned
+        self.calls: list[list[dict[str, Any]]] = []
+
+    def generate(self, **kwargs: Any):
+        out = self.pruned.generate(**kwargs)
+        self.calls.append([dict(s) for s in self.pruned.last_stats])
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.pruned, name)
+
+
 class HivtpQwen2_5_VL(Qwen2_5_VLChat):
     is_simple = False
 
     def __init__(self, pretrained: str = "Qwen/Qwen2.5-VL-7B-Instruct", **kwargs: Any) -> None:
         loader, plugin, params = split_qwen_args(kwargs)
+        if str(loader.get("device", "cuda")).startswith("cpu") and not loader.get("device_map"):
+            loader["device_map"] = "cpu"
         super().__init__(pretrained=resolve_checkpoint(str(pretrained)), **loader)
         self.method_name = plugin["method"]
         try:
@@ -65,9 +90,25 @@ class HivtpQwen2_5_VL(Qwen2_5_VLChat):
         except HivtpError as exc:
             raise ConfigError(f"{MODEL_NAME} model_args: {exc}") from exc
         self.method_params = self.pruned.method.params()
+        self.recorder = _RecordingModel(self.pruned)
+        self.accounting = AccountingWriter(plugin.get("accounting_dir"))
 
     @property
     def model(self):
         """The wrapped model once attached (the stock ``generate_until`` calls ``self.model.generate``)."""
-        pruned = self.__dict__.get("pruned")
-        return pruned if pruned is not None else super().model
+        recorder = self.__dict__.get("recorder")
+        return recorder if recorder is not None else super().model
+
+    def generate_until(self, requests: List[Instance]):
+        self.recorder.calls = []
+        results = super().generate_until(requests)
+        # the stock class's chunk order: the same Collator over the same requests
+        collator = utils.Collator([r.args for r in requests], lambda x: (x[0], x[0]), group_fn=lambda x: x[2], grouping=True)
+        docs = [(args[4], args[3]) for chunk in collator.get_batched(n=self.batch_size, batch_fn=None) for args in chunk]
+        stats = [s for call in self.recorder.calls for s in call]
+        if len(stats) != len(docs):
+            raise ConfigError(f"{MODEL_NAME}: {len(stats)} accounting rows for {len(docs)} documents; report this.")
+        for (task, doc_id), row in zip(docs, stats):
+            self.accounting.add(task, doc_id, row)
+        self.accounting.flush(self.rank, self.world_size)
+        return results

@@ -44,6 +44,17 @@ class EvalRunError(HivtpError, RuntimeError):
     """An lmms-eval run that did not produce valid results (the message holds the log's tail)."""
 
 
+def plugin_model(path: str) -> str:
+    """The lmms-eval model of this package that serves a checkpoint: ``hivtp_qwen2_5_vl`` for Qwen2.5-VL
+    (by its config.json's model_type, or a hub id naming it), else ``hivtp_llava``."""
+    config = Path(path) / "config.json"
+    if config.is_file():
+        family = json.loads(config.read_text()).get("model_type")
+    else:
+        family = "qwen2_5_vl" if "qwen2.5-vl" in str(path).lower() else "llava"
+    return "hivtp_qwen2_5_vl" if family == "qwen2_5_vl" else "hivtp_llava"
+
+
 def model_args_string(pretrained: str, method: str, params: dict[str, Any], accounting_dir: Path) -> str:
     """``--model_args`` for hivtp_llava; sequences become dash lists (``layers=6-7-8``)."""
     parts = {"pretrained": pretrained, "method": method, **params, "accounting_dir": str(accounting_dir)}
@@ -216,8 +227,9 @@ def run_accuracy(
     out = Path(output_dir).resolve()
     accounting = out / "accounting"
     shutil.rmtree(accounting, ignore_errors=True)
-    model_args = model_args_string(resolve_checkpoint(pretrained), method, params, accounting)
-    results = run_lmms_eval("hivtp_llava", model_args, tasks, out, limit, batch_size, device,
+    path = resolve_checkpoint(pretrained)
+    model_args = model_args_string(path, method, params, accounting)
+    results = run_lmms_eval(plugin_model(path), model_args, tasks, out, limit, batch_size, device,
                             include_path, data_dir, timeout, progress)
     _add_accounting(out, results, accounting)
     return _rows(results, tasks, pretrained, method, params, accounting, weights or _weights(pretrained))
