@@ -438,3 +438,26 @@ def test_latency_cli_on_the_tiny_qwen(tmp_path):
     rows = list(csv.DictReader((out / "latency.csv").open()))
     kept = {r["params"]: float(r["tokens_kept"]) for r in rows if r["stage"] == "ttft"}
     assert kept == {"{}": 88.0, '{"keep": 0.25}': 22.0}  # 8 x 11 merged tokens, floor(88 / 4)
+
+
+# --- configs -----------------------------------------------------------------------------------
+def test_qwen_sweeps_attach_to_a_qwen(tiny_qwen):
+    """Every job of the Qwen sweeps composes and its parameters attach to a Qwen2.5-VL (score layers
+    beyond the tiny tower's 4 blocks are checked against the 7B's 32 by the sweep's own design)."""
+    from hivtp.run import method_params
+    from test_configs import compose_, plain, sweep_jobs
+
+    sizes = {"keep_qwen": 4 * 3, "budgets_qwen": 6 * 3, "layers_qwen": 32 + 4}
+    for sweep, size in sizes.items():
+        jobs = sweep_jobs(sweep)
+        assert len(jobs) == size
+        for job in jobs:
+            cfg = plain(compose_([f"+sweep={sweep}", *job]))
+            assert cfg["model"]["family"] == "qwen2_5_vl"
+            params = method_params(cfg)
+            if "layers" in params:
+                depth = shape_config("qwen2.5-vl-7b").vision_config.depth
+                assert all(0 <= int(x) < depth for x in str(params.pop("layers")).split("-"))
+            if cfg["method"]["name"] == "hiprune":
+                params["object_layer"] = 1  # its published default (8) is past the tiny tower's 4 blocks
+            hivtp.attach(tiny_qwen[0], cfg["method"]["name"], **params)
