@@ -104,4 +104,5 @@ def test_real_shape_has_no_offline_processor():
 def test_every_shape_builds_on_meta():
     for name in available_shapes():
         model = meta_model(name)
-        assert model.config.vision_feature_select_strategy == "default"
+        if model.config.model_type != "qwen2_5_vl":  # Qwen's ViT has no CLS to select away
+            assert model.config.vision_feature_select_strategy == "default"
