@@ -64,6 +64,27 @@ def test_keep_all_matches_the_model_for_one_image(tiny_qwen, method, params):
     assert torch.equal(greedy(pruned, inputs), greedy(model, inputs))
 
 
+def test_keep_all_forward_logits_match_the_model(tiny_qwen, batch):
+    """One forward (no generate): the wrapper's logits, right-aligned, are the model's own."""
+    model, _ = tiny_qwen
+    inputs, _ = batch
+    want = model(**inputs).logits
+    got = hivtp.attach(model, "hivtp", keep_ratio=1.0)(**inputs).logits
+    torch.testing.assert_close(got[:, -want.shape[1] :], want, rtol=0, atol=0)
+
+
+def test_eager_backend_scores_equal_fast(tiny_qwen, batch):
+    model, _ = tiny_qwen
+    inputs, _ = batch
+    fast = run_qwen_tower(model.model.visual, inputs["pixel_values"], inputs["image_grid_thw"], (1, 2))
+    eager = run_qwen_tower(model.model.visual, inputs["pixel_values"], inputs["image_grid_thw"], (1, 2), eager=True)
+    for i in range(3):
+        torch.testing.assert_close(scores_from_tower(eager.subset([i]), (1, 2)), scores_from_tower(fast.subset([i]), (1, 2)))
+    a = hivtp.attach(model, "hivtp", backend="eager").encode_images(inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"])[0]
+    b = hivtp.attach(model, "hivtp").encode_images(inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"])[0]
+    assert all(torch.equal(x, y) for x, y in zip(a.positions, b.positions))
+
+
 def test_keep_all_features_are_the_models_own(tiny_qwen, batch):
     """Every projected feature, bit for bit, is the model's ``get_image_features`` output."""
     model, _ = tiny_qwen
@@ -92,11 +113,12 @@ def test_batch_equals_single(tiny_qwen, batch, method, params):
 
 
 # --- budgets ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["hivtp", "random", "divprune", "fastv"])
+@pytest.mark.parametrize("method", ["hivtp", "random", "divprune", "fastv", "hiprune"])
 @pytest.mark.parametrize("budget", [1, 9, 19])
 def test_exact_budget_per_image(tiny_qwen, batch, method, budget):
     inputs, _ = batch
-    pruned = hivtp.attach(tiny_qwen[0], method, budget=budget)
+    extra = {"object_layer": 1} if method == "hiprune" else {}  # its default (8) is past the tiny tower
+    pruned = hivtp.attach(tiny_qwen[0], method, budget=budget, **extra)
     pruned.generate(**inputs, max_new_tokens=1, do_sample=False)
     assert [s["tokens_kept"] for s in pruned.last_stats] == [budget] * 3
 
