@@ -1,4 +1,4 @@
-"""``hivtp.attach``: wrap a LLaVA / LLaVA-NeXT instance with a named token-reduction method."""
+"""``hivtp.attach``: wrap a LLaVA / LLaVA-NeXT / Qwen2.5-VL instance with a named token-reduction method."""
 
 from __future__ import annotations
 

@@ -253,8 +253,12 @@ def test_kept_tokens_keep_their_unpruned_positions(tiny_qwen, batch, method, par
     model, _ = tiny_qwen
     inputs, _ = batch
     full = recorded_positions(model, lambda: greedy(model, inputs, max_new_tokens=3))
+    full_deltas = model.model.rope_deltas.clone()  # [B, 1], set by the model's own generate
     pruned = hivtp.attach(model, method, **params)
     cut = recorded_positions(model, lambda: greedy(pruned, inputs, max_new_tokens=3))
+    # rope_deltas: next position - prompt length; the next position is the unpruned one, the prompt shorter
+    shorter = torch.tensor([[s["tokens_total"] - s["tokens_kept"]] for s in pruned.last_stats])
+    assert torch.equal(model.model.rope_deltas, full_deltas + shorter)
     images, _, _ = pruned.encode_images(inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"])
     image_id = model.config.image_token_id
     ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
@@ -324,6 +328,8 @@ def test_bad_inputs_fail_before_the_tower(tiny_qwen, batch, monkeypatch):
     video = {**inputs, "image_grid_thw": inputs["image_grid_thw"] * torch.tensor([2, 1, 1])}
     with pytest.raises(InputMismatchError, match="t > 1"):
         pruned.generate(**video, max_new_tokens=1)
+    with pytest.raises(InputMismatchError, match="videos"):
+        pruned.generate(**inputs, pixel_values_videos=inputs["pixel_values"], max_new_tokens=1)
     one_image_short = {**inputs, "pixel_values": inputs["pixel_values"][:-4]}
     with pytest.raises(InputMismatchError, match="pixel_values"):
         pruned.generate(**one_image_short, max_new_tokens=1)
@@ -388,6 +394,10 @@ def test_lmms_plugin_builds_the_method_from_model_args(tiny_qwen_dir):
     lm = HivtpQwen2_5_VL(pretrained=str(tiny_qwen_dir), method="hivtp", keep=0.5, layers="0-1", device="cpu", device_map="cpu")
     assert lm.pruned.method.params()["layers"] == [0, 1] and lm.pruned.adapter.keep == 0.5
     assert lm.model.pruned is lm.pruned  # what the stock generate_until calls (it records last_stats)
+    from hivtp.lmms.runner import plugin_model
+
+    assert plugin_model("Qwen/Qwen2.5-VL-7B-Instruct") == "hivtp_qwen2_5_vl"
+    assert plugin_model("llava-hf/llava-1.5-7b-hf") == "hivtp_llava"
     with pytest.raises(ConfigError, match="no \\[CLS\\] token"):
         HivtpQwen2_5_VL(pretrained=str(tiny_qwen_dir), method="fastervlm", device="cpu", device_map="cpu")
 

@@ -66,7 +66,7 @@ def keep_count(tokens: int, keep: float) -> int:
 class Qwen2_5_VLAdapter(ModelAdapter):
     model_classes = (Qwen2_5_VLForConditionalGeneration,)
     adapter_params = ("keep", "positions")
-    layout_inputs = ("image_grid_thw", "mm_token_type_ids")
+    layout_inputs = ("image_grid_thw", "mm_token_type_ids", "pixel_values_videos", "video_grid_thw")
     has_cls = False
     uneven_partition = True
 
@@ -112,7 +112,11 @@ class Qwen2_5_VLAdapter(ModelAdapter):
         image_sizes: torch.Tensor | None,
         image_grid_thw: torch.Tensor | None = None,
         mm_token_type_ids: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_grid_thw: torch.Tensor | None = None,
     ) -> CropLayout:
+        if pixel_values_videos is not None or video_grid_thw is not None:
+            raise InputMismatchError("videos are not pruned by hivtp; pass images only (or call the model itself for videos).")
         if image_grid_thw is None:
             raise InputMismatchError("Qwen2.5-VL needs image_grid_thw (the processor returns it): pass **processor_outputs.")
         grid_thw = torch.as_tensor(image_grid_thw)
