@@ -94,17 +94,16 @@ class PrunedModel:
     def select_tokens(self, tower, layout: CropLayout, crop_keys: list[str] | None = None) -> CropSelection:
         """Stage 2: the method's scoring + selection on every crop, one call per grid shape (crops of
         one shape stack into a dense batch); the selections come back in crop order."""
-        grids = self.adapter.crop_grids(layout)
         features = self.adapter.patch_features(tower)  # [C, P, D], or per crop [P_c, D]
         budgets = self.adapter.crop_budgets(layout, getattr(self.method, "budget", None))
         valid = self.adapter.crop_valid_masks(layout)
         groups: dict[tuple[int, int], list[int]] = {}
-        for c, grid in enumerate(grids):
+        for c, grid in enumerate(self.adapter.crop_grids(layout)):
             groups.setdefault(grid, []).append(c)
-        out: list[tuple[int, torch.Tensor, torch.Tensor, dict]] = []
-        for grid, crops in groups.items():
-            whole = len(groups) == 1
-            batch = CropBatch(
+
+        def batch(grid: tuple[int, int], crops: list[int]) -> CropBatch:
+            whole = len(crops) == len(budgets)
+            return CropBatch(
                 features=features if whole and torch.is_tensor(features) else torch.stack([features[c] for c in crops]),
                 grid=grid,
                 tower=tower if whole else tower.subset(crops),
@@ -114,13 +113,17 @@ class PrunedModel:
                 valid=None if valid is None else valid[crops],
                 uneven_partition=self.adapter.uneven_partition,
             )
-            if whole:
-                return self.method.select(batch)
-            selection = self.method.select(batch)
-            out.extend(zip(crops, selection.features, selection.positions, selection.stats))
-        out.sort(key=lambda row: row[0])
+
+        if len(groups) == 1:  # every crop of one shape (always for LLaVA): one call
+            ((grid, crops),) = groups.items()
+            return self.method.select(batch(grid, crops))
+        rows: dict[int, tuple[torch.Tensor, torch.Tensor, dict]] = {}
+        for grid, crops in groups.items():
+            selection = self.method.select(batch(grid, crops))
+            rows.update(zip(crops, zip(selection.features, selection.positions, selection.stats)))
+        ordered = [rows[c] for c in range(len(budgets))]
         return CropSelection(
-            features=[row[1] for row in out], positions=[row[2] for row in out], stats=[row[3] for row in out]
+            features=[r[0] for r in ordered], positions=[r[1] for r in ordered], stats=[r[2] for r in ordered]
         )
 
     @torch.no_grad()
