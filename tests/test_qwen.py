@@ -208,6 +208,17 @@ def test_tower_hidden_states_are_the_models(tiny_qwen, batch):
     assert torch.equal(ours[torch.tensor(order)].reshape(own.shape), own)
 
 
+def test_7b_shape_has_the_published_parameter_count():
+    """Qwen/Qwen2.5-VL-7B-Instruct: 8.29B parameters (model card), 0.68B of them in the ViT + merger."""
+    from hivtp.zoo import _model_class
+
+    config = shape_config("qwen2.5-vl-7b")
+    with torch.device("meta"):
+        model = _model_class(config)(config)
+    assert round(sum(p.numel() for p in model.parameters()) / 1e7) == 829
+    assert round(sum(p.numel() for p in model.model.visual.parameters()) / 1e7) == 68
+
+
 def test_default_score_layer_is_the_middle_full_attention_block(tiny_qwen):
     assert default_score_layer([7, 15, 23, 31]) == 15
     assert default_score_layer(shape_config("qwen2.5-vl-7b").vision_config.fullatt_block_indexes) == 15
