@@ -504,3 +504,27 @@ def test_qwen_sweeps_attach_to_a_qwen(tiny_qwen):
             if cfg["method"]["name"] == "hiprune":
                 params["object_layer"] = 1  # its published default (8) is past the tiny tower's 4 blocks
             hivtp.attach(tiny_qwen[0], cfg["method"]["name"], **params)
+
+
+@pytest.mark.parametrize("params", [{"kernel": 3}, {"budget": 3}, {"budget": 20}])
+def test_pool_on_merged_grids_that_no_cell_tiles(tiny_qwen, batch, params):
+    """pool on Qwen: f x f cells with cut-short edges, each the mean of its patches (loop re-derivation)."""
+    model, _ = tiny_qwen
+    inputs, _ = batch
+    budget = params.get("budget")
+    pruned = hivtp.attach(model, "pool", **params)
+    layout = pruned.layout(inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"])
+    tower = pruned.run_vision(layout)
+    selection = pruned.select_tokens(tower, layout)
+    for i, (h, w) in enumerate(merged_grids(inputs)):
+        f = params.get("kernel") or min(range(1, max(h, w) + 1), key=lambda k: (abs(-(-h // k) * -(-w // k) - budget), k))
+        grid = tower.extra["features"][i].view(h, w, -1)
+        want, where = [], []
+        for r0 in range(0, h, f):
+            for c0 in range(0, w, f):
+                want.append(grid[r0 : r0 + f, c0 : c0 + f].reshape(-1, grid.shape[-1]).mean(0))
+                where.append((r0 + min((f - 1) // 2, min(h, r0 + f) - 1 - r0)) * w + c0 + min((f - 1) // 2, min(w, c0 + f) - 1 - c0))
+        torch.testing.assert_close(selection.features[i], torch.stack(want))
+        assert selection.positions[i].tolist() == where
+    assert [s["tokens_kept"] for s in selection.stats] == [len(p) for p in selection.positions]
+    assert pruned.generate(**inputs, max_new_tokens=1).shape[0] == 3
