@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 
 import pytest
 import torch
+from helpers import chat_prompt, greedy, make_image
 
 import hivtp
 from hivtp.adapters.qwen2_5_vl import Qwen2_5_VLAdapter, default_score_layer, keep_count, run_qwen_tower
@@ -14,8 +16,6 @@ from hivtp.importance import scores_from_tower
 from hivtp.selection import _select_masks_uneven, select_masks
 from hivtp.vision import attention_implementation
 from hivtp.zoo import shape_config
-
-from helpers import chat_prompt, greedy, make_image
 
 # (width, height) -> merged grids (rows x cols) 8x8, 6x10 and 5x4: square, wide, and odd sides
 SQUARE, WIDE, SMALL = (224, 224), (300, 170), (115, 145)
@@ -355,7 +355,7 @@ def reference_uneven(scores: torch.Tensor, regions: int, keep_ratio: float, wind
     def bands(size):
         n = min(regions, size)
         cuts = [i * size // n for i in range(n)] + [size]
-        return list(zip(cuts[:-1], cuts[1:]))
+        return list(itertools.pairwise(cuts))
 
     for r0, r1 in bands(h):
         for c0, c1 in bands(w):
@@ -487,8 +487,9 @@ def test_latency_cli_on_the_tiny_qwen(tmp_path):
 def test_qwen_sweeps_attach_to_a_qwen(tiny_qwen):
     """Every job of the Qwen sweeps composes and its parameters attach to a Qwen2.5-VL (score layers
     beyond the tiny tower's 4 blocks are checked against the 7B's 32 by the sweep's own design)."""
-    from hivtp.run import method_params
     from test_configs import compose_, plain, sweep_jobs
+
+    from hivtp.run import method_params
 
     sizes = {"keep_qwen": 4 * 3, "budgets_qwen": 6 * 3, "layers_qwen": 32 + 4}
     for sweep, size in sizes.items():

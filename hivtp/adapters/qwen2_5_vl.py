@@ -33,6 +33,7 @@ What differs from LLaVA, and what this adapter does about it:
 
 from __future__ import annotations
 
+import itertools
 import sys
 from typing import Any
 
@@ -240,7 +241,7 @@ def run_qwen_tower(
     [n_i, unit * D] (a merged token's patches' last hidden states, raster order on its grid)."""
     cfg = visual.config
     depth = len(visual.blocks)
-    layers = sorted(set(int(x) for x in layers))
+    layers = sorted({int(x) for x in layers})
     bad = [x for x in layers if not 0 <= x < depth]
     if bad:
         raise ConfigError(f"score layer(s) {bad} out of range: the vision tower has {depth} blocks (0-based 0..{depth - 1}).")
@@ -305,7 +306,7 @@ def _received(qkv: torch.Tensor, embeddings, cu_seqlens: torch.Tensor, heads: in
     q, k = rotary(q, k, cos, sin)
     bounds = cu_seqlens.tolist()
     out = torch.zeros(s, dtype=torch.float32, device=qkv.device)
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         if b > a:  # received_attention takes [C, T, heads * d]
             out[a:b] = received_attention(q[a:b].reshape(1, b - a, -1), k[a:b].reshape(1, b - a, -1), heads)[0]
     return out

@@ -19,7 +19,7 @@ method's / adapter's parameters (``budget``, ``keep``, ``keep_ratio``, ``layers=
 from __future__ import annotations
 
 import inspect
-from typing import Any, List
+from typing import Any
 
 from lmms_eval import utils
 from lmms_eval.api.instance import Instance
@@ -32,7 +32,7 @@ from ..zoo import resolve_checkpoint
 from .accounting import AccountingWriter
 from .args import PLUGIN_ARGS, _coerce
 
-__all__ = ["HivtpQwen2_5_VL", "MODEL_NAME", "manifest", "split_qwen_args"]
+__all__ = ["MODEL_NAME", "HivtpQwen2_5_VL", "manifest", "split_qwen_args"]
 
 MODEL_NAME = "hivtp_qwen2_5_vl"
 CHAT_CLASS_PATH = "hivtp.lmms.qwen2_5_vl.HivtpQwen2_5_VL"
@@ -99,7 +99,7 @@ class HivtpQwen2_5_VL(Qwen2_5_VLChat):
         recorder = self.__dict__.get("recorder")
         return recorder if recorder is not None else super().model
 
-    def generate_until(self, requests: List[Instance]):
+    def generate_until(self, requests: list[Instance]):
         self.recorder.calls = []
         results = super().generate_until(requests)
         # the stock class's chunk order: the same Collator over the same requests
