@@ -1,4 +1,4 @@
-"""``hivtp.attach``: wrap a LLaVA / LLaVA-NeXT instance with a named token-reduction method."""
+"""``hivtp.attach``: wrap a LLaVA / LLaVA-NeXT / Qwen2.5-VL instance with a named token-reduction method."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from torch import nn
 
 from .adapters import adapter_class_for
 from .errors import ConfigError
-from .methods import PruningMethod, build_method
+from .methods import METHODS, PruningMethod, build_method
+from .methods.base import method_parameters
 from .pruned import PrunedModel
 
 __all__ = ["attach"]
@@ -18,13 +19,22 @@ def attach(model: nn.Module, method: str | PruningMethod = "hivtp", **params: An
     """Return a :class:`PrunedModel` that prunes ``model``'s image tokens with ``method``.
 
     ``params`` are the method's parameters (e.g. ``keep_ratio=0.25, layers=(6, 7, 8)``), plus any
-    the model family's adapter accepts (LLaVA-NeXT: ``newline``). The model itself is not changed.
+    the model family's adapter accepts (LLaVA-NeXT: ``newline``; Qwen2.5-VL: ``keep``, ``positions``).
+    Parameters whose default depends on the family (Qwen2.5-VL's score ``layers``) are filled in when
+    not given. Combinations the family cannot serve raise before any model work. The model itself is
+    not changed.
     """
     if isinstance(model, PrunedModel):
         raise ConfigError("this model already has a method attached; call attach(pruned.model, ...) instead.")
     adapter_cls = adapter_class_for(model)
     adapter_params = {k: params.pop(k) for k in list(params) if k in adapter_cls.adapter_params}
+    if isinstance(method, str) and method in METHODS:
+        accepted = method_parameters(METHODS[method])
+        for key, value in adapter_cls.default_method_params(model).items():
+            if key in accepted and key not in params:
+                params[key] = value
     built = build_method(method, **params)
     adapter = adapter_cls(model, **adapter_params)
+    adapter.check_method(built)
     built.check(adapter.grid, adapter.num_layers, adapter.feature_attention_layer)
     return PrunedModel(model, built, adapter)

@@ -12,7 +12,7 @@ accuracy claims are about HIVTP at its own rule (no budget: regions 2, keep_rati
 about 270 of 576 tokens), the release's one operating point.
 
     python hivtp/claims.py budgets MODEL     # e.g. "64 128 192"
-    python hivtp/claims.py family MODEL      # llava15 | llava_next
+    python hivtp/claims.py family MODEL      # llava15 | llava_next | qwen2_5_vl
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "CLAIMS",
+    "CLAIMED_FAMILIES",
     "FAMILIES",
     "FAMILY_NAMES",
     "STANDARD_BUDGETS",
@@ -32,12 +33,16 @@ __all__ = [
     "family_of",
 ]
 
-#: model families, as configs/model/*.yaml name them (``family:``)
-FAMILIES = ("llava15", "llava_next")
-#: how the paper names each family's 7B model
-FAMILY_NAMES = {"llava15": "LLaVA-v1.5-7B", "llava_next": "LLaVA-Next-7B"}
-#: visual tokens kept at the standard budgets: per 24x24 crop grid (LLaVA-1.5), per image (LLaVA-NeXT)
-STANDARD_BUDGETS = {"llava15": (64, 128, 192), "llava_next": (160, 320, 640)}
+#: model families the harness serves, as configs/model/*.yaml name them (``family:``)
+FAMILIES = ("llava15", "llava_next", "qwen2_5_vl")
+#: the families the paper reports (and so makes claims about); it has no Qwen2.5-VL numbers
+CLAIMED_FAMILIES = ("llava15", "llava_next")
+#: how the paper (or, for Qwen, its model card) names each family's 7B model
+FAMILY_NAMES = {"llava15": "LLaVA-v1.5-7B", "llava_next": "LLaVA-Next-7B", "qwen2_5_vl": "Qwen2.5-VL-7B"}
+#: visual tokens kept at the standard budgets: per 24x24 crop grid (LLaVA-1.5), per image (LLaVA-NeXT),
+#: merged tokens per image (Qwen2.5-VL, whose count varies with resolution: keep ratios are the other
+#: axis, configs/sweep/keep_qwen.yaml)
+STANDARD_BUDGETS = {"llava15": (64, 128, 192), "llava_next": (160, 320, 640), "qwen2_5_vl": (64, 128, 192)}
 
 
 @dataclass(frozen=True)
@@ -79,9 +84,11 @@ CLAIMS = (
 
 
 def family_of(model: str) -> str:
-    """A model's family from its name (shape name, hub id or folder): LLaVA-NeXT names say ``next`` or
-    ``v1.6``; every other LLaVA is LLaVA-1.5's family."""
+    """A model's family from its name (shape name, hub id or folder): Qwen2.5-VL names say ``qwen``;
+    LLaVA-NeXT names say ``next`` or ``v1.6``; every other LLaVA is LLaVA-1.5's family."""
     name = str(model).lower()
+    if "qwen" in name:
+        return "qwen2_5_vl"
     return "llava_next" if ("next" in name or "v1.6" in name) else "llava15"
 
 

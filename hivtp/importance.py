@@ -87,6 +87,16 @@ def scores_from_tower(tower: TowerOutput, layers: Sequence[int]) -> torch.Tensor
     """Mean received attention per patch, [C, H, W] float32, from a tower pass that captured the
     score layers (q/k for the fast path, probabilities for the eager path)."""
     layers = list(layers)
+    if tower.received:
+        # CLS-free towers (Qwen2.5-VL): per-token received attention, already a mean over heads and rows.
+        missing = [i for i in layers if i not in tower.received]
+        if missing:
+            raise ConfigError(f"the tower pass did not capture score layer(s) {missing}.")
+        grids = set(tower.grids)
+        if len(grids) != 1:
+            raise ConfigError(f"scores_from_tower needs crops of one grid shape, got {sorted(grids)}.")
+        col = torch.stack([torch.stack(tower.received[i]) for i in layers]).mean(0)  # [C, P]
+        return col.reshape(-1, *tower.grids[0])
     if tower.attentions:
         # eager: [C, heads, T, T] per layer; mean over layers, heads and query rows.
         stacked = torch.stack([tower.attentions[i].float() for i in layers])  # [L, C, heads, T, T]

@@ -9,7 +9,7 @@ written into the placeholder positions, exactly as the model's own ``masked_scat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -24,6 +24,9 @@ class MergedInputs:
     attention_mask: torch.Tensor  # [B, L']
     inputs_embeds: torch.Tensor  # [B, L', D]
     image_positions: torch.Tensor  # [B, L'] bool: where image features were written
+    #: extra keyword arguments of the LLM call (e.g. Qwen2.5-VL's M-RoPE ``position_ids``), set by the
+    #: engine from the model family's adapter; empty for the LLaVA family
+    llm_kwargs: dict = field(default_factory=dict)
 
     @property
     def position_ids(self) -> torch.Tensor:

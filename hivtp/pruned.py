@@ -2,14 +2,16 @@
 
 ``PrunedModel.generate`` takes exactly what the wrapped model's ``generate`` takes. Inside:
 
-1. ``vision``  run the CLIP tower on every crop, up to the feature layer only, capturing what the
-               method asked for (q/k of its score layers, or eager attention maps);
-2. ``select``  the method picks tokens per crop (scoring + selection: the method's own overhead);
+1. ``vision``  the adapter runs the vision tower on every crop, up to the feature layer only,
+               capturing what the method asked for (q/k of its score layers, or eager attention maps);
+2. ``select``  the method picks tokens per crop (scoring + selection: the method's own overhead),
+               one :class:`CropBatch` per grid shape (Qwen2.5-VL's grids differ per image);
 3. ``project`` the projector runs on the kept tokens only; the adapter assembles per-image features;
 4. ``merge``   placeholder runs are shortened to the kept counts, samples left-padded, features
                written into the embeddings;
 5. ``llm``     the wrapped model's own ``generate`` runs on ``inputs_embeds`` (+ the shortened
-               ``input_ids``), so decoding, caching and stopping are the model's.
+               ``input_ids`` and whatever the adapter adds, e.g. Qwen2.5-VL's M-RoPE
+               ``position_ids``), so decoding, caching and stopping are the model's.
 
 The returned sequences start with the caller's original ``input_ids``, so they compare one to one
 with the unmodified model's output (with ``num_beams`` / ``num_return_sequences``, each returned row
@@ -29,8 +31,7 @@ from torch import nn
 from .adapters.base import CropLayout, ImageFeatures, ModelAdapter
 from .errors import InputMismatchError
 from .inputs import MergedInputs, merge_image_tokens, split_images_by_sample
-from .methods.base import CropBatch, PruningMethod
-from .vision import TowerCache, run_tower, run_tower_eager
+from .methods.base import CropBatch, CropSelection, PruningMethod
 
 __all__ = ["PrunedModel", "PreparedInputs", "STAT_KEYS"]
 
@@ -95,42 +96,66 @@ class PrunedModel:
         return self.model.get_input_embeddings().weight.device
 
     # --- stages ------------------------------------------------------------------------------
-    def layout(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None) -> CropLayout:
+    def layout(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None, **layout_inputs: Any) -> CropLayout:
+        """The adapter's crops; ``layout_inputs`` are the processor outputs it consumes (e.g. Qwen2.5-VL's
+        ``image_grid_thw``)."""
         _check_pixel_values(pixel_values)
-        return self.adapter.crops(pixel_values.to(self.adapter.vision_tower.device), image_sizes)
+        pixel_values = pixel_values.to(self.adapter.vision_tower.device)
+        given = {k: v for k, v in layout_inputs.items() if v is not None}
+        return self.adapter.crops(pixel_values, image_sizes, **given) if given else self.adapter.crops(pixel_values, image_sizes)
 
     @torch.no_grad()
     def run_vision(self, layout: CropLayout):
         """Stage 1: the tower on every crop, up to the feature layer, with the method's captures."""
         request = self.method.tower_request()
-        vision, pixels, hidden = self.adapter.vision_tower, layout.pixel_values, self.adapter.feature_indices
 
         def compute():
-            if request.eager:
-                return run_tower_eager(vision, pixels, hidden, request.attention_layers)
-            return run_tower(vision, pixels, hidden, request.qk_layers)
+            return self.adapter.run_tower(layout, request)
 
-        if self.tower_cache is None:
+        if self.tower_cache is None or not self.adapter.shares_tower_passes:
             return compute()
         # opt-in (in-process evaluation): reuse an exactly equal batch's pass (see vision.TowerCache)
-        return self.tower_cache.run(vision, pixels, hidden, request, compute)
+        adapter = self.adapter
+        return self.tower_cache.run(adapter.vision_tower, layout.pixel_values, adapter.feature_indices, request, compute)
 
     @torch.no_grad()
-    def select_tokens(self, tower, layout: CropLayout, crop_keys: list[str] | None = None):
-        """Stage 2: the method's scoring + selection on every crop."""
+    def select_tokens(self, tower, layout: CropLayout, crop_keys: list[str] | None = None) -> CropSelection:
+        """Stage 2: the method's scoring + selection on every crop, one call per grid shape (crops of
+        one shape stack into a dense batch); the selections come back in crop order."""
+        features = self.adapter.patch_features(tower)  # [C, P, D], or per crop [P_c, D]
         # Only before-projector methods spend their budget on crops; an in-LLM method keeps every
         # token here and applies (and checks) its budget inside the LLM, in its own unit.
         budget = getattr(self.method, "budget", None) if self.method.stage == "projector" else None
-        batch = CropBatch(
-            features=self.adapter.patch_features(tower),
-            grid=self.adapter.grid,
-            tower=tower,
-            budgets=self.adapter.crop_budgets(layout, budget),
-            crop_keys=crop_keys or [],
-            feature_attention_layer=self.adapter.feature_attention_layer,
-            valid=self.adapter.crop_valid_masks(layout),
+        budgets = self.adapter.crop_budgets(layout, budget)
+        valid = self.adapter.crop_valid_masks(layout)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for c, grid in enumerate(self.adapter.crop_grids(layout)):
+            groups.setdefault(grid, []).append(c)
+
+        def batch(grid: tuple[int, int], crops: list[int]) -> CropBatch:
+            whole = len(crops) == len(budgets)
+            return CropBatch(
+                features=features if whole and torch.is_tensor(features) else torch.stack([features[c] for c in crops]),
+                grid=grid,
+                tower=tower if whole else tower.subset(crops),
+                budgets=[budgets[c] for c in crops],
+                crop_keys=[crop_keys[c] for c in crops] if crop_keys else [],
+                feature_attention_layer=self.adapter.feature_attention_layer,
+                valid=None if valid is None else valid[crops],
+                uneven_partition=self.adapter.uneven_partition,
+            )
+
+        if len(groups) == 1:  # every crop of one shape (always for LLaVA): one call
+            ((grid, crops),) = groups.items()
+            return self.method.select(batch(grid, crops))
+        rows: dict[int, tuple[torch.Tensor, torch.Tensor, dict]] = {}
+        for grid, crops in groups.items():
+            selection = self.method.select(batch(grid, crops))
+            rows.update(zip(crops, zip(selection.features, selection.positions, selection.stats)))
+        ordered = [rows[c] for c in range(len(budgets))]
+        return CropSelection(
+            features=[r[0] for r in ordered], positions=[r[1] for r in ordered], stats=[r[2] for r in ordered]
         )
-        return self.method.select(batch)
 
     @torch.no_grad()
     def encode_images(
@@ -138,9 +163,10 @@ class PrunedModel:
         pixel_values: torch.Tensor,
         image_sizes: torch.Tensor | None = None,
         crop_keys: list[str] | None = None,
+        **layout_inputs: Any,
     ) -> tuple[ImageFeatures, CropLayout, float]:
         """Stages 1-3: per-image projected features of the kept tokens, and the select time (ms)."""
-        layout = self.layout(pixel_values, image_sizes)
+        layout = self.layout(pixel_values, image_sizes, **layout_inputs)
         return self._encode(layout, crop_keys)
 
     def _encode(self, layout: CropLayout, crop_keys: list[str] | None) -> tuple[ImageFeatures, CropLayout, float]:
@@ -161,6 +187,7 @@ class PrunedModel:
         pixel_values: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
         sample_ids: list[Any] | None = None,
+        **layout_inputs: Any,
     ) -> PreparedInputs:
         """Stages 1-4: the shortened, left-padded LLM inputs with image features written in."""
         if pixel_values is None:
@@ -175,7 +202,7 @@ class PrunedModel:
         device = self.device
         input_ids = input_ids.to(device)
         attention_mask = attention_mask.to(device) if attention_mask is not None else None
-        layout = self.layout(pixel_values, image_sizes)
+        layout = self.layout(pixel_values, image_sizes, **layout_inputs)
         # Check the prompt against the images before spending time in the vision tower.
         placeholders = (input_ids == self.adapter.image_token_id)
         if attention_mask is not None:
@@ -193,6 +220,7 @@ class PrunedModel:
             self.adapter.pad_token_id,
             self.model.get_input_embeddings(),
         )
+        merged.llm_kwargs = self.adapter.llm_inputs(input_ids, attention_mask, layout, images, per_sample, merged)
         stats = self._sample_stats(images, layout, per_sample, select_ms)
         return PreparedInputs(merged=merged, stats=stats)
 
@@ -219,7 +247,8 @@ class PrunedModel:
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
         if input_ids is None:
             raise InputMismatchError("generate needs input_ids with image placeholder tokens (use the processor).")
-        prepared = self.prepare_inputs(input_ids, attention_mask, pixel_values, image_sizes, sample_ids)
+        layout_inputs = self._layout_inputs(generate_kwargs)
+        prepared = self.prepare_inputs(input_ids, attention_mask, pixel_values, image_sizes, sample_ids, **layout_inputs)
         self.last_stats = prepared.stats
         merged = prepared.merged
         with self.method.llm_context(self.model, merged, self.last_stats):
@@ -227,6 +256,7 @@ class PrunedModel:
                 input_ids=merged.input_ids,
                 inputs_embeds=merged.inputs_embeds,
                 attention_mask=merged.attention_mask,
+                **merged.llm_kwargs,
                 **generate_kwargs,
             )
         return self._restore_prompt(out, input_ids.to(merged.input_ids.device), merged.input_ids.shape[1])
@@ -255,20 +285,27 @@ class PrunedModel:
                     "re-padded, so positions move); the forward computes its own position ids, and a loss "
                     "comes from the right-aligned logits."
                 )
-        prepared = self.prepare_inputs(input_ids, attention_mask, pixel_values, image_sizes, sample_ids)
+        layout_inputs = self._layout_inputs(kwargs)
+        prepared = self.prepare_inputs(input_ids, attention_mask, pixel_values, image_sizes, sample_ids, **layout_inputs)
         self.last_stats = prepared.stats
         merged = prepared.merged
         with self.method.llm_context(self.model, merged, self.last_stats):
             return self.model(
                 inputs_embeds=merged.inputs_embeds,
                 attention_mask=merged.attention_mask,
-                position_ids=merged.position_ids,  # as generate (and the timed prefill) computes them
+                # as generate (and the timed prefill) computes them; an adapter's own position ids
+                # (Qwen2.5-VL's M-RoPE) come in llm_kwargs and take their place
+                **{"position_ids": merged.position_ids, **merged.llm_kwargs},
                 **kwargs,
             )
 
     forward = __call__
 
     # --- helpers -----------------------------------------------------------------------------
+    def _layout_inputs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Take the adapter's processor outputs (they describe the unpruned prompt) out of ``kwargs``."""
+        return {k: kwargs.pop(k) for k in self.adapter.layout_inputs if k in kwargs}
+
     @staticmethod
     def _restore_prompt(out, original_ids: torch.Tensor, pruned_len: int):
         """Put the caller's prompt back in front of the generated tokens. ``original_ids`` [B, L];

@@ -196,12 +196,19 @@ def check_method(cfg: dict[str, Any]) -> None:
     feature layer), read from the model's config without loading it, so that a bad name, param,
     geometry or score layer fails (or, with skip_invalid, is marked INVALID) before any model loads.
     A hub id that no shipped shape copies has no config here: it is checked at LLaVA-1.5's geometry
-    (every llava-hf LLaVA-1.5 / NeXT uses the same CLIP ViT-L/14-336), and again when it loads."""
+    (every llava-hf LLaVA-1.5 / NeXT uses the same CLIP ViT-L/14-336), and again when it loads.
+    Qwen2.5-VL's grids vary per image and its regions / windows never fail (the uneven partition):
+    its method is built here and checked against the tower when it is attached."""
+    from .adapters import ADAPTERS
     from .methods import build_method
     from .zoo import local_config, shape_config, vision_geometry
 
-    method = build_method(cfg["method"]["name"], **method_params(cfg))
+    # parameters a model family's adapter takes (Qwen2.5-VL's keep / positions) are not the method's
+    adapter_keys = {k for adapter in ADAPTERS for k in adapter.adapter_params}
+    method = build_method(cfg["method"]["name"], **{k: v for k, v in method_params(cfg).items() if k not in adapter_keys})
     config = local_config(cfg["model"]["pretrained"]) or shape_config("llava-1.5-7b")
+    if cfg["model"].get("family") == "qwen2_5_vl" or config.model_type == "qwen2_5_vl":
+        return
     grid, num_layers, feature_attention_layer = vision_geometry(config)
     method.check(grid, num_layers, feature_attention_layer)
 

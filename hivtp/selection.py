@@ -8,7 +8,16 @@ nothing).
 Output: the union, as sorted raster indices (``p = row * W + col``).
 
 Everything is vectorised over the batch: regions and windows are reshapes of the score tensor, so
-there is no Python loop on the hot path. Ties go to the lower raster index (DECISION): stage 1 uses
+there is no Python loop on the hot path.
+
+Uneven grids (``uneven=True``; Qwen2.5-VL, whose merged-token grid depends on each image's size and is
+rarely square): where ``regions`` or ``window`` does not divide the grid, the rule still applies, on an
+uneven partition (DECISION, :func:`uneven_labels`): the rows are cut into ``min(regions, H)`` bands at
+``floor(i * H / bands)`` (likewise the columns), so band sizes differ by at most one; each region keeps
+``floor(n_region * keep_ratio)`` of its own tokens; windows tile each region from its top-left corner,
+and the windows on a region's bottom / right edge are cut short (a 3x3 region with window 2 has windows
+of 2x2, 2x1, 1x2 and 1x1); every window, short or not, adds its best non-global token. On a grid that
+the geometry divides this is exactly the strict rule (tested), and it never raises for a grid shape. Ties go to the lower raster index (DECISION): stage 1 uses
 a stable sort and stage 2 ``argmax`` (which returns the first maximum); within a region or window,
 local raster order agrees with global raster order, so "first" means "lowest raster index".
 """
@@ -32,6 +41,7 @@ __all__ = [
     "validate_geometry",
     "region_keep_count",
     "rule_token_bounds",
+    "uneven_labels",
 ]
 
 
@@ -136,10 +146,72 @@ def _from_blocks(x: torch.Tensor, bh: int, bw: int) -> torch.Tensor:
     return x.reshape(b, nh, nw, bh, bw).permute(0, 1, 3, 2, 4).reshape(b, nh * bh, nw * bw)
 
 
-def select_masks(scores: torch.Tensor, regions: int = 2, keep_ratio: float = 0.25, window: int = 2) -> Selection:
-    """The pure HIVTP rule; returns global and local masks (see module docstring)."""
+def _bands(size: int, parts: int) -> torch.Tensor:
+    """[size] long: the band of each row (or column) when ``size`` is cut into ``min(parts, size)``
+    bands at ``floor(i * size / bands)``."""
+    bands = min(parts, size)
+    starts = torch.tensor([i * size // bands for i in range(bands)])
+    return torch.bucketize(torch.arange(size), starts, right=True) - 1
+
+
+def uneven_labels(height: int, width: int, regions: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """([H*W] region label, [H*W] window label) of every raster position under the uneven partition
+    (module docstring). Labels are dense integers; on a grid the geometry divides, the partition is
+    the strict rule's."""
+    row_band, col_band = _bands(height, regions), _bands(width, regions)
+    region = row_band[:, None] * (int(col_band.max()) + 1) + col_band[None, :]  # [H, W]
+    # offset of every row / column inside its band -> window index inside the region
+    row_start = torch.tensor([int((row_band == row_band[r]).nonzero()[0]) for r in range(height)])
+    col_start = torch.tensor([int((col_band == col_band[c]).nonzero()[0]) for c in range(width)])
+    row_win = (torch.arange(height) - row_start) // window
+    col_win = (torch.arange(width) - col_start) // window
+    per_region = (int(row_win.max()) + 1) * (int(col_win.max()) + 1)
+    win = region * per_region + row_win[:, None] * (int(col_win.max()) + 1) + col_win[None, :]
+    return region.flatten(), torch.unique(win.flatten(), return_inverse=True)[1]
+
+
+def _grouped_rank(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[B, n] long: each position's rank inside its label group, by descending score, ties to the lower
+    raster index (two stable sorts: by score, then by label)."""
+    b, n = scores.shape
+    by_score = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    by_label = torch.sort(labels.to(scores.device)[by_score], dim=-1, stable=True).indices
+    order = by_score.gather(-1, by_label)  # [B, n] grouped by label, best first inside a group
+    counts = torch.bincount(labels, minlength=int(labels.max()) + 1)
+    starts = (torch.cumsum(counts, 0) - counts).to(scores.device)
+    rank_sorted = torch.arange(n, device=scores.device).expand(b, n) - starts[labels.to(scores.device)[order]]
+    return torch.empty_like(order).scatter_(-1, order, rank_sorted)
+
+
+def _select_masks_uneven(scores: torch.Tensor, regions: int, keep_ratio: float, window: int) -> Selection:
+    b, h, w = scores.shape
+    region, win = uneven_labels(h, w, regions, window)
+    flat = scores.reshape(b, h * w)
+    sizes = torch.bincount(region)
+    keep = torch.tensor([region_keep_count(int(n), keep_ratio) for n in sizes], device=scores.device)
+    global_mask = _grouped_rank(flat, region) < keep[region.to(scores.device)]  # stage 1
+    candidates = flat.masked_fill(global_mask, float("-inf"))
+    local_mask = (_grouped_rank(candidates, win) == 0) & ~global_mask  # stage 2: best non-global per window
+    return Selection(
+        global_mask=global_mask,
+        local_mask=local_mask,
+        added_mask=torch.zeros_like(global_mask),
+        corrected=torch.zeros(b, dtype=torch.long, device=scores.device),
+    )
+
+
+def select_masks(
+    scores: torch.Tensor, regions: int = 2, keep_ratio: float = 0.25, window: int = 2, uneven: bool = False
+) -> Selection:
+    """The pure HIVTP rule; returns global and local masks (see module docstring). ``uneven=True``
+    applies the uneven partition where the geometry does not divide the grid, instead of raising."""
     _check_scores(scores)
     b, h, w = scores.shape
+    if uneven:
+        validate_geometry(regions * window, regions * window, regions, keep_ratio, window)  # the values only
+        rh, rw = h // regions, w // regions
+        if h % regions or w % regions or rh % window or rw % window:
+            return _select_masks_uneven(scores, regions, keep_ratio, window)
     validate_geometry(h, w, regions, keep_ratio, window)
     rh, rw = h // regions, w // regions
     k = region_keep_count(rh * rw, keep_ratio)

@@ -42,13 +42,39 @@ __all__ = [
 
 @dataclass
 class TowerOutput:
-    """What one pass of the tower produced, for a batch of C crops of T = 1 + P tokens."""
+    """What one pass of the tower produced, for a batch of C crops of T = 1 + P tokens.
+
+    Towers without a [CLS] token whose attention is not one dense [C, T, T] map per layer (Qwen2.5-VL:
+    packed images of different sizes, window attention, a 2x2 merger) fill ``received`` instead of
+    ``qk`` / ``attentions``: per layer, per crop, the attention each *token the method selects among*
+    receives, already averaged over heads and query rows (see ``hivtp.adapters.qwen2_5_vl``)."""
 
     hidden_states: dict[int, torch.Tensor]  # hidden-state index -> [C, T, D]
     qk: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # layer -> (q, k) [C, T, D]
     attentions: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> probs [C, heads, T, T]
     num_heads: int = 0
     head_dim: int = 0
+    received: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # layer -> per crop [P_c] float32
+    grids: list[tuple[int, int]] = field(default_factory=list)  # per crop (H, W) of ``received`` (when set)
+    extra: dict = field(default_factory=dict)  # family-specific (e.g. Qwen's packed hidden states)
+
+    def subset(self, crops: list[int]) -> "TowerOutput":
+        """The same output restricted to some crops (the engine hands a method one grid shape at a time)."""
+        index = torch.tensor(crops, dtype=torch.long)
+
+        def rows(x: torch.Tensor) -> torch.Tensor:
+            return x[index.to(x.device)]
+
+        return TowerOutput(
+            hidden_states={i: rows(h) for i, h in self.hidden_states.items()},
+            qk={i: (rows(q), rows(k)) for i, (q, k) in self.qk.items()},
+            attentions={i: rows(a) for i, a in self.attentions.items()},
+            num_heads=self.num_heads,
+            head_dim=self.head_dim,
+            received={i: [r[c] for c in crops] for i, r in self.received.items()},
+            grids=[self.grids[c] for c in crops] if self.grids else [],
+            extra=self.extra,
+        )
 
 
 def tower_parts(vision_model: nn.Module) -> tuple[nn.Module, nn.Module, nn.ModuleList]:

@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
-MODELS=${MODELS:-"llava-1.5-7b llava-v1.6-vicuna-7b"}
+MODELS=${MODELS:-"llava-1.5-7b llava-v1.6-vicuna-7b qwen2.5-vl-7b"}
 BATCHES=${BATCHES:-"1 8"}
 REPEATS=${REPEATS:-10}
 WARMUP=${WARMUP:-2}
@@ -49,11 +49,24 @@ budgets_for() {
     "$PY" hivtp/claims.py budgets "$1"
 }
 
+# Qwen2.5-VL's tower has no [CLS]: the methods that need one are refused there, so they are not timed.
+baselines_for() {
+    case "$1" in
+        qwen*) "$PY" -c "from hivtp.methods import METHODS; print(' '.join(m for m in sorted(METHODS) if m not in ('none', 'hivtp') and not METHODS[m].needs_cls))" ;;
+        *) echo "$BASELINES" ;;
+    esac
+}
+
+# The image every row is measured at: LLaVA-NeXT 672 x 672 (5 crops); Qwen2.5-VL 672 x 672 = 24 x 24 merged
+# tokens (576, as LLaVA-1.5), with keep ratios as well as budgets; LLaVA-1.5 ignores it (336 px).
+IMAGE_SIZE=${IMAGE_SIZE:-"672 672"}
+
 for model in $MODELS; do
     methods="none hivtp"
+    case "$model" in qwen*) methods="$methods hivtp:keep=0.25 hivtp:keep=0.5" ;; esac
     for b in $(budgets_for "$model"); do
         methods="$methods hivtp:budget=$b"
-        for base in $BASELINES; do methods="$methods $base:budget=$b"; done
+        for base in $(baselines_for "$model"); do methods="$methods $base:budget=$b"; done
     done
     for batch in $BATCHES; do
         for attn in $ATTNS; do
@@ -64,7 +77,7 @@ for model in $MODELS; do
             [ "$FAITHFUL" = 1 ] && extra+=(--faithful)
             "$PY" -m hivtp.latency --model "$model" --random-weights --device cuda --dtype float16 \
                 --attn "$attn" --batch "$batch" --repeats "$REPEATS" --warmup "$WARMUP" \
-                --new-tokens "$NEW_TOKENS" --prompt-tokens "$PROMPT_TOKENS" ${extra[@]+"${extra[@]}"} \
+                --new-tokens "$NEW_TOKENS" --prompt-tokens "$PROMPT_TOKENS" --image-size $IMAGE_SIZE ${extra[@]+"${extra[@]}"} \
                 --methods $methods --out "$run" > "$run.log" 2>&1 || { echo "bench_gpu: $run failed, see $run.log" >&2; tail -5 "$run.log" >&2; }
         done
     done

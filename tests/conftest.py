@@ -38,3 +38,14 @@ def tiny_llava_next_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_llava_next(tiny_llava_next_dir):
     return load_pretrained(str(tiny_llava_next_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(tmp_path_factory):
+    """A tiny Qwen2.5-VL checkpoint on disk (random weights, shipped tokenizer + Qwen special tokens)."""
+    return _checkpoint(tmp_path_factory, "tiny-qwen2.5-vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tiny_qwen_dir):
+    return load_pretrained(str(tiny_qwen_dir))

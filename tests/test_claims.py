@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from hivtp import claims
-from hivtp.claims import CLAIMS, FAMILIES, STANDARD_BUDGETS, budgets_for, claim, family_of
+from hivtp.claims import CLAIMED_FAMILIES, CLAIMS, FAMILIES, STANDARD_BUDGETS, budgets_for, claim, family_of
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = REPO / "configs" / "sweep"
@@ -41,7 +41,7 @@ def test_command_line_and_bench_gpu_read_the_budgets_from_the_module():
     script = (REPO / "scripts" / "bench_gpu.sh").read_text()
     function = script[script.index("budgets_for() {"):]
     function = function[: function.index("\n}\n") + 3]
-    for model, family in (("llava-1.5-7b", "llava15"), ("llava-v1.6-vicuna-7b", "llava_next")):
+    for model, family in (("llava-1.5-7b", "llava15"), ("llava-v1.6-vicuna-7b", "llava_next"), ("qwen2.5-vl-7b", "qwen2_5_vl")):
         out = run("bash", "-c", f'PY={sys.executable}\n{function}\nbudgets_for {model}')
         assert out.returncode == 0, out.stderr
         assert tuple(int(b) for b in out.stdout.split()) == STANDARD_BUDGETS[family]
@@ -56,7 +56,7 @@ def _sweep(name: str) -> tuple[str, tuple[int, ...]]:
     return family, budgets
 
 
-@pytest.mark.parametrize("name", ["budgets", "budgets_next"])
+@pytest.mark.parametrize("name", ["budgets", "budgets_next", "budgets_qwen"])
 def test_budget_sweeps_list_the_modules_budgets(name):
     """Hydra's sweeper reads plain override strings, so the YAML keeps its list and this test keeps it
     equal to hivtp.claims (a resolver would have to be registered by every entry point before Hydra
@@ -78,7 +78,8 @@ def test_ledger_and_latency_summary_read_the_module():
 
     assert ledger.CLAIMS is claims.CLAIMS and ledger.family_of is claims.family_of
     assert report.family_of is claims.family_of
-    for family in FAMILIES:
+    assert set(report.PAPER_CLAIMS) == set(CLAIMED_FAMILIES) < set(FAMILIES)  # no paper number for Qwen
+    for family in CLAIMED_FAMILIES:
         for what in ("ttft_reduction", "throughput_gain"):
             assert report.PAPER_CLAIMS[family][what] == claim(family, what).value / 100
 
@@ -88,6 +89,7 @@ def test_claims_and_budgets_lookups():
     assert claim("llava15", "ttft_reduction").phrase(number=False) == "LLaVA-v1.5-7B: TTFT reduced"
     assert claim("llava_next", "hallucination").family == "any"  # claims about any family count for each
     assert budgets_for("llava_next") == budgets_for("tiny-llava-next") == (160, 320, 640)
+    assert family_of("Qwen/Qwen2.5-VL-7B-Instruct") == family_of("tiny-qwen2.5-vl") == "qwen2_5_vl"
     assert {c.family for c in CLAIMS} <= set(FAMILIES) | {"any"}
     with pytest.raises(ValueError, match="unknown model family"):
         claim("llava2", "accuracy")

@@ -105,7 +105,8 @@ def test_real_shape_has_no_offline_processor():
 def test_every_shape_builds_on_meta():
     for name in available_shapes():
         model = meta_model(name)
-        assert model.config.vision_feature_select_strategy == "default"
+        if model.config.model_type != "qwen2_5_vl":  # Qwen's ViT has no CLS to select away
+            assert model.config.vision_feature_select_strategy == "default"
 
 
 def test_missing_folder_or_misspelt_shape_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
@@ -151,6 +152,8 @@ def test_local_config_gives_the_adapters_vision_geometry_without_loading():
     from hivtp.zoo import local_config, vision_geometry
 
     for name in available_shapes():
+        if shape_config(name).model_type == "qwen2_5_vl":
+            continue  # Qwen's grids vary per image: its methods are checked when attached (run.check_method)
         adapter = adapter_for(meta_model(name))
         expected = (adapter.grid, adapter.num_layers, adapter.feature_attention_layer)
         assert vision_geometry(local_config(name)) == expected, name

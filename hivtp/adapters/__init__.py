@@ -9,9 +9,10 @@ from torch import nn
 from .base import CropLayout, ImageFeatures, ModelAdapter, unsupported
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
+from .qwen2_5_vl import Qwen2_5_VLAdapter
 
 #: every adapter, most specific first; LLaVA-NeXT registers itself here when available
-ADAPTERS: list[type[ModelAdapter]] = [LlavaNextAdapter, LlavaAdapter]
+ADAPTERS: list[type[ModelAdapter]] = [LlavaNextAdapter, LlavaAdapter, Qwen2_5_VLAdapter]
 
 
 def adapter_class_for(model: nn.Module) -> type[ModelAdapter]:
@@ -26,4 +27,4 @@ def adapter_for(model: nn.Module, **params: Any) -> ModelAdapter:
     return adapter_class_for(model)(model, **params)
 
 
-__all__ = ["ADAPTERS", "CropLayout", "ImageFeatures", "ModelAdapter", "LlavaAdapter", "LlavaNextAdapter", "adapter_for", "adapter_class_for"]
+__all__ = ["ADAPTERS", "CropLayout", "ImageFeatures", "ModelAdapter", "LlavaAdapter", "LlavaNextAdapter", "Qwen2_5_VLAdapter", "adapter_for", "adapter_class_for"]

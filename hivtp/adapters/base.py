@@ -2,8 +2,12 @@
 
 The engine is model-agnostic: it runs the vision tower on *crops*, lets the method select tokens
 per crop, and asks the adapter to turn the selection into per-image LLM features. The adapter
-knows how a family cuts images into crops, which hidden state is its feature layer, and how its
-projector (and, for LLaVA-NeXT, its packing) turn crop features into image features.
+knows how a family cuts images into crops, how its tower runs (:meth:`ModelAdapter.run_tower`),
+which hidden state is its feature layer, each crop's token grid (:meth:`ModelAdapter.crop_grids`; the
+engine hands the method one :class:`~hivtp.methods.base.CropBatch` per grid shape), how its projector
+(and, for LLaVA-NeXT, its packing) turn crop features into image features, and which extra inputs the
+language model needs for the pruned sequence (:meth:`ModelAdapter.llm_inputs`, e.g. Qwen2.5-VL's
+M-RoPE position ids). The defaults are the LLaVA family's (a CLIP tower with [CLS], one square grid).
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, UnsupportedModelError
-from ..methods.base import CropSelection
-from ..vision import TowerOutput, hidden_state_index, num_encoder_layers
+from ..methods.base import CropSelection, PruningMethod, TowerRequest
+from ..vision import TowerOutput, hidden_state_index, num_encoder_layers, run_tower, run_tower_eager
 
 __all__ = ["CropLayout", "ImageFeatures", "ModelAdapter"]
 
@@ -41,6 +45,9 @@ class ImageFeatures:
 
     features: list[torch.Tensor]  # [N_i, D_text]
     stats: list[dict[str, int]]
+    #: per image [N_i] long: the unpruned token index (in the prompt's image run) each feature stands
+    #: for; set by families whose LLM positions depend on it (Qwen2.5-VL's M-RoPE), else None
+    positions: list[torch.Tensor] | None = None
 
 
 class ModelAdapter:
@@ -49,11 +56,41 @@ class ModelAdapter:
     model_classes: ClassVar[tuple[type, ...]] = ()
     #: parameters an adapter accepts from ``attach(**params)`` besides the method's own
     adapter_params: ClassVar[tuple[str, ...]] = ()
+    #: processor outputs besides input_ids / attention_mask / pixel_values / image_sizes that the
+    #: adapter consumes (they describe the *unpruned* prompt, so they never reach the LLM call)
+    layout_inputs: ClassVar[tuple[str, ...]] = ()
+    #: a tower pass depends on the crops' pixels alone, so equal pixels may share one pass
+    #: (:class:`hivtp.vision.TowerCache`); False where it also depends on layout inputs (Qwen's grid_thw)
+    shares_tower_passes: ClassVar[bool] = True
+    #: the vision tower has a [CLS] token (methods with ``needs_cls`` are refused otherwise)
+    has_cls: ClassVar[bool] = True
+    #: grids vary per image: regions / windows that do not divide a grid use the uneven partition
+    uneven_partition: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, **params: Any) -> None:
         self.model = model
-        self.core = model.model  # LlavaModel / LlavaNextModel
+        self.core = model.model  # LlavaModel / LlavaNextModel / Qwen2_5_VLModel
         self.config = model.config
+        self.image_token_id: int = self.config.image_token_id
+        self._init_vision()
+
+    @classmethod
+    def default_method_params(cls, model: nn.Module) -> dict[str, Any]:
+        """Method parameters whose default depends on the family (e.g. Qwen2.5-VL's score layers);
+        ``attach`` fills them in for methods that take them when the caller did not."""
+        return {}
+
+    def check_method(self, method: PruningMethod) -> None:
+        """Refuse, before any model work, a method this family cannot serve."""
+        if method.needs_cls and not self.has_cls:
+            raise ConfigError(
+                f"method {method.name!r} ranks tokens by the vision tower's [CLS] attention, but "
+                f"{type(self.model).__name__}'s vision tower has no [CLS] token. Use a CLS-free method "
+                "(hivtp, random, pool, divprune, fastv, none)."
+            )
+
+    def _init_vision(self) -> None:
+        """The LLaVA family: a CLIP tower whose feature layer drops [CLS], one square grid."""
         self.vision_tower: nn.Module = self.core.vision_tower
         self.projector: nn.Module = self.core.multi_modal_projector
         self.image_token_id: int = self.config.image_token_id
@@ -69,7 +106,7 @@ class ModelAdapter:
         self.feature_indices = [hidden_state_index(x, self.num_layers) for x in layers]
         vc = self.config.vision_config
         side = vc.image_size // vc.patch_size
-        self.grid = (side, side)
+        self.grid: tuple[int, int] | None = (side, side)  # None: the grid varies per image
 
     @property
     def feature_attention_layer(self) -> int:
@@ -90,8 +127,32 @@ class ModelAdapter:
         return isinstance(model, cls.model_classes)
 
     # --- hooks -------------------------------------------------------------------------------
-    def crops(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None) -> CropLayout:
+    def crops(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None, **layout_inputs: Any) -> CropLayout:
         raise NotImplementedError
+
+    def run_tower(self, layout: CropLayout, request: TowerRequest) -> TowerOutput:
+        """The tower on every crop up to the feature layer, with the captures the method asked for."""
+        if request.eager:
+            return run_tower_eager(self.vision_tower, layout.pixel_values, self.feature_indices, request.attention_layers)
+        return run_tower(self.vision_tower, layout.pixel_values, self.feature_indices, request.qk_layers)
+
+    def crop_grids(self, layout: CropLayout) -> list[tuple[int, int]]:
+        """(H, W) token grid of every crop."""
+        return [self.grid] * len(layout.image_of_crop)
+
+    def llm_inputs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        layout: CropLayout,
+        images: ImageFeatures,
+        per_sample: list[list[int]],
+        merged: Any,
+    ) -> dict[str, Any]:
+        """Extra keyword arguments of the LLM call on the pruned sequence (``merged``, a
+        :class:`hivtp.inputs.MergedInputs`), computed from the caller's unpruned ``input_ids``. The
+        LLaVA family needs none: its pruned sequence takes ordinary positions."""
+        return {}
 
     def patch_features(self, tower: TowerOutput) -> torch.Tensor:
         """[C, P, D] feature-layer patch tokens, CLS dropped, feature layers concatenated (as the
@@ -120,6 +181,6 @@ class ModelAdapter:
 def unsupported(model: nn.Module, families: list[str]) -> UnsupportedModelError:
     return UnsupportedModelError(
         f"{type(model).__name__} is not supported: hivtp.attach wraps {', '.join(families)} "
-        "(llava-hf checkpoints, e.g. llava-hf/llava-1.5-7b-hf). Load the model with "
-        "LlavaForConditionalGeneration / LlavaNextForConditionalGeneration.from_pretrained."
+        "(llava-hf checkpoints, e.g. llava-hf/llava-1.5-7b-hf, or Qwen/Qwen2.5-VL-7B-Instruct). Load the "
+        "model with that class's from_pretrained."
     )

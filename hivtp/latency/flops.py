@@ -15,6 +15,12 @@ Per stage (B samples, C crops, T = patches + 1 tokens per crop):
                  (as ``generate`` asks for: ``logits_to_keep=1``);
 * ``decode``     the LLM over N - 1 further tokens, one at a time, against a growing cache;
 * ``ttft`` = vision + select + projector + prefill, ``e2e`` = ttft + decode.
+
+Qwen2.5-VL (``vision_grids`` given): the ViT runs on each image's t x h x w patches; a full-attention
+block's attention is dense per image, a window block's per window (the model's 112 px windows:
+``window_size / patch / merge`` merged tokens a side, cut short at the edges); its MLP is gated (three
+matrices); the "projector" is the 2x2 patch merger (Linear(4d, 4d), GELU, Linear(4d, out)) on the kept
+merged tokens; the scorer recomputes q, k (the qkv projection) and q k^T in each score layer's chunks.
 """
 
 from __future__ import annotations
@@ -59,6 +65,49 @@ def scorer_flops(vc: Any, crops: int, score_layers: int) -> int:
 def projector_flops(vision_dim: int, text_dim: int, tokens: int) -> int:
     """LLaVA's projector: Linear(vision_dim -> text_dim), GELU, Linear(text_dim -> text_dim)."""
     return 2 * tokens * (vision_dim * text_dim + text_dim * text_dim)
+
+
+def qwen_attention_chunks(vc: Any, grid: Sequence[int], full: bool) -> list[int]:
+    """Token counts of the attention chunks of one image (t, h, w patches) in a full or window block."""
+    t, h, w = (int(x) for x in grid)
+    merge = _get(vc, "spatial_merge_size")
+    if full:
+        return [h * w] * t
+    side = _get(vc, "window_size") // merge // _get(vc, "patch_size")  # merged tokens per window side
+    rows, cols = h // merge, w // merge
+    sizes = [min(side, rows - r) * min(side, cols - c) * merge * merge for r in range(0, rows, side) for c in range(0, cols, side)]
+    return sizes * t
+
+
+def qwen_vision_flops(vc: Any, grids: Sequence[Sequence[int]]) -> int:
+    """Qwen2.5-VL's ViT (every block: the merger reads the last one) on images of ``grids``."""
+    d, m, p = _get(vc, "hidden_size"), _get(vc, "intermediate_size"), _get(vc, "patch_size")
+    depth, full_blocks = _get(vc, "depth"), set(_get(vc, "fullatt_block_indexes"))
+    s = sum(int(t) * int(h) * int(w) for t, h, w in grids)
+    patch_embed = 2 * s * (_get(vc, "in_channels", 3) * _get(vc, "temporal_patch_size") * p * p) * d
+    total = patch_embed
+    for block in range(depth):
+        chunks = [n for g in grids for n in qwen_attention_chunks(vc, g, block in full_blocks)]
+        total += 8 * s * d * d + 4 * sum(n * n for n in chunks) * d + 6 * s * d * m  # qkv + proj, attn, gated MLP
+    return total
+
+
+def qwen_scorer_flops(vc: Any, grids: Sequence[Sequence[int]], score_layers: Sequence[int]) -> int:
+    """The fast scorer: the qkv projection and q k^T of each score layer, chunk by chunk."""
+    d = _get(vc, "hidden_size")
+    s = sum(int(t) * int(h) * int(w) for t, h, w in grids)
+    full_blocks = set(_get(vc, "fullatt_block_indexes"))
+    total = 0
+    for layer in score_layers:
+        chunks = [n for g in grids for n in qwen_attention_chunks(vc, g, layer in full_blocks)]
+        total += 6 * s * d * d + 2 * sum(n * n for n in chunks) * d
+    return total
+
+
+def qwen_merger_flops(vc: Any, tokens: int) -> int:
+    """The 2x2 patch merger on ``tokens`` merged tokens."""
+    width = _get(vc, "hidden_size") * _get(vc, "spatial_merge_size") ** 2
+    return 2 * tokens * (width * width + width * _get(vc, "out_hidden_size"))
 
 
 def _text_dims(tc: Any) -> tuple[int, int, int, int, int]:
@@ -121,11 +170,14 @@ def stage_flops(
     new_tokens: int,
     feature_layers: int = 1,
     image_tokens_by_layer: Sequence[Sequence[int]] | None = None,
+    vision_grids: Sequence[Sequence[int]] | None = None,
+    score_layer_ids: Sequence[int] = (),
 ) -> dict[str, int]:
     """FLOPs of every stage for one batch. ``kept_per_sample``: image tokens the LLM sees per sample
     (all images, after pruning); ``text_per_sample``: the other prompt tokens;
     ``image_tokens_by_layer``: for methods that drop tokens inside the LLM, per sample the image
-    tokens each decoder layer sees (then the projector counts the first layer's)."""
+    tokens each decoder layer sees (then the projector counts the first layer's); ``vision_grids``:
+    Qwen2.5-VL's (t, h, w) patch grid per image (then ``score_layer_ids`` names the fast scorer's layers)."""
     vc, tc = config.vision_config, config.text_config
     vision_dim = _get(vc, "hidden_size") * feature_layers
     lengths = [k + t for k, t in zip(kept_per_sample, text_per_sample)]
@@ -134,10 +186,18 @@ def stage_flops(
     if image_tokens_by_layer is not None:
         by_layer = [[k + t for k in ks] for ks, t in zip(image_tokens_by_layer, text_per_sample)]
         projected = sum(ks[0] for ks in image_tokens_by_layer)
+    if vision_grids:
+        vision = qwen_vision_flops(vc, vision_grids)
+        select = qwen_scorer_flops(vc, vision_grids, score_layer_ids)
+        projector = qwen_merger_flops(vc, projected)
+    else:
+        vision = vision_flops(vc, crops, layers_run)
+        select = scorer_flops(vc, crops, score_layers)
+        projector = projector_flops(vision_dim, _get(tc, "hidden_size"), projected)
     out = {
-        "vision": vision_flops(vc, crops, layers_run),
-        "select": scorer_flops(vc, crops, score_layers),
-        "projector": projector_flops(vision_dim, _get(tc, "hidden_size"), projected),
+        "vision": vision,
+        "select": select,
+        "projector": projector,
         "prefill": prefill_flops(tc, lengths, by_layer),
         "decode": decode_flops(tc, lengths, max(new_tokens - 1, 0), by_layer),
     }

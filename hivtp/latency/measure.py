@@ -127,6 +127,11 @@ def measure(
         "batch": batch, "dtype": dtype, "attn": attn, "backend": attn, "device": dev.type,
         "new_tokens": new_tokens, "prompt_tokens": prompt_tokens, **fingerprint(dev),
     }
+    grid_thw = inputs.layout_inputs.get("image_grid_thw")
+    if grid_thw is not None:  # dynamic resolution: state the image the rows were measured at
+        _, h, w = grid_thw[0].tolist()
+        patch = net.config.vision_config.patch_size
+        ident["image_size"] = f"{h * patch}x{w * patch} px, HxW (asked {image_size[0]}x{image_size[1]})"
     rows = []
     for (name, params, pruned), reps in zip(attached, results):
         if not reps:  # refused above
@@ -169,6 +174,8 @@ def _method_rows(ident, name, params, pruned, reps, text_tokens, new_tokens, bat
         text_per_sample=[text_tokens] * len(kept),
         new_tokens=new_tokens,
         feature_layers=len(pruned.adapter.feature_indices),
+        vision_grids=last.vision_grids or None,
+        score_layer_ids=pruned.method.tower_request().qk_layers,
     )
     method_params = pruned.method.params()
     base = {

@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..atomic import atomic_open
-from ..claims import FAMILIES, FAMILY_NAMES, claim, family_of
+from ..claims import CLAIMED_FAMILIES, FAMILY_NAMES, claim, family_of
 from .measure import COLUMNS
 
 __all__ = ["write_csv", "read_csv", "summarize", "PAPER_CLAIMS", "family_of"]
 
 #: The paper's headline speed claims (HIVTP vs. the unpruned model) as fractions, per model family
 #: (hivtp.claims holds them; this is a view of it).
-PAPER_CLAIMS = {f: {w: claim(f, w).fraction for w in ("ttft_reduction", "throughput_gain")} for f in FAMILIES}
+PAPER_CLAIMS = {f: {w: claim(f, w).fraction for w in ("ttft_reduction", "throughput_gain")} for f in CLAIMED_FAMILIES}
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
@@ -99,6 +99,8 @@ def _setting_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str
 
 def _claims(model: str, ratios: list[dict[str, Any]]) -> list[str]:
     family = family_of(model)
+    if family not in PAPER_CLAIMS:
+        return [f"The paper makes no claim about {FAMILY_NAMES[family]}: the ratios above are this harness's own measurement."]
     paper = PAPER_CLAIMS[family]
     hivtp = [r for r in ratios if r["method"] == "hivtp" and '"eager"' not in r["params"]]
 
@@ -176,7 +178,8 @@ def summarize(rows: Sequence[dict[str, Any]]) -> str:
         "",
         f"Device: {first.get('device_name')}; torch {first.get('torch')}, transformers {first.get('transformers')}, "
         f"commit {first.get('commit')}, {first.get('date')}. Weights: {first.get('weights')}; "
-        f"{first.get('prompt_tokens')} text tokens around the image; {first.get('new_tokens')} new tokens (EOS off).",
+        f"{first.get('prompt_tokens')} text tokens around the image; {first.get('new_tokens')} new tokens (EOS off)."
+        + (f" Image: {first['image_size']}." if first.get("image_size") else ""),
         "",
         "Ratios are method / none (lower TTFT ratio is faster; higher throughput ratio is faster). "
         "FLOPs-ideal ratio: analytic TTFT FLOPs (vision + select + projector + prefill) method / none. "

@@ -40,6 +40,7 @@ class RepeatResult:
     new_tokens: int = 0
     stats: list[dict[str, Any]] = field(default_factory=list)  # last_stats of the generate call
     crops: int = 0
+    vision_grids: list[tuple[int, int, int]] = field(default_factory=list)  # Qwen2.5-VL: (t, h, w) per image
 
 
 class FirstLogitsMark(LogitsProcessor):
@@ -88,18 +89,19 @@ def generation_kwargs(model: Any, new_tokens: int) -> dict[str, Any]:
 @torch.no_grad()
 def _ttft(pruned: PrunedModel, inputs: SyntheticBatch) -> torch.Tensor:
     prepared = pruned.prepare_inputs(
-        inputs.input_ids, inputs.attention_mask, inputs.pixel_values, inputs.image_sizes
+        inputs.input_ids, inputs.attention_mask, inputs.pixel_values, inputs.image_sizes, **inputs.layout_inputs
     )
     merged = prepared.merged
     mask = merged.attention_mask
-    position_ids = (mask.long().cumsum(-1) - 1).clamp_min(0)  # left padding, as generate does
+    # left padding, as generate does; families with their own positions (Qwen2.5-VL's M-RoPE) give them
+    llm_kwargs = merged.llm_kwargs or {"position_ids": (mask.long().cumsum(-1) - 1).clamp_min(0)}
     with pruned.method.llm_context(pruned.model, merged, prepared.stats):
         out = pruned.model(
             inputs_embeds=merged.inputs_embeds,
             attention_mask=mask,
-            position_ids=position_ids,
             use_cache=True,
             logits_to_keep=1,
+            **llm_kwargs,
         )
     return out.logits[:, -1].argmax(-1)  # [B] first new token
 
@@ -109,11 +111,13 @@ def run_repeat(pruned: PrunedModel, inputs: SyntheticBatch, new_tokens: int, dev
     marks: dict[str, Measurement] = {}
     with torch.no_grad():
         with stopwatch(device) as marks["vision"]:
-            layout = pruned.layout(inputs.pixel_values, inputs.image_sizes)
+            layout = pruned.layout(inputs.pixel_values, inputs.image_sizes, **inputs.layout_inputs)
             tower = pruned.run_vision(layout)
         with stopwatch(device) as marks["select"]:
             pruned.select_tokens(tower, layout)
-        result.crops = layout.pixel_values.shape[0]
+        result.crops = len(layout.image_of_crop)
+        grid_thw = layout.extra.get("grid_thw")
+        result.vision_grids = [] if grid_thw is None else [tuple(g) for g in grid_thw.tolist()]
         del tower
         with stopwatch(device) as marks["ttft"]:
             _ttft(pruned, inputs)

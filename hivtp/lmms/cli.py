@@ -21,8 +21,10 @@ def register() -> None:
     from lmms_eval.models import MODEL_REGISTRY_V2
 
     from .plugin import manifest
+    from .qwen2_5_vl import manifest as qwen_manifest
 
     MODEL_REGISTRY_V2.register_manifest(manifest(), overwrite=True)
+    MODEL_REGISTRY_V2.register_manifest(qwen_manifest(), overwrite=True)  # hivtp_qwen2_5_vl
 
 
 def root_cause(exc: BaseException) -> BaseException:

@@ -6,7 +6,7 @@ with lmms-eval's own parser (so every default, e.g. ``--seed`` and ``--reasoning
 and does what lmms-eval's ``cli_evaluate_single`` does -- ``evaluator.simple_evaluate`` and the
 ``EvaluationTracker``'s results and samples files -- with two differences:
 
-- the ``hivtp_llava`` instance is cached per loading arguments (pretrained, device, dtype, ...; one
+- the plugin instance (``hivtp_llava`` or ``hivtp_qwen2_5_vl``) is cached per loading arguments (pretrained, device, dtype, ...; one
   model at a time): a new configuration re-attaches its method (:meth:`HivtpLlava.configure`; the HF
   model is never modified) and points the accounting to its folder;
 - each task (dataset included) is loaded once per include path (:class:`TaskCache`); lmms-eval
@@ -30,9 +30,11 @@ from ..errors import ConfigError
 
 __all__ = ["evaluate", "cli_args", "cached_model", "task_manager", "clear_caches"]
 
-MODEL_NAME = "hivtp_llava"
-_model: tuple[str, Any] | None = None  # (loading key, HivtpLlava): one model held at a time
-_managers: dict[tuple[str, str], Any] = {}  # (include path, verbosity) -> TaskCache
+#: the plugin models this runner serves, by lmms-eval model name (module, class)
+PLUGINS = {"hivtp_llava": ("hivtp.lmms.model", "HivtpLlava"),
+           "hivtp_qwen2_5_vl": ("hivtp.lmms.qwen2_5_vl", "HivtpQwen2_5_VL")}
+_model: tuple[str, Any] | None = None  # (loading key, plugin instance): one model held at a time
+_managers: dict[tuple[str, str, str], Any] = {}  # (include path, verbosity, model) -> TaskCache
 _stderr_handler_set = False
 
 
@@ -56,27 +58,39 @@ def clear_caches() -> None:
     _managers.clear()
 
 
+def plugin_class(name: str):
+    """The plugin model class lmms-eval's ``--model name`` resolves to (:data:`PLUGINS`)."""
+    import importlib
+
+    if name not in PLUGINS:
+        raise ConfigError(f"the in-process runner serves --model {' / '.join(PLUGINS)}, got {name!r}; "
+                          "use the subprocess runner (inprocess=False) for other models.")
+    module, cls = PLUGINS[name]
+    return getattr(importlib.import_module(module), cls)
+
+
 def cached_model(args) -> Any:
-    """The ``hivtp_llava`` instance for these CLI arguments, configured for their method, parameters,
-    accounting folder and batch size; loaded only when the loading arguments differ from the last."""
+    """The plugin instance (``hivtp_llava`` / ``hivtp_qwen2_5_vl``) for these CLI arguments, configured
+    for their method, parameters, accounting folder and batch size; loaded only when the model or its
+    loading arguments differ from the last."""
     global _model
     from lmms_eval.utils import simple_parse_args_string
 
-    from .args import split_model_args
     from ..vision import TowerCache
-    from .model import HivtpLlava
 
-    loader, plugin, params = split_model_args(simple_parse_args_string(args.model_args))
-    key = json.dumps({**loader, "device": args.device, "max_batch_size": args.max_batch_size}, sort_keys=True, default=str)
+    cls = plugin_class(args.model)
+    loader, plugin, params = cls.split_args(simple_parse_args_string(args.model_args))
+    key = json.dumps({**loader, "model": args.model, "device": args.device, "max_batch_size": args.max_batch_size},
+                     sort_keys=True, default=str)
     if _model is None or _model[0] != key:
         _model = None  # free the previous model before loading the next
         # exactly what lmms-eval's simple_evaluate does with a model name
-        lm = HivtpLlava.create_from_arg_string(
+        lm = cls.create_from_arg_string(
             args.model_args, {"batch_size": args.batch_size, "max_batch_size": args.max_batch_size, "device": args.device})
         # configurations of one model answer the same batches: share their vision-tower passes
         # (tested to change no answer: tests/test_engine_tower_cache.py)
         lm.tower_cache = TowerCache()
-        lm.pruned.tower_cache = lm.tower_cache
+        lm.configure(plugin, params)
         _model = (key, lm)
     else:
         lm = _model[1]
@@ -85,11 +99,11 @@ def cached_model(args) -> Any:
     return lm
 
 
-def task_manager(include_path: str | None, verbosity: str):
-    """A :class:`TaskCache` per include path (indexing lmms-eval's task YAMLs takes seconds)."""
-    key = (str(include_path), verbosity)
+def task_manager(include_path: str | None, verbosity: str, model: str = "hivtp_llava"):
+    """A :class:`TaskCache` per include path and model (indexing lmms-eval's task YAMLs takes seconds)."""
+    key = (str(include_path), verbosity, model)
     if key not in _managers:
-        _managers[key] = _task_cache_class()(verbosity, include_path=include_path, model_name=MODEL_NAME)
+        _managers[key] = _task_cache_class()(verbosity, include_path=include_path, model_name=model)
     return _managers[key]
 
 
@@ -154,7 +168,7 @@ def _log_to(path: Path, verbosity: str) -> Iterator[None]:
 def evaluate(argv: list[str], data_dir: Path | None, log_path: Path, task_index: Path | None = None) -> dict[str, Any]:
     """Evaluate lmms-eval command line ``argv`` (without ``python -m ...``) in this process; returns
     the results dict. Writes what ``python -m lmms_eval argv`` writes (results, logged samples) and
-    the hivtp_llava accounting; raises whatever the evaluation raised. ``task_index``: the folder
+    the plugin's accounting; raises whatever the evaluation raised. ``task_index``: the folder
     tasks are indexed and loaded from instead of ``--include_path`` (which the results still name),
     for YAMLs identical to it that stay in place for the whole process."""
     from lmms_eval import evaluator, utils
@@ -162,11 +176,9 @@ def evaluate(argv: list[str], data_dir: Path | None, log_path: Path, task_index:
     from lmms_eval.utils import simple_parse_args_string
 
     args = cli_args(argv)
-    if args.model != MODEL_NAME:
-        raise ConfigError(f"the in-process runner serves --model {MODEL_NAME} only, got {args.model!r}; "
-                          "use the subprocess runner (inprocess=False) for other models.")
+    plugin_class(args.model)  # a clear error for a model this runner does not serve
     with _environment(data_dir), _log_to(log_path, args.verbosity):
-        manager = task_manager(str(task_index) if task_index else args.include_path, args.verbosity)
+        manager = task_manager(str(task_index) if task_index else args.include_path, args.verbosity, args.model)
         task_list = args.tasks.split(",")
         task_names = manager.match_tasks(task_list)
         missing = [t for t in task_list if t not in task_names]

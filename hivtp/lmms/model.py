@@ -44,6 +44,7 @@ class SampleError(HivtpError, RuntimeError):
 
 class HivtpLlava(LlavaHf):
     is_simple = False
+    split_args = staticmethod(split_model_args)
     #: vision-tower passes shared by every configuration this instance evaluates (a
     #: :class:`hivtp.vision.TowerCache`; the in-process runner sets one; None: no sharing)
     tower_cache = None

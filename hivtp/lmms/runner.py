@@ -53,9 +53,20 @@ class EvalRunError(HivtpError, RuntimeError):
     """An lmms-eval run that did not produce valid results (the message holds the log's tail)."""
 
 
+def plugin_model(path: str) -> str:
+    """The lmms-eval model of this package that serves a checkpoint: ``hivtp_qwen2_5_vl`` for Qwen2.5-VL
+    (by its config.json's model_type, or a hub id naming it), else ``hivtp_llava``."""
+    config = Path(path) / "config.json"
+    if config.is_file():
+        family = json.loads(config.read_text()).get("model_type")
+    else:
+        family = "qwen2_5_vl" if "qwen2.5-vl" in str(path).lower() else "llava"
+    return "hivtp_qwen2_5_vl" if family == "qwen2_5_vl" else "hivtp_llava"
+
+
 def model_args_string(pretrained: str, method: str, params: dict[str, Any], accounting_dir: Path,
                       dtype: str = "auto") -> str:
-    """``--model_args`` for hivtp_llava; sequences become dash lists (``layers=6-7-8``). ``dtype`` is
+    """``--model_args`` for the plugin models; sequences become dash lists (``layers=6-7-8``). ``dtype`` is
     named only when it is not lmms-eval's default (``auto``: the checkpoint's own)."""
     loading = {} if dtype in (None, "auto") else {"dtype": str(dtype)}
     parts = {"pretrained": pretrained, **loading, "method": method, **params, "accounting_dir": str(accounting_dir)}
@@ -228,9 +239,9 @@ def run_lmms_eval(
     return results
 
 
-def _run_inprocess(model_args: str, tasks: Sequence[str], output_dir: Path | str, limit, batch_size: int,
+def _run_inprocess(model: str, model_args: str, tasks: Sequence[str], output_dir: Path | str, limit, batch_size: int,
                    device: str, include_path, data_dir) -> dict[str, Any]:
-    """:func:`run_lmms_eval` for ``hivtp_llava`` in this process (:mod:`hivtp.lmms.inprocess`)."""
+    """:func:`run_lmms_eval` for a plugin model in this process (:mod:`hivtp.lmms.inprocess`)."""
     from .cli import describe
     from .inprocess import evaluate
 
@@ -238,7 +249,7 @@ def _run_inprocess(model_args: str, tasks: Sequence[str], output_dir: Path | str
     # the run's own rendered YAMLs are named in the command; the tasks are loaded from a per-process
     # copy of the same YAMLs, so that every run shares one task index and one loaded dataset per task
     index = _shared_tasks(data) if include == (out / "tasks").resolve() else include
-    cmd = _command("hivtp_llava", model_args, tasks, limit, batch_size, device, out, include)
+    cmd = _command(model, model_args, tasks, limit, batch_size, device, out, include)
     (out / "command.txt").write_text("# evaluated in process (hivtp.lmms.inprocess), as if by:\n" + " ".join(cmd) + "\n")
     log_path = out / "lmms_eval.log"
     try:
@@ -294,11 +305,13 @@ def run_accuracy(
     out = Path(output_dir).resolve()
     accounting = out / "accounting"
     shutil.rmtree(accounting, ignore_errors=True)
-    model_args = model_args_string(resolve_checkpoint(pretrained), method, params, accounting, dtype)
+    path = resolve_checkpoint(pretrained)
+    model = plugin_model(path)
+    model_args = model_args_string(path, method, params, accounting, dtype)
     if inprocess:
-        results = _run_inprocess(model_args, tasks, out, limit, batch_size, device, include_path, data_dir)
+        results = _run_inprocess(model, model_args, tasks, out, limit, batch_size, device, include_path, data_dir)
     else:
-        results = run_lmms_eval("hivtp_llava", model_args, tasks, out, limit, batch_size, device,
+        results = run_lmms_eval(model, model_args, tasks, out, limit, batch_size, device,
                                 include_path, data_dir, timeout, progress)
     _add_accounting(out, results, accounting)
     return _rows(results, tasks, pretrained, method, params, accounting, weights or _weights(pretrained))

@@ -61,6 +61,9 @@ class CropBatch:
     #: columns); None = every position. Methods choose among valid positions only, so that an exact
     #: budget stays exact after packing.
     valid: torch.Tensor | None = None
+    #: True for families whose grids vary per image (Qwen2.5-VL): a region / window geometry that does
+    #: not divide the grid follows the documented uneven partition (``hivtp.selection``) instead of raising.
+    uneven_partition: bool = False
 
     @property
     def num_crops(self) -> int:
@@ -97,16 +100,20 @@ class PruningMethod:
     name: ClassVar[str] = ""
     #: "projector": reduces crops before the projector. "llm": acts inside the language model.
     stage: ClassVar[str] = "projector"
-    #: tokens to keep per crop grid (LLaVA-1.5) or per image (LLaVA-NeXT); None = the method's rule
+    #: tokens to keep per crop grid (LLaVA-1.5) or per image (LLaVA-NeXT, Qwen2.5-VL); None = the method's rule
     budget: int | None = None
+    #: the method reads the vision tower's [CLS] token (its attention row or its key); ``hivtp.attach``
+    #: refuses it, before any model work, on a family whose tower has no [CLS] (Qwen2.5-VL)
+    needs_cls: ClassVar[bool] = False
 
     def params(self) -> dict[str, Any]:
         """The resolved parameters, for records and run names."""
         return {}
 
-    def check(self, grid: tuple[int, int], num_layers: int, feature_attention_layer: int) -> None:
-        """Validate the parameters against the model they are attached to (grid of patch tokens,
-        encoder depth, the 0-based layer whose output is the feature layer). Raise ConfigError."""
+    def check(self, grid: tuple[int, int] | None, num_layers: int, feature_attention_layer: int) -> None:
+        """Validate the parameters against the model they are attached to (grid of patch tokens, or
+        None when it varies per image as in Qwen2.5-VL; encoder depth; the 0-based layer whose output
+        is the feature layer). Raise ConfigError."""
 
     def tower_request(self) -> TowerRequest:
         return TowerRequest()

@@ -33,6 +33,7 @@ from ._common import (
 @register_method
 class FasterVLM(PruningMethod):
     name = "fastervlm"
+    needs_cls = True  # ranks by the [CLS] attention row
 
     def __init__(self, budget: int | None = None, backend: str | None = None) -> None:
         self.budget = check_budget(budget)

@@ -104,8 +104,10 @@ class HIVTP(PruningMethod):
             "budget": self.budget,
         }
 
-    def check(self, grid: tuple[int, int], num_layers: int, feature_attention_layer: int) -> None:
-        if self.auto_preset:
+    def check(self, grid: tuple[int, int] | None, num_layers: int, feature_attention_layer: int) -> None:
+        if grid is None:
+            pass  # grids vary per image (Qwen2.5-VL): the uneven partition applies to any grid
+        elif self.auto_preset:
             for p in load_presets()["presets"]:
                 validate_geometry(grid[0], grid[1], p["regions"], p["keep_ratio"], p["window"])
         else:
@@ -135,7 +137,8 @@ class HIVTP(PruningMethod):
         if self.auto_preset:
             selection = self._select_with_presets(scores, crops)
         else:
-            selection = self._only_valid(select_masks(scores, self.regions, self.keep_ratio, self.window), crops)
+            rule = select_masks(scores, self.regions, self.keep_ratio, self.window, uneven=crops.uneven_partition)
+            selection = self._only_valid(rule, crops)
             if any(b is not None for b in crops.budgets):
                 selection = fit_to_budget(scores, selection, crops.budgets)
         counts = {k: v.tolist() for k, v in selection.counts().items()}
@@ -162,7 +165,7 @@ class HIVTP(PruningMethod):
         corrected = torch.zeros(c, dtype=torch.long, device=scores.device)
         for (regions, keep_ratio, window), members in groups.items():
             idx = torch.tensor(members, device=scores.device)
-            sel = select_masks(scores[idx], regions, keep_ratio, window)
+            sel = select_masks(scores[idx], regions, keep_ratio, window, uneven=crops.uneven_partition)
             if crops.valid is not None:
                 valid = crops.valid.to(scores.device).bool()[idx]
                 sel = Selection(sel.global_mask & valid, sel.local_mask & valid, sel.added_mask, sel.corrected)

@@ -18,6 +18,12 @@ Each pooled token stands for a representative patch of its cell: the patch at of
 ``((f-1)//2, (f-1)//2)`` inside the cell (its top-left for f=2); positions are unique and tokens come
 in raster order of their cells. On LLaVA-NeXT, a cell whose representative patch is removed by
 unpadding is dropped with it (the adapter counts what is actually placed).
+
+Families whose grids vary per image (Qwen2.5-VL, ``CropBatch.uneven_partition``; its merged grids are
+often prime-sided): cells of f x f tile the grid from the top-left and the last row / column of cells is
+cut short (DECISION, the windows of :func:`hivtp.selection.uneven_labels`), so every f applies, giving
+``ceil(H/f) * ceil(W/f)`` tokens; the budget picks the f whose count is nearest (ties: more tokens). A
+cut-short cell averages the patches it has and stands for its patch at offset ``(f-1)//2``, clipped to it.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..selection import uneven_labels
 from .base import CropBatch, CropSelection, PruningMethod, register_method
 from ._common import check_budget
 
@@ -71,6 +78,27 @@ def pool_valid(features: torch.Tensor, valid: torch.Tensor, h: int, w: int, f: i
     return pooled[keep].to(features.dtype).reshape(-1, d), pos[keep]
 
 
+def uneven_cell_count(height: int, width: int, f: int) -> int:
+    return -(-height // f) * -(-width // f)
+
+
+def pool_uneven(features: torch.Tensor, h: int, w: int, f: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooling with cut-short edge cells (module docstring): ([cells, D] means, [cells] positions)."""
+    _, cell = uneven_labels(h, w, 1, f)  # [H*W] cell of every patch, cells numbered in raster order
+    cell = cell.to(features.device)
+    n = int(cell.max()) + 1
+    sums = torch.zeros(n, features.shape[-1], dtype=torch.float32, device=features.device)
+    sums.index_add_(0, cell, features.float())
+    counts = torch.bincount(cell, minlength=n).clamp_min(1)[:, None]
+    rows, cols = torch.arange(h).repeat_interleave(w), torch.arange(w).repeat(h)
+    first = torch.full((n,), h * w, dtype=torch.long).scatter_reduce(0, cell.cpu(), torch.arange(h * w), "amin")
+    last = torch.full((n,), -1, dtype=torch.long).scatter_reduce(0, cell.cpu(), torch.arange(h * w), "amax")
+    off = (f - 1) // 2
+    r = rows[first] + torch.minimum(torch.tensor(off), rows[last] - rows[first])
+    c = cols[first] + torch.minimum(torch.tensor(off), cols[last] - cols[first])
+    return (sums / counts).to(features.dtype), (r * w + c).to(features.device)
+
+
 @register_method
 class AveragePool(PruningMethod):
     name = "pool"
@@ -85,14 +113,19 @@ class AveragePool(PruningMethod):
         return {"budget": self.budget, "kernel": self.kernel}
 
     def check(self, grid: tuple[int, int], num_layers: int, feature_attention_layer: int) -> None:
-        if self.kernel is not None and self.kernel not in pooling_kernels(*grid):
+        if self.kernel is not None and grid is not None and self.kernel not in pooling_kernels(*grid):
             raise ConfigError(
                 f"kernel={self.kernel} does not tile the {grid[0]}x{grid[1]} grid; choose one of {pooling_kernels(*grid)}."
             )
 
-    def kernel_for(self, grid: tuple[int, int], budget: int | None) -> int:
+    def kernel_for(self, grid: tuple[int, int], budget: int | None, uneven: bool = False) -> int:
         if self.kernel is not None:
             return self.kernel
+        if uneven:  # every cell size applies (cut-short edge cells)
+            if budget is None:
+                return min(DEFAULT_KERNEL, *grid)
+            sizes = range(1, max(grid) + 1)
+            return min(sizes, key=lambda f: (abs(uneven_cell_count(*grid, f) - budget), f))
         if budget is None:
             return DEFAULT_KERNEL if DEFAULT_KERNEL in pooling_kernels(*grid) else 1
         return kernel_for_budget(grid[0], grid[1], budget)
@@ -105,8 +138,12 @@ class AveragePool(PruningMethod):
         for i in range(c):
             if budgets[i] is not None and not 1 <= budgets[i] <= p:
                 raise ConfigError(f"budget {budgets[i]} is out of range for a crop of {p} tokens (1..{p}).")
-            f = self.kernel_for((h, w), budgets[i])
-            if crops.valid is None:
+            f = self.kernel_for((h, w), budgets[i], crops.uneven_partition)
+            if (h % f or w % f) and not crops.uneven_partition:
+                raise ConfigError(f"kernel={f} does not tile the {h}x{w} grid; choose one of {pooling_kernels(h, w)}.")
+            if crops.uneven_partition and (h % f or w % f):
+                pooled, pos = pool_uneven(crops.features[i], h, w, f)
+            elif crops.valid is None:
                 grid = crops.features[i].reshape(h // f, f, w // f, f, d)
                 pooled = grid.float().mean(dim=(1, 3)).reshape(-1, d).to(crops.features.dtype) if f > 1 else crops.features[i]
                 pos = representative_positions(h, w, f).to(crops.features.device)

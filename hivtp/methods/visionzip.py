@@ -73,6 +73,7 @@ def _check_count(name: str, value: Any) -> int | None:
 @register_method
 class VisionZip(PruningMethod):
     name = "visionzip"
+    needs_cls = True  # ranks by the [CLS] attention row
 
     def __init__(
         self,

@@ -81,9 +81,17 @@ def shape_config(name: str, text_layers: int | None = None, attn_implementation:
 
 
 def _model_class(config):
-    from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
+    from transformers import (
+        LlavaForConditionalGeneration,
+        LlavaNextForConditionalGeneration,
+        Qwen2_5_VLForConditionalGeneration,
+    )
 
-    classes = {"llava": LlavaForConditionalGeneration, "llava_next": LlavaNextForConditionalGeneration}
+    classes = {
+        "llava": LlavaForConditionalGeneration,
+        "llava_next": LlavaNextForConditionalGeneration,
+        "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
+    }
     if config.model_type not in classes:
         raise ConfigError(f"shape has model_type {config.model_type!r}; supported: {sorted(classes)}.")
     return classes[config.model_type]
@@ -283,7 +291,7 @@ def vision_geometry(config) -> tuple[tuple[int, int], int, int]:
 
 def load_pretrained(name_or_path: str):
     """(model in eval mode, processor) of a checkpoint name or directory (see ``resolve_checkpoint``),
-    loaded with ``from_pretrained`` as a hub checkpoint is: LLaVA-1.5 or LLaVA-NeXT by its config."""
+    loaded with ``from_pretrained`` as a hub checkpoint is: LLaVA-1.5, LLaVA-NeXT or Qwen2.5-VL by its config."""
     from transformers import AutoConfig, AutoProcessor
 
     path = resolve_checkpoint(name_or_path)

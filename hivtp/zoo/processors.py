@@ -73,3 +73,44 @@ def llava_next_processor(config, spec: dict):
         chat_template=CHAT_TEMPLATES[spec["chat_template"]],
         num_additional_image_tokens=1,
     )
+
+
+@register_processor("qwen2_5_vl")
+def qwen2_5_vl_processor(config, spec: dict):
+    """Qwen2.5-VL: the dynamic-resolution image processor (sizes rounded to 28 px, between the shape's
+    ``min_pixels`` and ``max_pixels``) and the shipped BPE tokenizer with the Qwen special tokens."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    from .tokenizer import QWEN_SPECIAL_TOKENS
+
+    vc = config.vision_config
+    image_processor = Qwen2VLImageProcessor(
+        min_pixels=spec["min_pixels"],
+        max_pixels=spec["max_pixels"],
+        patch_size=vc.patch_size,
+        temporal_patch_size=vc.temporal_patch_size,
+        merge_size=vc.spatial_merge_size,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],  # OpenAI CLIP statistics, as Qwen2.5-VL's processor
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    tokenizer = build_tokenizer(
+        spec["tokenizer"],
+        chat_template=None,
+        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+        added_tokens=QWEN_SPECIAL_TOKENS,
+    )
+    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in (
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+    wrong = {k: (v, getattr(config, k)) for k, v in ids.items() if v != getattr(config, k)}
+    if wrong:
+        raise ConfigError(f"the shape's special token ids disagree with the tokenizer (tokenizer, config): {wrong}.")
+    video_processor = Qwen2VLVideoProcessor(  # required by the processor class; videos are not pruned here
+        patch_size=vc.patch_size, temporal_patch_size=vc.temporal_patch_size, merge_size=vc.spatial_merge_size
+    )
+    return Qwen2_5_VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=CHAT_TEMPLATES[spec["chat_template"]],
+    )

@@ -1,0 +1,126 @@
+"""``hivtp_qwen2_5_vl``: lmms-eval's chat ``qwen2_5_vl`` with a token-reduction method attached.
+
+The class subclasses ``lmms_eval.models.chat.qwen2_5_vl.Qwen2_5_VL`` and changes one thing: the model its
+``generate_until`` calls is the :func:`hivtp.attach`-wrapped one. Loading, message building,
+``qwen_vl_utils.process_vision_info``, the processor call, the generation arguments and the decoding
+are lmms-eval's own code, so ``method=none`` answers exactly as ``--model qwen2_5_vl`` (tested).
+Tokens kept per sample are recorded as by ``hivtp_llava`` (:mod:`hivtp.lmms.accounting`, with
+``accounting_dir=``): each ``generate`` call's ``last_stats`` is matched to its documents by replaying
+the stock class's ordering (its ``Collator`` over the same requests). With ``device=cpu`` and no
+``device_map``, the model loads with ``device_map=cpu`` (the stock default ``auto`` moves inputs to CUDA).
+
+``--model_args``: the stock class's arguments (``pretrained``, ``device``, ``device_map``, ``batch_size``,
+``min_pixels``, ``max_pixels``, ``attn_implementation`` ...), ``method`` (default ``none``), and the
+method's / adapter's parameters (``budget``, ``keep``, ``keep_ratio``, ``layers=15`` or ``layers=7-15``,
+``positions=contiguous`` ...). ``pretrained`` may name an offline shape (``tiny-qwen2.5-vl``, built by
+``make models``). On CPU pass ``device=cpu,device_map=cpu``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from lmms_eval import utils
+from lmms_eval.api.instance import Instance
+from lmms_eval.models.chat.qwen2_5_vl import Qwen2_5_VL as Qwen2_5_VLChat
+
+from ..attach import attach
+from ..errors import ConfigError, HivtpError
+from ..pruned import PrunedModel
+from ..zoo import resolve_checkpoint
+from .accounting import AccountingWriter, default_directory
+from .args import PLUGIN_ARGS, _coerce
+
+__all__ = ["MODEL_NAME", "HivtpQwen2_5_VL", "manifest", "split_qwen_args"]
+
+MODEL_NAME = "hivtp_qwen2_5_vl"
+CHAT_CLASS_PATH = "hivtp.lmms.qwen2_5_vl.HivtpQwen2_5_VL"
+
+
+def manifest():
+    """The ``ModelManifest`` lmms-eval registers for ``--model hivtp_qwen2_5_vl`` (entry point)."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return ModelManifest(model_id=MODEL_NAME, chat_class_path=CHAT_CLASS_PATH)
+
+
+def split_qwen_args(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``kwargs`` -> (the stock class's loader kwargs, plugin kwargs, method + adapter params)."""
+    names = set(inspect.signature(Qwen2_5_VLChat.__init__).parameters) - {"self", "kwargs"}
+    loader, plugin, params = {}, {}, {}
+    for key, value in kwargs.items():
+        if key in names:
+            loader[key] = value
+        elif key in PLUGIN_ARGS:
+            plugin[key] = value
+        else:
+            params[key] = _coerce(key, value)
+    plugin.setdefault("method", "none")
+    return loader, plugin, params
+
+
+class _RecordingModel:
+    """The pruned model as the stock class sees it: ``generate`` also keeps each call's ``last_stats``."""
+
+    def __init__(self, pruned: PrunedModel) -> None:
+        self.pruned = pruned
+        self.calls: list[list[dict[str, Any]]] = []
+
+    def generate(self, **kwargs: Any):
+        out = self.pruned.generate(**kwargs)
+        self.calls.append([dict(s) for s in self.pruned.last_stats])
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.pruned, name)
+
+
+class HivtpQwen2_5_VL(Qwen2_5_VLChat):
+    is_simple = False
+    split_args = staticmethod(split_qwen_args)
+    #: as :attr:`hivtp.lmms.model.HivtpLlava.tower_cache` (Qwen's adapter does not share tower passes:
+    #: they depend on image_grid_thw too, so this stays unused)
+    tower_cache = None
+
+    def __init__(self, pretrained: str = "Qwen/Qwen2.5-VL-7B-Instruct", **kwargs: Any) -> None:
+        loader, plugin, params = split_qwen_args(kwargs)
+        if str(loader.get("device", "cuda")).startswith("cpu") and not loader.get("device_map"):
+            loader["device_map"] = "cpu"
+        super().__init__(pretrained=resolve_checkpoint(str(pretrained)), **loader)
+        self.configure(plugin, params)
+
+    def configure(self, plugin: dict[str, Any], params: dict[str, Any]) -> None:
+        """Attach ``plugin["method"]`` with ``params``, replacing the method attached before, and send the
+        accounting to ``plugin["accounting_dir"]`` (default: :func:`default_directory`); as
+        :meth:`hivtp.lmms.model.HivtpLlava.configure`, so one loaded instance serves many configurations."""
+        self.method_name = plugin.get("method") or "none"
+        self.__dict__.pop("recorder", None)  # attach to the HF model, not to the previous wrapper
+        try:
+            self.pruned = attach(super().model, method=self.method_name, **params)
+        except HivtpError as exc:
+            raise ConfigError(f"{MODEL_NAME} model_args: {exc}") from exc
+        self.pruned.tower_cache = self.tower_cache if self.pruned.adapter.shares_tower_passes else None
+        self.method_params = self.pruned.method.params()
+        self.recorder = _RecordingModel(self.pruned)
+        self.accounting = AccountingWriter(plugin.get("accounting_dir") or default_directory())
+
+    @property
+    def model(self):
+        """The wrapped model once attached (the stock ``generate_until`` calls ``self.model.generate``)."""
+        recorder = self.__dict__.get("recorder")
+        return recorder if recorder is not None else super().model
+
+    def generate_until(self, requests: list[Instance]):
+        self.recorder.calls = []
+        results = super().generate_until(requests)
+        # the stock class's chunk order: the same Collator over the same requests
+        collator = utils.Collator([r.args for r in requests], lambda x: (x[0], x[0]), group_fn=lambda x: x[2], grouping=True)
+        docs = [(args[4], args[3]) for chunk in collator.get_batched(n=self.batch_size, batch_fn=None) for args in chunk]
+        stats = [s for call in self.recorder.calls for s in call]
+        if len(stats) != len(docs):
+            raise ConfigError(f"{MODEL_NAME}: {len(stats)} accounting rows for {len(docs)} documents; report this.")
+        for (task, doc_id), row in zip(docs, stats):
+            self.accounting.add(task, doc_id, row)
+        self.accounting.flush(self.rank, self.world_size)
+        return results
