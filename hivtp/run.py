@@ -197,20 +197,35 @@ def check_method(cfg: dict[str, Any]) -> None:
     geometry or score layer fails (or, with skip_invalid, is marked INVALID) before any model loads.
     A hub id that no shipped shape copies has no config here: it is checked at LLaVA-1.5's geometry
     (every llava-hf LLaVA-1.5 / NeXT uses the same CLIP ViT-L/14-336), and again when it loads.
-    Qwen2.5-VL's grids vary per image and its regions / windows never fail (the uneven partition):
-    its method is built here and checked against the tower when it is attached."""
+    Qwen2.5-VL (grids vary per image; family defaults such as its score layer; CLS-free) is checked by
+    attaching the method to the model built on the meta device from its config: every check ``attach``
+    makes, with no weights."""
     from .adapters import ADAPTERS
     from .methods import build_method
     from .zoo import local_config, shape_config, vision_geometry
 
-    # parameters a model family's adapter takes (Qwen2.5-VL's keep / positions) are not the method's
+    config = local_config(cfg["model"]["pretrained"]) or shape_config("llava-1.5-7b")
+    if config.model_type == "qwen2_5_vl":
+        _attach_on_meta(config, cfg["method"]["name"], method_params(cfg))
+        return
+    # parameters a model family's adapter takes (LLaVA-NeXT's newline) are not the method's
     adapter_keys = {k for adapter in ADAPTERS for k in adapter.adapter_params}
     method = build_method(cfg["method"]["name"], **{k: v for k, v in method_params(cfg).items() if k not in adapter_keys})
-    config = local_config(cfg["model"]["pretrained"]) or shape_config("llava-1.5-7b")
-    if cfg["model"].get("family") == "qwen2_5_vl" or config.model_type == "qwen2_5_vl":
-        return
     grid, num_layers, feature_attention_layer = vision_geometry(config)
     method.check(grid, num_layers, feature_attention_layer)
+
+
+def _attach_on_meta(config: Any, method: str, params: dict[str, Any]) -> None:
+    """``hivtp.attach`` on the model of ``config`` built on the meta device (no memory, no weights):
+    raises the ConfigError attach would raise after loading."""
+    import torch
+
+    from .attach import attach
+    from .zoo import _model_class
+
+    with torch.device("meta"):
+        model = _model_class(config)(config)
+    attach(model, method=method, **params)
 
 
 def _say(text: str) -> None:

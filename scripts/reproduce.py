@@ -25,12 +25,13 @@ sys.path.insert(0, str(ROOT))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
+from hivtp.claims import STANDARD_BUDGETS  # noqa: E402
 from hivtp.run import CONFIG_DIR, execute, method_params, plain, run_hash  # noqa: E402
 
 # The offline plan. Default: >= 200 questions per benchmark and configuration, sized to finish
 # `make reproduce` within 15 minutes on 2 cores (set-up included); --full: 1000, every ablation point.
-BUDGETS = (64, 128, 192)
-LATENCY_BUDGETS = (64, 192)
+BUDGETS = STANDARD_BUDGETS["llava15"]  # toy-llava is LLaVA-1.5-shaped (576 tokens)
+LATENCY_BUDGETS = (BUDGETS[0], BUDGETS[-1])
 DEFAULT_LIMIT, FULL_LIMIT = 200, 1000
 # toy-llava's encoder has 12 layers and its feature layer is the output of layer 10 (0-based)
 LAYER_WINDOWS = ("0-1-2", "2-3-4", "4-5-6", "6-7-8", "8-9-10")
@@ -74,13 +75,23 @@ def offline_plan(model: str, methods: list[str], limit: int, ablation_limit: int
     return plan
 
 
+#: the paper profile's experiments and the family whose standard budgets each runs (hivtp.claims)
+PAPER_EXPERIMENTS = (("paper_llava15", "llava15"), ("paper_llava_next", "llava_next"), ("paper_qwen2_5_vl", "qwen2_5_vl"))
+PAPER_BASELINES = ("random", "pool", "fastervlm", "visionzip", "divprune", "hiprune", "fastv")
+
+
 def paper_plan() -> list[list[str]]:
+    """none, HIVTP at its own rule and every method at the family's standard budgets, per experiment.
+    Qwen2.5-VL's tower has no [CLS]: the methods that need one are refused there, so not planned."""
+    from hivtp.methods import METHODS
+
     plan = []
-    for exp, budgets in (("paper_llava15", (64, 128, 192)), ("paper_llava_next", (160, 320, 640))):
+    for exp, family in PAPER_EXPERIMENTS:
         plan.append([f"+experiment={exp}", "method=none"])
         plan.append([f"+experiment={exp}", "method=hivtp"])  # its own rule: regions 2, keep_ratio 0.25, window 2
-        for m in ("hivtp", "random", "pool", "fastervlm", "visionzip", "divprune", "hiprune", "fastv"):
-            plan += [[f"+experiment={exp}", f"method={m}", f"method.params.budget={b}"] for b in budgets]
+        methods = [m for m in ("hivtp", *PAPER_BASELINES) if not (family == "qwen2_5_vl" and METHODS[m].needs_cls)]
+        for m in methods:
+            plan += [[f"+experiment={exp}", f"method={m}", f"method.params.budget={b}"] for b in STANDARD_BUDGETS[family]]
     return plan
 
 
@@ -205,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in (("--limit", limit), ("--ablation-limit", ablation_limit)):
         if value < 2 or value % 2:
             parser.error(f"{name} must be an even number >= 2 (MME scores question pairs)")
-    runs_root = args.runs_root or ROOT / "artifacts" / "runs" / args.profile
+    # a full run keeps its own folders, so that collecting one never mixes in the other's question sets
+    runs_root = args.runs_root or ROOT / "artifacts" / "runs" / (args.profile + ("-full" if args.full else ""))
 
     if args.profile == "paper":
         plan = paper_plan()

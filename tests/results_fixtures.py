@@ -125,11 +125,14 @@ def pope_value(answers: list[str], truths: list[str], metric: str) -> float:
 
 
 def write_run(runs: Path, name: str, method: str, params: dict, samples: dict[str, list[dict]],
-              rows: list[dict] | None = None, seal: bool = True) -> Path:
+              rows: list[dict] | None = None, seal: bool = True, limit: int | None = None,
+              device: str = "cpu", date: str = "2026-01-01") -> Path:
     """A complete accuracy run folder as hivtp.run leaves it: config.json, accuracy.json with one row per
     (task, metric) whose value the samples give, lmms-eval's logged samples, and the DONE manifest."""
     folder = runs / name
-    write_json(folder / "config.json", {"identity": {"method": {"name": method, "params": params}}})
+    config = {"method": {"name": method, "params": params}, "benchmark": {"limit": limit},
+              "accuracy": {"device": device, "dtype": "auto"}}
+    write_json(folder / "config.json", {"identity": config, "config": config})
     if rows is None:
         rows = []
         for task, s in samples.items():
@@ -140,7 +143,7 @@ def write_run(runs: Path, name: str, method: str, params: dict, samples: dict[st
                 else:
                     value = sum(x[metric] for x in s) / len(s)
                 rows.append(acc_row(method, params, task, value, metric=metric, tokens=float(params.get("budget", 576)),
-                                    n=None, n_samples=len(s), run=name))
+                                    n=None, n_samples=len(s), run=name, date=date))
     write_json(folder / "accuracy.json", rows)
     for task, s in samples.items():
         write_text(folder / "lmms" / "lmms" / "toy-llava" / f"20260101_000000_samples_{task}.jsonl",

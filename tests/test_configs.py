@@ -157,8 +157,9 @@ def _reproduce():
 def test_reproduce_paper_dry_run_composes(tmp_path, capsys):
     assert _reproduce().main(["--profile", "paper", "--dry-run", "--runs-root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    # 2 x (none + hivtp at its own rule + 8 methods x 3 budgets)
-    assert "52 runs composed" in out and "llava-1.5-7b hivtp {'budget': 64}" in out
+    # 2 x (none + hivtp at its own rule + 8 methods x 3 budgets) + Qwen (none + rule + 6 CLS-free methods x 3)
+    assert "72 runs composed" in out and "llava-1.5-7b hivtp {'budget': 64}" in out
+    assert "qwen2.5-vl-7b divprune {'budget': 192}" in out and "qwen2.5-vl-7b fastervlm" not in out
     assert "llava-1.5-7b hivtp {} " in out
     assert "llava-v1.6-vicuna-7b hivtp {'budget': 640}" in out
     assert not any(tmp_path.iterdir())  # nothing ran

@@ -96,6 +96,53 @@ def test_collector_adds_n_intervals_and_paired_differences(tmp_path, capsys):
             == list(paired_ci(random_f1, hivtp_f1, resamples=500)))
 
 
+def test_runs_evaluated_otherwise_are_neither_mixed_nor_paired(tmp_path, capsys):
+    """A later run of a configuration at another question limit supersedes the earlier one in the table
+    (said on stderr), and a paired difference only ever pairs runs evaluated the same way (limit,
+    device, dtype): hivtp at limit 200 is compared with none at limit 200, not with the later none."""
+    runs = tmp_path / "runs"
+    hivtp = _flip(TRUTHS, 10)
+    write_run(runs, "none200", "none", {}, {POPE_TASK: pope_samples(TRUTHS, TRUTHS)}, limit=200)
+    write_run(runs, "hivtp200", "hivtp", {"budget": 64}, {POPE_TASK: pope_samples(hivtp, TRUTHS)}, limit=200)
+    write_run(runs, "none100", "none", {}, {POPE_TASK: pope_samples(_flip(TRUTHS[:100], 5), TRUTHS[:100])},
+              limit=100, date="2026-01-02")
+    write_run(runs, "hivtp_gpu", "hivtp", {"budget": 64}, {POPE_TASK: pope_samples(hivtp, TRUTHS)}, limit=200,
+              device="cuda", date="2026-01-03")
+    acc = collect(runs, tmp_path / "results", resamples=200)["accuracy"]
+    f1 = acc[acc["metric"] == "pope_f1_score"].set_index("method")
+    assert "superseded" in capsys.readouterr().err
+    assert f1.loc["none", "limit"] == 100 and f1.loc["none", "n"] == 100  # the latest run of none only
+    assert f1.loc["hivtp", "device"] == "cuda"  # the latest hivtp (another device) ...
+    # ... whose own none (cuda, limit 200) was never run: no difference rather than a mixed one
+    assert math.isnan(f1.loc["hivtp", "diff_vs_none"])
+    every = pd.DataFrame(_rows_before_superseding(runs))
+    assert len(every) == 4 * 2
+    cpu = every[(every["metric"] == "pope_f1_score") & (every["method"] == "hivtp") & (every["device"] == "cpu")].iloc[0]
+    assert cpu["diff_vs_none"] == pytest.approx(cpu["value"] - 1.0)  # paired with none at 200 (F1 1.0)
+
+
+def _rows_before_superseding(runs):
+    from hivtp.results.collect import add_statistics, read_runs
+
+    found = read_runs(runs)
+    add_statistics(found.rows["accuracy"], found.scores, resamples=200)
+    return found.rows["accuracy"]
+
+
+def test_keep_ratio_rows_are_paired_with_hivtp_at_the_same_keep(tmp_path):
+    """Qwen2.5-VL's budgets are also keep ratios: a random keep=0.25 row differs from hivtp keep=0.25."""
+    runs = tmp_path / "runs"
+    write_run(runs, "hivtp_keep", "hivtp", {"keep": 0.25}, {POPE_TASK: pope_samples(_flip(TRUTHS, 10), TRUTHS)})
+    write_run(runs, "random_keep", "random", {"keep": 0.25}, {POPE_TASK: pope_samples(_flip(TRUTHS, 4), TRUTHS)})
+    write_run(runs, "random_half", "random", {"keep": 0.5}, {POPE_TASK: pope_samples(_flip(TRUTHS, 4), TRUTHS)})
+    acc = collect(runs, tmp_path / "results", resamples=200)["accuracy"]
+    f1 = acc[acc["metric"] == "pope_f1_score"]
+    quarter = f1[f1["params"] == '{"keep": 0.25}'].set_index("method")
+    random, hivtp = quarter.loc["random"], quarter.loc["hivtp"]
+    assert random["diff_vs_hivtp"] == pytest.approx(random["value"] - hivtp["value"]) and random["diff_vs_hivtp_high"] < 0
+    assert math.isnan(f1[f1["params"] == '{"keep": 0.5}'].iloc[0]["diff_vs_hivtp"])  # no hivtp at keep 0.5
+
+
 def test_collector_names_broken_runs_and_never_drops_rows_silently(tmp_path, capsys):
     runs = tmp_path / "runs"
     _sweep(runs)

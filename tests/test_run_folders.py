@@ -178,3 +178,21 @@ def test_accuracy_runs_on_its_configured_device(tmp_path, env, monkeypatch):
     assert seen["device"] == "cuda:1"
     assert json.loads((folder / "config.json").read_text())["identity"]["accuracy"] == {"device": "cuda:1", "dtype": "auto"}
     assert folder.name == run_hash(plain(cfg_of(tmp_path, "accuracy.device=cuda:1")))
+
+
+def test_qwen_configs_are_checked_as_attach_checks_them_before_loading(tmp_path, env):
+    """Qwen2.5-VL: the family's default score layer (the middle full-attention block) is filled in as
+    attach fills it, a score layer past the tower's depth and a CLS-based method are refused from the
+    config alone (meta device, no weights), and marked INVALID under skip_invalid."""
+    from hivtp.errors import ConfigError
+    from hivtp.run import check_method
+
+    check_method(plain(cfg_of(tmp_path, "model=tiny-qwen2.5-vl", "method=hivtp")))  # default layer fits 4 blocks
+    check_method(plain(cfg_of(tmp_path, "model=qwen2.5-vl-7b", "method=hivtp", "method.params.layers=15")))
+    with pytest.raises(ConfigError, match="past the feature layer"):
+        check_method(plain(cfg_of(tmp_path, "model=qwen2.5-vl-7b", "method=hivtp", "method.params.layers=32")))
+    with pytest.raises(ConfigError, match=r"\[CLS\]"):
+        check_method(plain(cfg_of(tmp_path, "model=tiny-qwen2.5-vl", "method=fastervlm", "method.params.budget=64")))
+    folder = execute(cfg_of(tmp_path, "model=tiny-qwen2.5-vl", "method=visionzip", "method.params.budget=64",
+                            "skip_invalid=true"))
+    assert "[CLS]" in (folder / "INVALID").read_text() and n_calls(env) == 0

@@ -52,8 +52,11 @@ IDENTITY = ["model", "method", "params", "budget"]
 TAIL = ["profile", "weights", "commit", "date"]
 #: paired differences to a reference run on the same questions (reference name -> columns)
 DIFF_COLUMNS = [f"diff_vs_{ref}{end}" for ref in ("hivtp", "none") for end in ("", "_low", "_high")]
+#: what a run was evaluated on besides its identity columns (from its config.json): the question limit
+#: per task and the accuracy device and dtype; rows differing in these are different measurements
+SETUP = ["limit", "device", "dtype"]
 ACCURACY_COLUMNS = (IDENTITY + ["benchmark", "metric", "value", "n", "ci_low", "ci_high", "tokens_kept_mean",
-                                "tokens_kept_std"] + TAIL + DIFF_COLUMNS)
+                                "tokens_kept_std"] + SETUP + TAIL + DIFF_COLUMNS)
 LATENCY_COLUMNS = IDENTITY + TAIL + [
     "stage", "batch", "dtype", "backend", "device", "median_ms", "p10_ms", "p90_ms", "repeats",
     "peak_mem_mb", "flops", "tokens_kept", "tokens_per_s",
@@ -147,6 +150,15 @@ def _accuracy_units(folder: Path, rows: list[dict[str, Any]], found: Collected) 
     return out
 
 
+def _accuracy_setup(folder: Path) -> dict[str, Any]:
+    """The run's :data:`SETUP` from its resolved config (runs from before the ``accuracy`` config
+    section ran on the latency device in the checkpoint's dtype)."""
+    cfg = json.loads((folder / "config.json").read_text())["config"]
+    accuracy = cfg.get("accuracy") or {}
+    device = accuracy.get("device") or (cfg.get("latency") or {}).get("device", "cpu")
+    return {"limit": (cfg.get("benchmark") or {}).get("limit"), "device": device, "dtype": accuracy.get("dtype", "auto")}
+
+
 def read_runs(runs_root: Path) -> Collected:
     """One pass over every run folder: rows of complete runs, and every other folder with its reason."""
     found = Collected()
@@ -170,6 +182,9 @@ def read_runs(runs_root: Path) -> Collected:
         except StatsError as e:
             found.broken[folder] = [str(e)]
             continue
+        setup = _accuracy_setup(folder) if parts["accuracy"] else {}
+        for row in parts["accuracy"]:
+            row.update(setup)
         for kind, rows in parts.items():
             found.rows[kind].extend(rows)
         found.scores.extend(units)
@@ -178,12 +193,18 @@ def read_runs(runs_root: Path) -> Collected:
 
 # ----------------------------------------------------------------------------- statistics per row
 def _reference_key(row: dict[str, Any]) -> tuple:
-    return tuple(str(row.get(k)) for k in ("profile", "model", "weights", "benchmark", "metric"))
+    """Rows compared with a reference share it: the same model, benchmark and metric, evaluated the same
+    way (question limit, device, dtype), so that a difference is the method's alone."""
+    return tuple(str(row.get(k)) for k in ("profile", "model", "weights", "benchmark", "metric", *SETUP))
+
+
+#: the parameters that set how many tokens a method keeps: a token count, or (Qwen2.5-VL) a keep ratio
+BUDGET_KEYS = ("budget", "keep")
 
 
 def _is_default_hivtp(row: dict[str, Any]) -> bool:
-    """HIVTP with its default geometry: no parameter but (maybe) the budget."""
-    return row["method"] == "hivtp" and set(_params(row)) <= {"budget"}
+    """HIVTP with its default geometry: no parameter but (maybe) the budget or keep ratio."""
+    return row["method"] == "hivtp" and set(_params(row)) <= set(BUDGET_KEYS)
 
 
 def _params(row: dict[str, Any]) -> dict[str, Any]:
@@ -192,7 +213,11 @@ def _params(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _budget(row: dict[str, Any]) -> Any:
-    return _params(row).get("budget")
+    """The row's budget axis: ``budget``, or ``keep=r`` for a keep ratio; None at a method's default."""
+    p = _params(row)
+    if p.get("budget") is not None:
+        return p["budget"]
+    return None if p.get("keep") is None else f"keep={p['keep']}"
 
 
 def _references(rows: list[dict[str, Any]], scores: list[Scores | None]) -> dict[str, dict[tuple, int]]:
@@ -277,17 +302,23 @@ def tidy(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
 
 #: a latency measurement is one configuration on one device; a later run of it supersedes an earlier one
 LATENCY_KEY = IDENTITY + ["profile", "device", "dtype", "batch", "backend", "stage"]
+#: one accuracy table cell: a later run of it (another limit, device or dtype) supersedes an earlier one
+ACCURACY_KEY = IDENTITY + ["profile", "weights", "benchmark", "metric"]
 
 
-def latest_measurements(frame: pd.DataFrame) -> pd.DataFrame:
-    """Keep, per configuration (:data:`LATENCY_KEY`), the rows of its latest run (by ``date``; ISO
-    strings sort in time). Without this, a re-run (e.g. after adding a method to an interleaved latency
-    run) would leave two runs' numbers under one table row, their medians mixed; ratios are only like
-    for like in one run. ``frame`` is a :func:`tidy` latency frame (every column present)."""
+def latest_measurements(frame: pd.DataFrame, key: list[str] = LATENCY_KEY) -> pd.DataFrame:
+    """Keep, per configuration (``key``), the rows of its latest run (by ``date``; ISO strings sort in
+    time). Without this, a re-run (e.g. after adding a method to an interleaved latency run, or an
+    accuracy run at another question limit) would leave two runs' numbers under one table row, mixed.
+    ``frame`` is a :func:`tidy` frame (every column present). The rows dropped are said on stderr."""
     if frame.empty:
         return frame
     when = frame["date"].astype(str)
-    latest = when.groupby([frame[c].astype(str) for c in LATENCY_KEY], dropna=False).transform("max")
+    latest = when.groupby([frame[c].astype(str) for c in key], dropna=False).transform("max")
+    dropped = int((when != latest).sum())
+    if dropped:
+        say(f"{dropped} row(s) superseded by a later run of the same configuration (kept: the latest; "
+            "collect another runs root to keep them apart)")
     return frame[when == latest].reset_index(drop=True)
 
 
@@ -327,8 +358,7 @@ def collect(runs_root: Path, results_dir: Path, strict: bool = True, resamples: 
     out = {}
     for kind, columns in (("accuracy", ACCURACY_COLUMNS), ("latency", LATENCY_COLUMNS)):
         frame = tidy(found.rows[kind], columns)
-        if kind == "latency":
-            frame = latest_measurements(frame)
+        frame = latest_measurements(frame, LATENCY_KEY if kind == "latency" else ACCURACY_KEY)
         write_table_csv(frame, Path(results_dir) / f"{kind}.csv")
         out[kind] = frame
     return out

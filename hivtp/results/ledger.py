@@ -216,7 +216,8 @@ def _hallucination(acc: pd.DataFrame) -> str | None:
     arms: dict[str, list[str]] = {}
     for _, r in pope.iterrows():
         p = _params(r["params"])
-        name = {0.25: "global only", 0.125: "global + local"}.get(p.get("keep_ratio"))
+        # the arms of configs/sweep/stages.yaml (keep_ratio 0.001 keeps no global token)
+        name = {0.25: "global only", 0.125: "global + local", 0.001: "local only"}.get(p.get("keep_ratio"))
         if name and p.get("budget") == 144:
             lo, hi = _num(r.get("ci_low")), _num(r.get("ci_high"))
             ci = "" if math.isnan(lo) else f" [{lo:.3f}, {hi:.3f}]"
