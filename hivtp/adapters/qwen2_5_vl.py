@@ -196,7 +196,7 @@ class Qwen2_5_VLAdapter(ModelAdapter):
         """``position_ids`` [4, B, L'] for the pruned sequence (row 0: the text positions ``generate``
         would use for masking; rows 1-3: M-RoPE t, h, w) and ``model.model.rope_deltas``."""
         mask = merged.attention_mask
-        text = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)  # [B, L']
+        text = merged.position_ids  # [B, L'] generate's text positions (0 on left padding)
         if self.positions == "contiguous":
             rope = text[None].expand(3, -1, -1).clone()
         else:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import datetime as _dt
+import functools
 import json
 import os
 import re
@@ -317,26 +318,10 @@ def run_accuracy(
     return _rows(results, tasks, pretrained, method, params, accounting, weights or _weights(pretrained))
 
 
-def run_accuracy_subprocess(
-    pretrained: str,
-    method: str = "none",
-    params: dict[str, Any] | None = None,
-    tasks: Sequence[str] = ("hivtp_offline",),
-    limit: int | float | None = None,
-    batch_size: int = 1,
-    output_dir: Path | str = Path("runs/accuracy"),
-    device: str = "cpu",
-    include_path: Path | str | None = None,
-    data_dir: Path | str | None = None,
-    weights: str | None = None,
-    timeout: float | None = None,
-    progress: bool = False,
-    dtype: str = "auto",
-) -> list[dict[str, Any]]:
-    """:func:`run_accuracy` with one lmms-eval subprocess per run; as a config backend:
-    ``backend.accuracy=hivtp.lmms.runner:run_accuracy_subprocess``."""
-    return run_accuracy(pretrained, method, params, tasks, limit, batch_size, output_dir, device, include_path,
-                        data_dir, weights, timeout, progress, dtype, inprocess=False)
+#: :func:`run_accuracy` with one lmms-eval subprocess per run (the signature stays inspectable, so the
+#: runner passes it the same optional arguments); as a config backend:
+#: ``backend.accuracy=hivtp.lmms.runner:run_accuracy_subprocess``
+run_accuracy_subprocess = functools.partial(run_accuracy, inprocess=False)
 
 
 def _add_accounting(out: Path, results: dict[str, Any], accounting: Path) -> None:
