@@ -346,3 +346,17 @@ def test_token_picture(tiny_llava, tmp_path):
     model, processor = tiny_llava
     paths = token_picture(model, processor, [make_image(0), make_image(1)], tmp_path)
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 5000 for p in paths)
+
+
+def test_ledger_percent_of_unpruned_ignores_ablation_runs_at_the_same_budget():
+    """An ablation run of HIVTP at the same budget (other score layers) must neither relabel nor mix into
+    the default-geometry row whose % of unpruned the ledger reports."""
+    from hivtp.results.ledger import unpruned_comparisons
+
+    frame = pd.DataFrame([
+        acc_row("none", {}, POPE_TASK, 1.0),
+        acc_row("hivtp", {"budget": 128}, POPE_TASK, 0.8, tokens=128.0),
+        acc_row("hivtp", {"budget": 128, "layers": "2-3-4"}, POPE_TASK, 0.5, tokens=128.0),
+    ])
+    found = {c["config"]: c for c in unpruned_comparisons(frame)}
+    assert list(found) == ["budget 128"] and found["budget 128"]["percent"] == "80.0%"

@@ -39,7 +39,7 @@ def _default_hivtp(frame: pd.DataFrame) -> pd.DataFrame:
     """HIVTP rows with the default geometry (no parameter but the budget): the method as published."""
     if frame.empty:
         return frame
-    default = frame["params"].map(lambda p: set(_params(p)) <= {"budget"})
+    default = frame["params"].map(lambda p: set(_params(p)) <= {"budget", "keep"})  # keep: Qwen2.5-VL ratios
     return frame[(frame["method"] == "hivtp") & default]
 
 
@@ -139,7 +139,10 @@ def unpruned_comparisons(acc: pd.DataFrame) -> list[dict]:
     rows = _primary(_default_hivtp(acc)) if len(acc) else acc
     out = []
     for model, group in rows.groupby("model") if len(rows) else []:
-        table = accuracy_table(acc[acc["model"] == model])
+        # the unpruned rows and HIVTP's default-geometry rows only: one table row per budget, so that the
+        # ablation runs at the same budget (other layers / geometry) neither relabel nor mix into it
+        own = acc[acc["model"] == model]
+        table = accuracy_table(pd.concat([own[own["method"] == "none"], _default_hivtp(own)]))
         configs = group.apply(_configuration, axis=1)
         for config, g in sorted(group.groupby(configs), key=lambda kv: _config_rank(kv[0])):
             better, worse, apart = _split(g, "none")
