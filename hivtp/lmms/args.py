@@ -35,9 +35,10 @@ def _coerce(key: str, value: Any) -> Any:
     return value
 
 
-def split_model_args(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """``kwargs`` -> (loader kwargs for LlavaHf, plugin kwargs, method + adapter params)."""
-    loader_names = loader_arg_names()
+def split_args(kwargs: dict[str, Any], loader_names: set[str] | frozenset[str]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``kwargs`` -> (the stock class's loader kwargs (``loader_names``), plugin kwargs, method + adapter
+    params). Parameter values are coerced here (``none`` -> None, whole-number budgets); ``build_method``
+    validates every parameter."""
     loader, plugin, params = {}, {}, {}
     for key, value in kwargs.items():
         if key in loader_names:
@@ -47,6 +48,9 @@ def split_model_args(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
         else:
             params[key] = _coerce(key, value)
     plugin.setdefault("method", "none")
-    # lmms-eval passes budget=None implicitly nowhere; drop explicit None budgets only for methods
-    # that would reject them is not our call: build_method validates every parameter.
     return loader, plugin, params
+
+
+def split_model_args(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``kwargs`` -> (loader kwargs for LlavaHf, plugin kwargs, method + adapter params)."""
+    return split_args(kwargs, loader_arg_names())

@@ -30,7 +30,7 @@ from ..errors import ConfigError, HivtpError
 from ..pruned import PrunedModel
 from ..zoo import resolve_checkpoint
 from .accounting import AccountingWriter, default_directory
-from .args import PLUGIN_ARGS, _coerce
+from .args import split_args
 
 __all__ = ["MODEL_NAME", "HivtpQwen2_5_VL", "manifest", "split_qwen_args"]
 
@@ -47,17 +47,7 @@ def manifest():
 
 def split_qwen_args(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """``kwargs`` -> (the stock class's loader kwargs, plugin kwargs, method + adapter params)."""
-    names = set(inspect.signature(Qwen2_5_VLChat.__init__).parameters) - {"self", "kwargs"}
-    loader, plugin, params = {}, {}, {}
-    for key, value in kwargs.items():
-        if key in names:
-            loader[key] = value
-        elif key in PLUGIN_ARGS:
-            plugin[key] = value
-        else:
-            params[key] = _coerce(key, value)
-    plugin.setdefault("method", "none")
-    return loader, plugin, params
+    return split_args(kwargs, set(inspect.signature(Qwen2_5_VLChat.__init__).parameters) - {"self", "kwargs"})
 
 
 class _RecordingModel:
