@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 from datasets import Dataset, DatasetDict, Features, Image, Sequence, Value
@@ -143,18 +143,24 @@ def build_scienceqa_img(size: int, seed: int = 0) -> DatasetDict:
     return DatasetDict({"test": Dataset.from_list(rows, features=SQA_FEATURES)})
 
 
-def build_all(out_dir: str | Path, size: int, seed: int = 0, progress: Callable[[str], None] = print) -> dict[str, Path]:
-    """Build every mini-benchmark under ``out_dir`` (``save_to_disk`` folders); returns name -> path."""
+#: the mini-benchmarks by name, each a builder (size, seed) -> what it saves (GQA: questions and images)
+BENCHMARKS: dict[str, Callable[[int, int], Any]] = {
+    "pope": build_pope, "gqa": build_gqa, "mme": build_mme, "scienceqa_img": build_scienceqa_img,
+}
+
+
+def build_all(out_dir: str | Path, size: int, seed: int = 0, progress: Callable[[str], None] = print,
+              benchmarks: Iterable[str] = tuple(BENCHMARKS)) -> dict[str, Path]:
+    """Build the mini-benchmarks (every one, or those named) under ``out_dir`` (``save_to_disk``
+    folders); returns folder name -> path."""
     out = Path(out_dir)
     built: dict[str, DatasetDict] = {}
-    progress(f"building pope ({size} questions x 3 splits)")
-    built["pope"] = build_pope(size, seed)
-    progress(f"building gqa ({size} questions)")
-    built["gqa_instructions"], built["gqa_images"] = build_gqa(size, seed)
-    progress(f"building mme ({size} questions)")
-    built["mme"] = build_mme(size, seed)
-    progress(f"building scienceqa_img ({size} questions)")
-    built["scienceqa_img"] = build_scienceqa_img(size, seed)
+    for name in benchmarks:
+        progress(f"building {name} ({size} questions{' x 3 splits' if name == 'pope' else ''})")
+        if name == "gqa":
+            built["gqa_instructions"], built["gqa_images"] = build_gqa(size, seed)
+        else:
+            built[name] = BENCHMARKS[name](size, seed)
     paths = {}
     for name, ds in built.items():
         paths[name] = out / name

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.builders import build_gqa, build_pope
+from eval.builders import build_all, build_pope
 from hivtp.errors import ConfigError
 from hivtp.lmms.accounting import read_samples
 from hivtp.lmms.args import split_model_args
@@ -28,9 +28,7 @@ LIMIT = 3
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("data")
-    questions, images = build_gqa(6, seed=0)
-    questions.save_to_disk(str(out / "gqa_instructions"))
-    images.save_to_disk(str(out / "gqa_images"))
+    build_all(out, 6, benchmarks=("gqa",), progress=lambda _: None)
     return out
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.builders import build_gqa, build_mme
+from eval.builders import build_all
 from hivtp.lmms.accounting import AccountingWriter, read_samples
 from hivtp.lmms.runner import TASKS_DIR, render_tasks
 
@@ -26,10 +26,7 @@ def offline_tasks(tmp_path_factory):
     from lmms_eval.tasks import TaskManager, get_task_dict
 
     data = tmp_path_factory.mktemp("data")
-    questions, images = build_gqa(N_DOCS, seed=0)
-    questions.save_to_disk(str(data / "gqa_instructions"))
-    images.save_to_disk(str(data / "gqa_images"))
-    build_mme(N_DOCS, seed=0).save_to_disk(str(data / "mme"))
+    build_all(data, N_DOCS, benchmarks=("gqa", "mme"), progress=lambda _: None)
     include = render_tasks(TASKS_DIR, data / "tasks", data)
     mp = pytest.MonkeyPatch()
     mp.setenv("HIVTP_DATA_DIR", str(data))  # GQA's doc_to_visual reads the image dataset from here

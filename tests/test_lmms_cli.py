@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.builders import build_gqa
+from eval.builders import build_all
 from hivtp.lmms.accounting import DEFAULT_DIRNAME, default_directory, read_samples
 from hivtp.lmms.cli import FAILURE_PREFIX, describe, root_cause
 from hivtp.lmms.runner import REPO_ROOT, TASKS_DIR, render_tasks
@@ -27,9 +27,7 @@ TASK = "hivtp_gqa"
 def gqa(tmp_path_factory):
     """(data dir, include path) of a 4-question offline GQA."""
     data = tmp_path_factory.mktemp("data")
-    questions, images = build_gqa(4, seed=0)
-    questions.save_to_disk(str(data / "gqa_instructions"))
-    images.save_to_disk(str(data / "gqa_images"))
+    build_all(data, 4, benchmarks=("gqa",), progress=lambda _: None)
     return data, render_tasks(TASKS_DIR, data / "tasks", data)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from eval.builders import build_gqa, build_mme
+from eval.builders import build_all
 from hivtp.lmms import inprocess
 from hivtp.lmms.accounting import read_samples
 from hivtp.lmms.runner import run_accuracy
@@ -21,10 +21,7 @@ LIMIT = 4
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
-    questions, images = build_gqa(LIMIT, seed=0)
-    questions.save_to_disk(str(data / "gqa_instructions"))
-    images.save_to_disk(str(data / "gqa_images"))
-    build_mme(LIMIT, seed=0).save_to_disk(str(data / "mme"))
+    build_all(data, LIMIT, benchmarks=("gqa", "mme"), progress=lambda _: None)
     return data
 
 
