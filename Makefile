@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-stamp
 PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
 PYTEST_ARGS ?=
 
-.PHONY: help setup models data toy-model latency-cpu test test-fast reproduce reproduce-paper figures sweep bench-gpu clean
+.PHONY: help setup models data toy-model calibrate latency-cpu test test-fast reproduce reproduce-paper figures sweep bench-gpu clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ data: setup  ## build the offline mini-benchmarks under artifacts/data (POPE, GQ
 
 toy-model: setup  ## train the small LLaVA on the procedural world (2 CPU cores, about 57 min)
 	$(PY) scripts/train_toy.py
+
+calibrate: setup  ## the offline testbed's calibration targets on the shipped toy (300 held-out questions per family, CIs) -> results/toy_calibration.json
+	$(PY) -m hivtp.toy.calibrate --per-family 300 --out results/toy_calibration.json
 
 latency-cpu: setup  ## CPU latency of every method on tiny-llava (random weights), interleaved -> results/latency/cpu-tiny
 	$(PY) -m hivtp.latency --model tiny-llava --random-weights --threads 1 --repeats 10 --warmup 2 --new-tokens 16 \

@@ -83,6 +83,16 @@ def patch_grid(num_patches: int) -> tuple[int, int]:
     return side, side
 
 
+def _received_memo(tower: TowerOutput, layer: int) -> torch.Tensor:
+    """``received_attention`` of one captured layer, computed once per tower pass (``TowerOutput.memo``):
+    methods and budgets that share a cached pass share its scores, which cost about as much as the
+    tower itself on the offline models."""
+    key = ("received_attention", layer)
+    if key not in tower.memo:
+        tower.memo[key] = received_attention(*tower.qk[layer], tower.num_heads)
+    return tower.memo[key]
+
+
 def scores_from_tower(tower: TowerOutput, layers: Sequence[int]) -> torch.Tensor:
     """Mean received attention per patch, [C, H, W] float32, from a tower pass that captured the
     score layers (q/k for the fast path, probabilities for the eager path)."""
@@ -102,7 +112,7 @@ def scores_from_tower(tower: TowerOutput, layers: Sequence[int]) -> torch.Tensor
         stacked = torch.stack([tower.attentions[i].float() for i in layers])  # [L, C, heads, T, T]
         col = stacked.mean(dim=(0, 2)).mean(dim=1)  # [C, T]
     else:
-        sums = [received_attention(*tower.qk[i], tower.num_heads) for i in layers]
+        sums = [_received_memo(tower, i) for i in layers]
         t = sums[0].shape[-1]
         col = torch.stack(sums).sum(0) / (len(layers) * tower.num_heads * t)
     patches = col[:, 1:]  # drop the CLS column: patch j is token 1 + j

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .adapters.base import CropLayout, ImageFeatures, ModelAdapter
-from .errors import InputMismatchError
+from .errors import ConfigError, InputMismatchError
 from .inputs import MergedInputs, merge_image_tokens, split_images_by_sample
 from .methods.base import CropBatch, CropSelection, PruningMethod
 
@@ -54,6 +54,22 @@ def _check_pixel_values(pixel_values: torch.Tensor) -> None:
         )
 
 
+def has_crop_images(adapter: ModelAdapter) -> bool:
+    """Whether the adapter's layouts hold crop images, ``CropLayout.pixel_values`` [C, 3, S, S]: the
+    LLaVA families cut every image into square crops of one grid (``adapter.grid`` set); a family whose
+    grid varies per image (Qwen2.5-VL, ``adapter.grid`` None) packs patch rows instead."""
+    return adapter.grid is not None
+
+
+def check_crop_pixels(method: PruningMethod, adapter: ModelAdapter) -> None:
+    """Refuse, before any model work, a method that reads crop pixels on a family that has none."""
+    if method.needs_crop_pixels and not has_crop_images(adapter):
+        raise ConfigError(
+            f"method {method.name!r} reads the crops' pixels, but {type(adapter.model).__name__} packs its images "
+            "into patch rows, not crop images. Use it with a LLaVA-1.5 or LLaVA-NeXT model (e.g. toy-llava)."
+        )
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -75,6 +91,7 @@ class PrunedModel:
     """
 
     def __init__(self, model: nn.Module, method: PruningMethod, adapter: ModelAdapter) -> None:
+        check_crop_pixels(method, adapter)
         self.model = model
         self.method = method
         self.adapter = adapter
@@ -128,6 +145,7 @@ class PrunedModel:
         budget = getattr(self.method, "budget", None) if self.method.stage == "projector" else None
         budgets = self.adapter.crop_budgets(layout, budget)
         valid = self.adapter.crop_valid_masks(layout)
+        pixels = layout.pixel_values if has_crop_images(self.adapter) else None  # [C, 3, S, S]
         groups: dict[tuple[int, int], list[int]] = {}
         for c, grid in enumerate(self.adapter.crop_grids(layout)):
             groups.setdefault(grid, []).append(c)
@@ -143,6 +161,7 @@ class PrunedModel:
                 feature_attention_layer=self.adapter.feature_attention_layer,
                 valid=None if valid is None else valid[crops],
                 uneven_partition=self.adapter.uneven_partition,
+                pixels=None if pixels is None else pixels if whole else pixels[crops],
             )
 
         if len(groups) == 1:  # every crop of one shape (always for LLaVA): one call

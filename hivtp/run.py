@@ -201,9 +201,13 @@ def check_method(cfg: dict[str, Any]) -> None:
     attaching the method to the model built on the meta device from its config: every check ``attach``
     makes, with no weights."""
     from .adapters import ADAPTERS
-    from .methods import build_method
+    from .methods import build_method, is_offline_only
     from .zoo import local_config, shape_config, vision_geometry
 
+    name = cfg["method"]["name"]
+    if cfg.get("profile") == "paper" and is_offline_only(name):
+        raise ConfigError(f"method {name!r} is an offline-only reference (it reads the procedural world's objects "
+                          "from the pixels); it has no meaning on real images. Run it with +experiment=offline.")
     config = local_config(cfg["model"]["pretrained"]) or shape_config("llava-1.5-7b")
     if config.model_type == "qwen2_5_vl":
         _attach_on_meta(config, cfg["method"]["name"], method_params(cfg))

@@ -57,6 +57,10 @@ class TowerOutput:
     received: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # layer -> per crop [P_c] float32
     grids: list[tuple[int, int]] = field(default_factory=list)  # per crop (H, W) of ``received`` (when set)
     extra: dict = field(default_factory=dict)  # family-specific (e.g. Qwen's packed hidden states)
+    #: values derived from this pass, memoised with it (``importance`` keys the per-layer received
+    #: attention here): a pass that ``TowerCache`` shares between configurations is scored once. A
+    #: ``subset`` starts empty (other crops, other values).
+    memo: dict = field(default_factory=dict)
 
     def subset(self, crops: list[int]) -> "TowerOutput":
         """The same output restricted to some crops (the engine hands a method one grid shape at a time)."""
@@ -294,6 +298,7 @@ def _subset(out: TowerOutput, hidden: Sequence[int], request: Any) -> TowerOutpu
         attentions={i: out.attentions[i] for i in request.attention_layers},
         num_heads=out.num_heads,
         head_dim=out.head_dim,
+        memo=out.memo,  # the entry's: what one configuration derived from this pass, the next reuses
     )
 
 

@@ -32,8 +32,9 @@ fi
 DEVICE=$("$PY" -c "import re, torch; print(re.sub(r'[^A-Za-z0-9]+', '-', torch.cuda.get_device_name(0)).strip('-'))")
 ROOT="${OUT:-.}/results/latency/gpu-$DEVICE-$(date -u +%Y%m%d)"
 mkdir -p "$ROOT"
-# Every method registered right now, besides none and hivtp, is a baseline timed at each budget.
-BASELINES=$("$PY" -c "import hivtp; print(' '.join(m for m in hivtp.available_methods() if m not in ('none', 'hivtp')))")
+# Every method registered right now, besides none and hivtp, is a baseline timed at each budget;
+# offline-only references (oracle, the offline upper bound) are not methods to deploy, so never timed.
+BASELINES=$("$PY" -c "from hivtp.methods import METHODS; print(' '.join(m for m in sorted(METHODS) if m not in ('none', 'hivtp') and not METHODS[m].offline_only))")
 {
     echo "device: $("$PY" -c "import torch; print(torch.cuda.get_device_name(0))")"
     "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda); print('transformers', transformers.__version__)"
@@ -52,7 +53,7 @@ budgets_for() {
 # Qwen2.5-VL's tower has no [CLS]: the methods that need one are refused there, so they are not timed.
 baselines_for() {
     case "$1" in
-        qwen*) "$PY" -c "from hivtp.methods import METHODS; print(' '.join(m for m in sorted(METHODS) if m not in ('none', 'hivtp') and not METHODS[m].needs_cls))" ;;
+        qwen*) "$PY" -c "from hivtp.methods import METHODS; print(' '.join(m for m in sorted(METHODS) if m not in ('none', 'hivtp') and not METHODS[m].offline_only and not METHODS[m].needs_cls))" ;;
         *) echo "$BASELINES" ;;
     esac
 }

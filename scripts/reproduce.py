@@ -57,7 +57,11 @@ def offline_plan(model: str, methods: list[str], limit: int, ablation_limit: int
     its own rule (no budget: regions 2, keep_ratio 0.25, window 2) -- then score-layer and geometry
     ablations of HIVTP on POPE-adversarial (a few points by default, all with ``full``), and one
     latency run that times every method interleaved in one process, so that its ratios are like for
-    like. The full ablations are also sweeps (`make sweep SWEEP=layers_offline`, `geometry`, `stages`)."""
+    like. Offline-only methods (``oracle``, the upper bound) run at every budget but are not timed:
+    they are references, not methods anyone would deploy. The full ablations are also sweeps
+    (`make sweep SWEEP=layers_offline`, `geometry`, `stages`)."""
+    from hivtp.methods import is_offline_only
+
     base = ["+experiment=offline", f"model={model}", "mode=accuracy", "benchmark.batch_size=16"]
     main = base + [f"benchmark.limit={limit}"]
     plan = [main + ["method=none"], main + ["method=hivtp"]]
@@ -69,7 +73,7 @@ def offline_plan(model: str, methods: list[str], limit: int, ablation_limit: int
     plan += [pope + ["method.params.keep_ratio=0.25", f"method.params.regions={r}", f"method.params.window={w}"]
              for r, w in geometries]
     timed = ["none", "hivtp"] + [",".join([f"{m}:budget={b}", *_extra(m)])
-                                 for m in ["hivtp", *methods] for b in LATENCY_BUDGETS]
+                                 for m in ["hivtp", *methods] if not is_offline_only(m) for b in LATENCY_BUDGETS]
     plan.append(["+experiment=offline", f"model={model}", "mode=latency", "method=none",
                  "latency.methods=[" + ",".join(f"'{t}'" for t in timed) + "]"])
     return plan
@@ -82,7 +86,8 @@ PAPER_BASELINES = ("random", "pool", "fastervlm", "visionzip", "divprune", "hipr
 
 def paper_plan() -> list[list[str]]:
     """none, HIVTP at its own rule and every method at the family's standard budgets, per experiment.
-    Qwen2.5-VL's tower has no [CLS]: the methods that need one are refused there, so not planned."""
+    Qwen2.5-VL's tower has no [CLS]: the methods that need one are refused there, so not planned.
+    Offline-only methods (``oracle``) are not in PAPER_BASELINES: they never enter the paper profile."""
     from hivtp.methods import METHODS
 
     plan = []
@@ -121,7 +126,8 @@ OFFLINE_SKIP = {
 
 
 def available_baselines() -> list[str]:
-    """Every registered method other than the reference (`none`) and HIVTP itself."""
+    """Every registered method other than the reference (`none`) and HIVTP itself; offline-only ones
+    (``oracle``, the upper bound) included, since this is the offline plan's list."""
     from hivtp.methods import available_methods
 
     methods = [m for m in available_methods() if m not in ("none", "hivtp")]

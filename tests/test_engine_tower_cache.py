@@ -89,3 +89,24 @@ def test_the_cache_holds_at_most_its_byte_budget(tiny_llava):
     for seeds in ([1], [2], [1]):
         pruned.generate(**llava_inputs(processor, seeds=seeds), max_new_tokens=1, do_sample=False)
     assert (cache.misses, cache.hits) == (3, 0)
+
+
+def test_a_shared_pass_is_scored_once_per_layer(tiny_llava, monkeypatch):
+    """HIVTP's received attention is memoised with the cached pass: the rule and two budgets score
+    layers 6-8 once per batch, not once per configuration; the selections equal unshared ones."""
+    import importlib
+
+    importance = importlib.import_module("hivtp.importance")  # the module (hivtp.importance names a function)
+    model, processor = tiny_llava
+    inputs = llava_inputs(processor, seeds=[1, 2], texts=PROMPTS[:2])
+    computed = []
+    real = importance.received_attention
+    monkeypatch.setattr(importance, "received_attention", lambda q, k, h, *a: computed.append(1) or real(q, k, h, *a))
+    cache = TowerCache()
+    for params in ({}, {"budget": 64}, {"budget": 128}):
+        plain, shared = hivtp.attach(model, "hivtp", **params), hivtp.attach(model, "hivtp", **params)
+        shared.tower_cache = cache
+        want = plain.generate(**inputs, max_new_tokens=2, do_sample=False)
+        assert torch.equal(shared.generate(**inputs, max_new_tokens=2, do_sample=False), want)
+    # three unshared configurations score 3 layers each; the shared ones 3 layers once in all
+    assert len(computed) == 3 * 3 + 3

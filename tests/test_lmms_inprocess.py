@@ -126,3 +126,21 @@ def test_killed_inprocess_sweep_resumes_without_redoing_finished_runs(data_dir, 
     rows = json.loads((folders[2] / "accuracy.json").read_text())
     assert rows and all(r["budget"] == 192 for r in rows)
     assert [s["tokens_kept"] for s in read_samples(folders[2] / "lmms" / "accounting", "hivtp_gqa")] == [192, 192]
+
+
+def test_a_second_configuration_reads_and_processes_no_document_again(data_dir, tmp_path, monkeypatch, fresh_caches):
+    """Configurations of one model answer the same batches of the same task objects: the processor
+    outputs of the first are reused (image decoding and processing happen once per batch), and the
+    answers are those of a fresh process (the slow test above compares whole sample files)."""
+    from hivtp.lmms.model import HivtpLlava
+
+    prompts = []
+    real = HivtpLlava._prompts
+    monkeypatch.setattr(HivtpLlava, "_prompts", lambda self, *a: prompts.append(a[1:3]) or real(self, *a))
+    first = _run("toy-llava", "random", {"budget": 64}, tmp_path / "a", data_dir, True)
+    batches = len(prompts)
+    assert batches == len(TASKS) * LIMIT // 2  # batch size 2
+    second = _run("toy-llava", "hivtp", {"budget": 64}, tmp_path / "b", data_dir, True)
+    assert len(prompts) == batches  # nothing read again
+    assert inprocess._model[1].input_cache.hits == batches
+    assert first["samples"] != second["samples"]  # the cached inputs served another method's answers

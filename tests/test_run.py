@@ -101,6 +101,12 @@ def test_bad_config_errors_clearly(tmp_path, fake_log):
     assert calls(fake_log) == []
 
 
+def test_the_offline_only_oracle_is_refused_in_the_paper_profile(tmp_path, fake_log):
+    with pytest.raises(ConfigError, match="offline-only reference.*experiment=offline"):
+        execute(cfg_of([f"runs_root={tmp_path}", "profile=paper", "method=oracle", *FAKE]))
+    assert calls(fake_log) == []
+
+
 def test_invalid_geometry_is_marked_when_skip_invalid(tmp_path, fake_log):
     folder = execute(cfg_of([f"runs_root={tmp_path}", "method.params.regions=4", "method.params.window=4",
                              "skip_invalid=true", *FAKE]))

@@ -12,7 +12,8 @@ import torch
 import hivtp
 from hivtp.toy.data import chat_prompt, encode_items, patch_labels, sample_items
 from hivtp.toy.evaluate import evaluate, family_accuracy, held_out_items
-from hivtp.toy.train import TrainConfig, build, loss_of, loss_of_full, train
+from hivtp.toy.forward import build, loss_of, loss_of_full
+from hivtp.toy.train import TrainConfig, train
 from hivtp.world import FAMILIES, KINDS
 from hivtp.zoo import load_pretrained, trained_dir
 
@@ -66,24 +67,132 @@ def test_auxiliary_patch_labels_match_the_pixels_the_encoder_sees(untrained):
 
 
 def test_interrupted_training_resumes_to_the_same_losses(tmp_path):
-    cfg = TrainConfig(steps=3, images_per_step=1, questions_per_image=2, log_every=100, ckpt_every=1, eval_every=0,
-                      encoder_steps=1, warmup=2)  # step 0: the encoder stage; steps 1-2: the language model too
+    cfg = TrainConfig(steps=4, images_per_step=1, questions_per_image=2, log_every=100, ckpt_every=1, eval_every=0,
+                      encoder_steps=1, warmup=2, drop_from=2, full_share=0.0)
+    # step 0: the encoder stage; step 1: the language model on 576 tokens; steps 2-3: pruned sequences
     straight = train(cfg, tmp_path / "a", progress=False)
-    train(TrainConfig(**{**cfg.__dict__, "steps": 2}), tmp_path / "b", progress=False)  # "killed" after 2
+    train(cfg, tmp_path / "b", progress=False, stop_at=2)  # "killed" after 2 steps
     resumed = train(cfg, tmp_path / "b", progress=False)
-    assert [r["step"] for r in resumed] == [0, 1, 2]
-    assert ["answer_loss" in r for r in resumed] == [False, True, True]
+    assert [r["step"] for r in resumed] == [0, 1, 2, 3]
+    assert ["answer" in r for r in resumed] == [False, True, True, True]
+    assert [r["image_tokens"] for r in resumed][:2] == [None, 576] and all(r["image_tokens"] < 576 for r in resumed[2:])
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in straight], abs=1e-5)
 
 
-def test_resuming_a_state_from_an_older_recipe_says_so(tmp_path):
-    cfg = TrainConfig(steps=1, images_per_step=1, questions_per_image=1, log_every=100, ckpt_every=1, eval_every=0, encoder_steps=1)
-    train(cfg, tmp_path, progress=False)
+def test_resuming_a_state_written_by_a_different_config_says_so(tmp_path):
+    cfg = TrainConfig(steps=2, images_per_step=1, questions_per_image=1, log_every=100, ckpt_every=1, eval_every=0, encoder_steps=2)
+    train(cfg, tmp_path, progress=False, stop_at=1)
+    with pytest.raises(ValueError, match=r"different training config \(lr: 0\.001 -> 0\.002\).*another --work-dir"):
+        train(TrainConfig(**{**cfg.__dict__, "lr": 2e-3}), tmp_path, progress=False)
     state = torch.load(tmp_path / "last.pt", weights_only=True)
-    state["aux_heads"] = {k: v for k, v in state["aux_heads"].items() if not k.startswith("placement.")}
+    del state["recipe"]
     torch.save(state, tmp_path / "last.pt")
-    with pytest.raises(ValueError, match=r"older recipe .*placement\.bias.*another --work-dir"):
-        train(TrainConfig(**{**cfg.__dict__, "steps": 2}), tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"no recorded config"):
+        train(cfg, tmp_path, progress=False)
+
+
+def test_bookkeeping_fields_do_not_block_a_resume(tmp_path):
+    cfg = TrainConfig(steps=2, images_per_step=1, questions_per_image=1, log_every=100, ckpt_every=1, eval_every=0, encoder_steps=2)
+    train(cfg, tmp_path, progress=False, stop_at=1)
+    rows = train(TrainConfig(**{**cfg.__dict__, "log_every": 5, "threads": 1}), tmp_path, progress=False)
+    assert [r["step"] for r in rows] == [0, 1]
+
+
+# --- pruned image sequences, objectives --------------------------------------------------------
+def _fixed_method(keep: torch.Tensor):
+    """A before-projector method that keeps exactly ``keep`` [C, K] (raster indices) of each crop."""
+    from hivtp.methods.base import CropSelection, PruningMethod
+
+    class Fixed(PruningMethod):
+        name = "fixed-for-test"
+
+        def select(self, crops):
+            mask = torch.zeros(crops.features.shape[:2], dtype=torch.bool)
+            mask.scatter_(1, keep, True)
+            return CropSelection.from_masks(crops.features, mask, [{"tokens_kept": keep.shape[1]}] * crops.num_crops)
+
+    return Fixed()
+
+
+def test_a_pruned_training_sequence_is_the_one_the_pruning_engine_feeds(untrained):
+    """The answer loss the trainer computes on a pruned sequence (``Batch.keep``) equals the one from
+    the logits of ``hivtp.attach`` keeping the same tokens of the unpruned prompt: the same kept
+    features, in raster order, at the same positions."""
+    from hivtp.toy.train import keep_at
+
+    model, processor = untrained
+    cfg = TrainConfig(drop_from=0, full_share=0.0)
+    images, items, scenes = sample_items(9, 4, num_images=1, questions_per_image=2, with_scenes=True)
+    labels = torch.stack([patch_labels(s) for s in scenes])
+    keep = keep_at(cfg, 5, labels)  # [1, K]
+    assert keep is not None and keep.shape[1] < 576
+    pruned = hivtp.attach(model, method=_fixed_method(keep))
+    for item in items:
+        batch = encode_items(processor, images, [item], keep.shape[1])
+        batch.patch_labels, batch.keep = labels, keep
+        full = encode_items(processor, images, [item], 576)
+        with torch.no_grad():
+            trained = loss_of_full(model, batch)
+            logits = pruned(input_ids=full.input_ids, attention_mask=full.attention_mask, pixel_values=full.pixel_values).logits
+            k = full.labels.shape[1] - full.prefix_len  # the text after the image (right-aligned logits cover it)
+            targets = full.labels[0, -k:][1:]  # position t predicts token t + 1
+            engine = torch.nn.functional.cross_entropy(logits[0, -k:][:-1][targets != -100].float(), targets[targets != -100])
+        torch.testing.assert_close(trained, engine, rtol=1e-5, atol=1e-6)
+        assert pruned.last_stats[0]["tokens_kept"] == keep.shape[1]
+
+
+def test_shared_prefix_loss_equals_the_full_sequence_loss_on_a_pruned_sequence(untrained):
+    from hivtp.toy.train import keep_at
+
+    model, processor = untrained
+    images, items, scenes = sample_items(5, 3, num_images=2, questions_per_image=3, with_scenes=True)
+    labels = torch.stack([patch_labels(s) for s in scenes])
+    keep = keep_at(TrainConfig(drop_from=0, full_share=0.0), 11, labels)
+    batch = encode_items(processor, images, items, keep.shape[1])
+    batch.patch_labels, batch.keep = labels, keep
+    torch.testing.assert_close(loss_of(model, batch), loss_of_full(model, batch), rtol=1e-5, atol=1e-6)
+
+
+def test_drop_schedule_is_deterministic_sorted_and_varied():
+    from hivtp.toy.train import drop_pattern, keep_at
+
+    cfg = TrainConfig(drop_from=10, full_share=0.25, min_keep=32)
+    _, _, scenes = sample_items(0, 3, num_images=6, questions_per_image=1, with_scenes=True)
+    labels = torch.stack([patch_labels(s) for s in scenes])  # [6, 576]
+    assert keep_at(cfg, 9, labels) is None  # before drop_from
+    draws = [keep_at(cfg, step, labels) for step in range(10, 410)]
+    full = sum(d is None for d in draws) / len(draws)
+    assert 0.18 < full < 0.32  # ~ full_share
+    sizes = set()
+    for d in draws:
+        if d is not None:
+            assert d.shape[0] == 6 and 32 <= d.shape[1] < 576
+            assert all(torch.equal(row, row.unique()) for row in d)  # sorted, no repeats
+            sizes.add(d.shape[1])
+    assert len(sizes) > 100  # K varies from step to step
+    assert torch.equal(keep_at(cfg, 123, labels), keep_at(cfg, 123, labels))  # (seed, step) only
+    # the patterns: uniform, spatially clustered, object-weighted -- none is the only one drawn
+    import numpy as np
+
+    on_object = (labels[0] > 0).numpy()
+    rng = np.random.default_rng(0)
+    object_share = [on_object[drop_pattern(rng, labels[0].numpy(), 100, 24)].mean() for _ in range(300)]
+    base = on_object.mean()
+    assert min(object_share) < base + 0.05 and max(object_share) > min(0.9, 3 * base)
+
+
+def test_each_objective_is_weighted_once_and_a_zero_weight_switches_it_off(tmp_path):
+    from hivtp.toy.objectives import objectives
+
+    cfg = TrainConfig(steps=2, images_per_step=1, questions_per_image=2, eval_every=0, encoder_steps=1, warmup=2,
+                      kind_weight=0.0, where_weight=3.0)
+    rows = train(cfg, tmp_path, progress=False)
+    terms = objectives(cfg)
+    assert "kind" not in {t.name for t in terms} and all("kind" not in r for r in rows)
+    for row in rows:
+        total = sum(t.weight * row[t.name] for t in terms if t.name in row)
+        assert row["loss"] == pytest.approx(total, abs=1e-4)
+    assert {t.name for t in terms} - set(rows[1]) == set()  # the language step logs every active term
 
 
 # --- the shipped weights ---------------------------------------------------------------------
@@ -176,7 +285,7 @@ def test_auxiliary_kind_loss_pools_each_objects_tokens():
     """The pooled kind term equals a per-object loop: mean of the tokens under the object -> kind."""
     import torch.nn.functional as F
 
-    from hivtp.toy.train import AuxHeads
+    from hivtp.toy.objectives import AuxHeads
 
     torch.manual_seed(0)
     heads = AuxHeads(8, grid=4)
@@ -194,7 +303,6 @@ def test_auxiliary_kind_loss_pools_each_objects_tokens():
     expected = F.cross_entropy(torch.stack(logits), torch.tensor(targets))
     terms = heads.losses(tokens, labels)
     torch.testing.assert_close(terms["kind"], expected)
-    torch.testing.assert_close(heads(tokens, labels), terms["colour"] + terms["position"] + terms["kind"])
 
 
 def test_curriculum_sets_the_objects_per_scene():
@@ -208,7 +316,7 @@ def test_curriculum_sets_the_objects_per_scene():
 
 def test_grounding_loss_compares_object_tokens_with_their_words(untrained):
     """Brute force: mean over object patches of 1 - cos(projector(token), emb(colour) + emb(shape))."""
-    from hivtp.toy.train import grounding_loss, kind_word_ids
+    from hivtp.toy.objectives import grounding_loss, kind_word_ids
     from hivtp.world import KINDS
 
     model, processor = untrained
@@ -293,7 +401,7 @@ def test_side_word_is_the_questions_only_left_or_right(prompt, side):
 def test_placement_loss_reads_each_object_patch_place_from_its_projected_token(untrained):
     """Brute force: mean over object patches and both coordinates of (read-out(projector(token)) -
     (column, row) / 23)^2, background patches left out."""
-    from hivtp.toy.train import aux_heads
+    from hivtp.toy.objectives import aux_heads
 
     model, _ = untrained
     heads = aux_heads(model, 0)
@@ -336,7 +444,7 @@ def test_recomputed_attention_rows_equal_the_models_eager_attention():
     """The supervised-attention rows (recomputed from a forward hook through the shared-prefix
     cache) equal the attention probabilities of a plain eager full-sequence forward, and the
     recorded layer outputs its hidden states."""
-    from hivtp.toy.train import _image_features
+    from hivtp.toy.forward import image_features
 
     model, processor = build(seed=1)
     images, items = sample_items(5, 2, num_images=2, questions_per_image=3)
@@ -347,7 +455,7 @@ def test_recomputed_attention_rows_equal_the_models_eager_attention():
         model.set_attn_implementation("eager")
         embeds = model.get_input_embeddings()(batch.input_ids)
         mask = (batch.input_ids == model.config.image_token_id).unsqueeze(-1)
-        embeds = embeds.masked_scatter(mask, _image_features(model, batch.pixel_values)[batch.image_index])
+        embeds = embeds.masked_scatter(mask, image_features(model, batch.pixel_values)[batch.image_index])
         full = model.model.language_model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
                                           output_attentions=True, output_hidden_states=True)
         ref = full.attentions
@@ -363,7 +471,7 @@ def test_recomputed_attention_rows_equal_the_models_eager_attention():
 def test_attention_losses_target_the_named_objects_patches_or_bos(untrained):
     """Brute force from the scenes and answer keys: attention spread evenly over exactly the expected
     keys gives a zero loss; moving half of the mass to a wrong key is penalised."""
-    from hivtp.toy.train import attention_losses
+    from hivtp.toy.objectives import attention_losses
     from hivtp.world import KINDS
 
     model, processor = untrained
@@ -413,12 +521,12 @@ def test_attention_losses_target_the_named_objects_patches_or_bos(untrained):
         return rows
 
     cfg = TrainConfig()
-    right = attention_losses(model, batch, {i: rows_of(i, False) for i in range(3)}, cfg)
-    bad = attention_losses(model, batch, {i: rows_of(i, True) for i in range(3)}, cfg)
+    right = attention_losses(batch, {i: rows_of(i, False) for i in range(3)}, cfg)
+    bad = attention_losses(batch, {i: rows_of(i, True) for i in range(3)}, cfg)
     assert set(right) == {"retrieve", "gather", "bind"} and all(abs(v.item()) < 1e-5 for v in right.values())
     assert all(v.item() > 0.6 for v in bad.values())  # -log(0.5)
     for head in (2, 3):  # the found option's and the side word's targets are in the gather loss
-        one_wrong = attention_losses(model, batch, {i: rows_of(i, i == 2, (head,)) for i in range(3)}, cfg)
+        one_wrong = attention_losses(batch, {i: rows_of(i, i == 2, (head,)) for i in range(3)}, cfg)
         assert one_wrong["gather"].item() > 0.01, head
     absent = [r for r in range(len(items)) for m in batch.mentions[r] if named_keys(r, m)[0] == 1]
     assert absent, "the sample should hold questions about absent objects (BOS targets)"
@@ -429,7 +537,7 @@ def test_attention_losses_target_the_named_objects_patches_or_bos(untrained):
 def test_mention_probes_read_the_named_objects_count_and_place(untrained):
     """The probe targets, brute force from the scenes: a probe whose read-out is the true answer
     (count one-hot * 50, place) has near-zero loss; a shuffled one does not."""
-    from hivtp.toy.train import aux_heads
+    from hivtp.toy.objectives import aux_heads
 
     model, processor = untrained
     images, items, scenes = sample_items(4, 2, num_images=6, questions_per_image=4, with_scenes=True)
@@ -494,7 +602,7 @@ def test_position_probe_script_reads_a_training_state_and_a_checkpoint(tmp_path)
     import sys
     from pathlib import Path
 
-    from hivtp.toy.train import build
+    from hivtp.toy.forward import build
 
     model, _ = build(0)
     torch.save({"model": model.state_dict()}, tmp_path / "last.pt")
@@ -514,10 +622,10 @@ def test_position_probe_pairs_each_object_patch_with_its_place(untrained, monkey
 
     from hivtp.toy.probe import position_r2
 
-    train = importlib.import_module("hivtp.toy.train")  # the module (hivtp.toy.train names the function)
+    forward = importlib.import_module("hivtp.toy.forward")
 
     model, processor = untrained
-    where = train.cell_positions(24)  # [P, 2]
+    where = forward.cell_positions(24)  # [P, 2]
 
     def tokens(order):
         def feature_layer(_model, pixels):  # [B, P, 4]: (column, row) of the patch, then noise
@@ -526,9 +634,9 @@ def test_position_probe_pairs_each_object_patch_with_its_place(untrained, monkey
         return feature_layer
 
     monkeypatch.setattr(model.model, "multi_modal_projector", torch.nn.Identity())
-    monkeypatch.setattr(train, "_feature_layer", tokens(torch.arange(576)))
+    monkeypatch.setattr(forward, "feature_layer", tokens(torch.arange(576)))
     right = position_r2(model, processor, scenes=16)
-    monkeypatch.setattr(train, "_feature_layer", tokens(torch.randperm(576, generator=torch.Generator().manual_seed(0))))
+    monkeypatch.setattr(forward, "feature_layer", tokens(torch.randperm(576, generator=torch.Generator().manual_seed(0))))
     wrong = position_r2(model, processor, scenes=16)
     assert min(min(v) for v in right.values()) > 0.99
     assert max(max(v) for v in wrong.values()) < 0.5

@@ -90,6 +90,10 @@ def cached_model(args) -> Any:
         # configurations of one model answer the same batches: share their vision-tower passes
         # (tested to change no answer: tests/test_engine_tower_cache.py)
         lm.tower_cache = TowerCache()
+        if hasattr(lm, "input_cache"):  # and their documents' processor outputs (hivtp_llava)
+            from .model import InputCache
+
+            lm.input_cache = InputCache()
         lm.configure(plugin, params)
         _model = (key, lm)
     else:

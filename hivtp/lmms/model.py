@@ -15,6 +15,8 @@ prompts and the chat template are lmms-eval's own):
 
 from __future__ import annotations
 
+import collections
+import functools
 import gc
 import json
 import time
@@ -24,6 +26,7 @@ from typing import Any, Iterator, List
 import torch
 from loguru import logger as eval_logger
 from tqdm import tqdm
+from transformers import BatchFeature
 
 from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.models.chat.llava_hf import LlavaHf
@@ -48,6 +51,9 @@ class HivtpLlava(LlavaHf):
     #: vision-tower passes shared by every configuration this instance evaluates (a
     #: :class:`hivtp.vision.TowerCache`; the in-process runner sets one; None: no sharing)
     tower_cache = None
+    #: processor outputs shared by every configuration this instance evaluates (an
+    #: :class:`InputCache`; the in-process runner sets one; None: every batch decodes and processes)
+    input_cache = None
 
     def __init__(self, pretrained: str = "llava-hf/llava-1.5-7b-hf", **kwargs: Any) -> None:
         loader, plugin, params = split_model_args(kwargs)
@@ -122,10 +128,9 @@ class HivtpLlava(LlavaHf):
                 f"({type(exc).__name__}: {exc}). Check or rebuild this sample's image (offline data: `make data`)."
             ) from exc
 
-    def _generate_chunk(self, chunk) -> list[GenerationResult]:
-        """One batch; every request in it has the same task, split and generation kwargs (_batches)."""
-        _ctx, doc_to_messages, all_gen_kwargs, doc_ids, tasks, splits = zip(*chunk)
-        task, split = tasks[0], splits[0]
+    def _prompts(self, doc_to_messages, task: str, split: str, doc_ids) -> tuple[list[str], Any]:
+        """(prompt texts, processor outputs on the CPU) of one batch: documents read (images decoded),
+        chat template applied, images processed."""
         chats = [self._messages(fn, task, split, d) for fn, d in zip(doc_to_messages, doc_ids)]
         texts, visuals = [], []
         for chat in chats:
@@ -134,7 +139,20 @@ class HivtpLlava(LlavaHf):
                 raise SampleError(f"task {task!r}: hivtp_llava does not support video inputs.")
             visuals.extend(visual)
             texts.append(self._image_processor.apply_chat_template(chat.model_dump()["messages"], tokenize=False, add_generation_prompt=True))
-        inputs = self._image_processor(images=visuals or None, text=texts, padding=True, return_tensors="pt")
+        return texts, self._image_processor(images=visuals or None, text=texts, padding=True, return_tensors="pt")
+
+    def _generate_chunk(self, chunk) -> list[GenerationResult]:
+        """One batch; every request in it has the same task, split and generation kwargs (_batches)."""
+        _ctx, doc_to_messages, all_gen_kwargs, doc_ids, tasks, splits = zip(*chunk)
+        task, split = tasks[0], splits[0]
+        compute = functools.partial(self._prompts, doc_to_messages, task, split, doc_ids)
+        if self.input_cache is None:
+            texts, inputs = compute()
+        else:  # the same documents of the same task object: the same prompts and pixels
+            # doc_to_messages is a bound method of the task object: the same object, the same prompts
+            owners = tuple(getattr(fn, "__self__", fn) for fn in doc_to_messages)
+            texts, inputs = self.input_cache.get((task, split, tuple(doc_ids), tuple(map(id, owners))), compute, owners)
+            inputs = BatchFeature(dict(inputs))  # .to() below replaces the tensors of the object it is called on
         inputs = inputs.to(self._device, self.model.dtype)
         gen = self._gen_kwargs(dict(all_gen_kwargs[0]))
         start = time.time()
@@ -185,3 +203,36 @@ def _batches(args: list[tuple], batch_size: int) -> Iterator[list[int]]:
     for indices in groups.values():
         for start in range(0, len(indices), batch_size):
             yield indices[start:start + batch_size]
+
+
+class InputCache:
+    """Processor outputs of whole batches, shared by the configurations one in-process evaluation runs
+    (issue 20): every configuration answers the same documents in the same batches, and reading them
+    (image decoding) and processing them costs as much as the offline models' language model. A key
+    is (task, split, doc ids, the task objects whose ``doc_to_messages`` built them): the same
+    documents of the very same task object (the runner loads each task once), hence the same prompts
+    and pixels. Entries are the processor's CPU tensors,
+    never modified (the caller moves a copy); at most ``max_bytes`` are held, least
+    recently used first out."""
+
+    def __init__(self, max_bytes: int = 4 * 2**30) -> None:
+        self.max_bytes = max_bytes
+        self.hits = 0
+        self.misses = 0
+        self._entries: collections.OrderedDict[tuple, tuple[list[str], Any, int, Any]] = collections.OrderedDict()
+
+    def get(self, key: tuple, compute, keep_alive: Any = None):
+        """``compute()``'s (texts, inputs) for ``key``, computed once. ``keep_alive``: objects whose
+        ids the key holds, kept referenced so that no other object can take their ids."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            self.hits += 1
+            self._entries.move_to_end(key)
+            return entry[0], entry[1]
+        self.misses += 1
+        texts, inputs = compute()
+        size = sum(v.numel() * v.element_size() for v in inputs.values() if torch.is_tensor(v))
+        self._entries[key] = (texts, inputs, size, keep_alive)
+        while len(self._entries) > 1 and sum(e[2] for e in self._entries.values()) > self.max_bytes:
+            self._entries.popitem(last=False)
+        return texts, inputs

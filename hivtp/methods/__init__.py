@@ -11,6 +11,7 @@ from .base import (
     TowerRequest,
     available_methods,
     build_method,
+    is_offline_only,
     parse_layers,
     register_method,
 )
@@ -24,6 +25,7 @@ from . import divprune as _divprune  # noqa: F401  (registers "divprune")
 from . import fastv as _fastv  # noqa: F401  (registers "fastv")
 from . import pdrop as _pdrop  # noqa: F401  (registers "pdrop", stretch)
 from . import hiprune as _hiprune  # noqa: F401  (registers "hiprune", stretch)
+from . import oracle as _oracle  # noqa: F401  (registers "oracle", offline only)
 
 __all__ = [
     "METHODS",
@@ -33,6 +35,7 @@ __all__ = [
     "TowerRequest",
     "available_methods",
     "build_method",
+    "is_offline_only",
     "parse_layers",
     "register_method",
 ]

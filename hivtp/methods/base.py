@@ -34,6 +34,7 @@ __all__ = [
     "register_method",
     "build_method",
     "available_methods",
+    "is_offline_only",
     "parse_layers",
 ]
 
@@ -64,6 +65,9 @@ class CropBatch:
     #: True for families whose grids vary per image (Qwen2.5-VL): a region / window geometry that does
     #: not divide the grid follows the documented uneven partition (``hivtp.selection``) instead of raising.
     uneven_partition: bool = False
+    #: [C, 3, S, S] the crops' pixel values as the processor gives them (normalised), for methods with
+    #: ``needs_crop_pixels``; None where the family's layout is no crop images (Qwen2.5-VL's packed patches)
+    pixels: torch.Tensor | None = None
 
     @property
     def num_crops(self) -> int:
@@ -105,6 +109,13 @@ class PruningMethod:
     #: the method reads the vision tower's [CLS] token (its attention row or its key); ``hivtp.attach``
     #: refuses it, before any model work, on a family whose tower has no [CLS] (Qwen2.5-VL)
     needs_cls: ClassVar[bool] = False
+    #: the method reads the crops' pixels (``CropBatch.pixels``); ``hivtp.attach`` refuses it, before any
+    #: model work, on a family whose layout holds no crop images (Qwen2.5-VL)
+    needs_crop_pixels: ClassVar[bool] = False
+    #: a reference for the offline testbed only (``oracle`` reads what the procedural world knows by
+    #: construction): never planned for the paper profile, never timed, and shown in tables as an upper
+    #: bound rather than compared with HIVTP as a competing method
+    offline_only: ClassVar[bool] = False
 
     def params(self) -> dict[str, Any]:
         """The resolved parameters, for records and run names."""
@@ -152,6 +163,12 @@ def register_method(cls: type[PruningMethod]) -> type[PruningMethod]:
 
 def available_methods() -> list[str]:
     return sorted(METHODS)
+
+
+def is_offline_only(name: str) -> bool:
+    """Whether ``name`` is a registered offline-only method (results may name unregistered ones: False)."""
+    cls = METHODS.get(name)
+    return cls is not None and cls.offline_only
 
 
 def method_parameters(cls: type[PruningMethod]) -> list[str]:

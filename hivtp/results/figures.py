@@ -13,7 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .tables import primary_metric  # noqa: E402
+from ..methods import is_offline_only  # noqa: E402
+from .tables import method_label, primary_metric  # noqa: E402
 
 
 def save(fig: plt.Figure, out_dir: Path, name: str) -> list[Path]:
@@ -43,7 +44,8 @@ def _interval(rows: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
 
 def accuracy_vs_tokens(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Score vs visual tokens kept, one panel per benchmark: error bars (and the unpruned model's
-    band) are the 95% bootstrap intervals of the scores."""
+    band) are the 95% bootstrap intervals of the scores. The offline upper bound (``oracle``) is drawn
+    as a black dashed line labelled as such."""
     written: list[Path] = []
     acc = acc.assign(**{c: pd.to_numeric(acc[c], errors="coerce") for c in ("value", "ci_low", "ci_high")})
     for (profile, model), rows in _primary(acc).groupby(["profile", "model"]):
@@ -58,8 +60,9 @@ def accuracy_vs_tokens(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
                     ax.axhline(m["value"].mean(), ls="--", color="grey", label="none (all tokens)")
                     ax.axhspan((m["value"] - below).mean(), (m["value"] + above).mean(), color="grey", alpha=0.15, lw=0)
                 else:
-                    ax.errorbar(m["tokens_kept_mean"], m["value"], yerr=[below, above], fmt="-o", label=method,
-                                ms=4, capsize=2)
+                    style = {"fmt": "--s", "color": "k"} if is_offline_only(method) else {"fmt": "-o"}
+                    ax.errorbar(m["tokens_kept_mean"], m["value"], yerr=[below, above], label=method_label(method),
+                                ms=4, capsize=2, **style)
             ax.set(title=f"{bench} ({sub['metric'].iloc[0]})", xlabel="visual tokens kept")
         axes[0][0].set_ylabel("score (95% CI)")
         axes[0][-1].legend(fontsize=7)

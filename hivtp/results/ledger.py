@@ -17,6 +17,7 @@ import math
 import pandas as pd
 
 from ..claims import CLAIMS, Claim, family_of
+from ..methods import is_offline_only
 from .stats import excludes_zero
 from .tables import accuracy_table, primary_metric
 
@@ -167,8 +168,11 @@ def accuracy_vs_unpruned(acc: pd.DataFrame) -> list[str]:
 
 def prior_comparisons(acc: pd.DataFrame) -> list[dict]:
     """Per (model, budget, prior method): the benchmarks where HIVTP (default geometry, same budget)
-    is better / worse than the method / not told apart."""
-    rows = _primary(acc[~acc["method"].isin(["none", "hivtp"])]) if len(acc) else acc
+    is better / worse than the method / not told apart. Offline-only methods (``oracle``, the upper
+    bound, which knows the objects by construction) are references, not prior methods: left out."""
+    if acc.empty:
+        return []
+    rows = _primary(acc[~acc["method"].isin(["none", "hivtp"]) & ~acc["method"].map(is_offline_only)])
     out = []
     for (model, budget, method), g in rows.groupby(["model", rows["budget"].map(_budget), "method"]) if len(rows) else []:
         better, worse, apart = _split(g, "hivtp", sign=-1)  # the column holds method - hivtp

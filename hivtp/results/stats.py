@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+# the weighted percentile bootstrap itself lives in the core (numpy only; hivtp.toy.calibrate uses it too)
+from ..bootstrap import CHUNK, LEVEL, RESAMPLES, SEED, bootstrap, interval, resample_weights  # noqa: F401
 from ..errors import HivtpError
 
 __all__ = [
@@ -56,11 +58,6 @@ __all__ = [
     "resample_weights",
     "scores_from_samples",
 ]
-
-RESAMPLES = 2000  # bootstrap resamples per interval
-SEED = 0  # every interval is reproducible; a paired interval uses the same draws for both runs
-LEVEL = 0.95
-CHUNK = 250  # resamples scored at once: memory is CHUNK x units floats
 
 POPE_METRICS = ("pope_accuracy", "pope_precision", "pope_recall", "pope_f1_score", "pope_yes_ratio")
 MME_METRICS = ("mme_perception_score", "mme_cognition_score")
@@ -247,41 +244,6 @@ def _mme_scores(metric: str, samples: list[dict[str, Any]]) -> Scores:
 
 
 # ----------------------------------------------------------------------------- bootstrap
-def resample_weights(strata: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """Draw counts [resamples, U]: each stratum's units drawn with replacement, as many as it holds."""
-    units = len(strata)
-    weights = np.zeros((resamples, units))
-    for s in np.unique(strata):
-        members = np.flatnonzero(strata == s)  # [m]
-        draws = rng.integers(0, len(members), size=(resamples, len(members)))  # [R, m] positions in members
-        flat = draws + len(members) * np.arange(resamples)[:, None]  # one bincount for all resamples
-        counts = np.bincount(flat.ravel(), minlength=resamples * len(members)).reshape(resamples, len(members))
-        weights[:, members] = counts
-    return weights
-
-
-def bootstrap(statistics: list[Callable[[np.ndarray], np.ndarray]], strata: np.ndarray,
-              resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
-    """[len(statistics), resamples]: every statistic scored on the SAME resamples (chunked)."""
-    if resamples < 1:
-        raise StatsError(f"resamples must be >= 1, got {resamples}.")
-    rng = np.random.default_rng(seed)
-    out = np.empty((len(statistics), resamples))
-    for start in range(0, resamples, CHUNK):
-        w = resample_weights(strata, min(CHUNK, resamples - start), rng)
-        for i, f in enumerate(statistics):
-            out[i, start:start + len(w)] = f(w)
-    return out
-
-
-def interval(values: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
-    """The central ``level`` percentile interval of bootstrap values."""
-    if not 0 < level < 1:
-        raise StatsError(f"level must be in (0, 1), got {level}.")
-    lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
-
-
 def bootstrap_ci(scores: Scores, resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL) -> tuple[float, float]:
     """Percentile interval of one run's score."""
     (values,) = bootstrap([scores.value], scores.strata, resamples, seed)

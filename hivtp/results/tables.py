@@ -1,6 +1,7 @@
 """Tables in the paper's layout: one block per (profile, model); rows = methods x budgets (the
-unpruned model first), columns = benchmarks, then the plain average and the mean % of the unpruned
-model (per benchmark value / unpruned value, averaged, so MME's scale does not swamp the others)."""
+unpruned model first, then the offline upper bound ``oracle`` where it ran), columns = benchmarks, then
+the plain average and the mean % of the unpruned model (per benchmark value / unpruned value,
+averaged, so MME's scale does not swamp the others)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 
 import pandas as pd
 
+from ..methods import is_offline_only
 from .stats import excludes_zero
 
 # Which metric stands for a benchmark when a task reports several (first present wins).
@@ -29,8 +31,22 @@ def _budget_label(row: pd.Series) -> str:
     return str(int(float(b)))
 
 
-def _method_rank(name: str) -> int:
-    return METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER)
+#: how an offline-only method (``oracle``) is labelled in tables and figures: a reference, not a competitor
+UPPER_BOUND = "upper bound, offline only"
+
+
+def method_label(name: str) -> str:
+    """The name a table row or figure legend shows: offline-only methods are marked as the upper bound."""
+    return f"{name} ({UPPER_BOUND})" if is_offline_only(name) else name
+
+
+def _method_rank(name: str) -> tuple[int, int]:
+    """The unpruned model first, then the upper bound (offline-only methods), then METHOD_ORDER."""
+    if name == "none":
+        return (0, 0)
+    if is_offline_only(name):
+        return (1, 0)
+    return (2, METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER))
 
 
 def split_ablations(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -101,7 +117,9 @@ ACCURACY_LEGEND = (
     "Scores are the value ± half the width of its 95% bootstrap interval over questions (MME: over image "
     f"pairs). {BETTER} / {WORSE}: the paired 95% interval of (row − HIVTP with default geometry at the same "
     "budget, same questions) lies above / below zero; without a mark the two are not told apart. "
-    "Avg and % unpruned carry no interval."
+    "Avg and % unpruned carry no interval. A row marked \"" + UPPER_BOUND + "\" (oracle: keeps the patches "
+    "the scene's objects cover, known by construction) is the offline testbed's reference, not a competing "
+    "method: it carries its interval but no mark."
 )
 
 
@@ -113,7 +131,8 @@ def significance(low: float, high: float) -> str:
 
 def accuracy_text_table(frame: pd.DataFrame) -> pd.DataFrame:
     """:func:`accuracy_table` with every benchmark cell written ``score ± half-width`` and marked by
-    :func:`significance` against HIVTP at the same budget (strings, ready for :func:`to_markdown`)."""
+    :func:`significance` against HIVTP at the same budget (strings, ready for :func:`to_markdown`).
+    Offline-only rows (the upper bound) get no mark and their :func:`method_label`."""
     table = accuracy_table(frame)
     if table.empty:
         return table
@@ -128,9 +147,9 @@ def accuracy_text_table(frame: pd.DataFrame) -> pd.DataFrame:
             cell = _cell(table.at[key, bench])
             if cell and not math.isnan(half.at[key, bench]):
                 cell += f" ± {_cell(half.at[key, bench])}"
-            mark = significance(low.at[key, bench], high.at[key, bench])
+            mark = "" if is_offline_only(key[0]) else significance(low.at[key, bench], high.at[key, bench])
             text.at[key, bench] = f"{cell} {mark}" if mark else cell
-    return text
+    return text.rename(index=method_label, level="method")
 
 
 def _sort_budget(label: str) -> tuple[int, str]:
@@ -176,8 +195,15 @@ def _tex(s: str) -> str:
     return s
 
 
+def _is_reference(method: str) -> bool:
+    """Rows a rule sets apart from the methods: the unpruned model and the upper bound (its name or
+    its :func:`method_label`)."""
+    return method == "none" or is_offline_only(method) or method.endswith(f"({UPPER_BOUND})")
+
+
 def to_latex(table: pd.DataFrame, caption: str = "") -> str:
-    """A booktabs tabular, the unpruned row set apart by a rule (as in the paper's tables)."""
+    """A booktabs tabular, the unpruned row (and the offline upper bound's) set apart by a rule (as in the
+    paper's tables)."""
     if table.empty:
         return "% no rows\n"
     head = list(table.index.names) + list(table.columns)
@@ -188,7 +214,7 @@ def to_latex(table: pd.DataFrame, caption: str = "") -> str:
     ]
     previous = None
     for key, row in table.iterrows():
-        if previous == "none" and key[0] != "none":
+        if previous is not None and key[0] != previous and _is_reference(previous):
             lines.append("\\midrule")
         previous = key[0]
         lines.append(" & ".join([_tex(str(k)) for k in key] + [_tex(_cell(v)) for v in row]) + " \\\\")

@@ -4,7 +4,9 @@ The result is a normal llava-hf checkpoint (``hivtp/zoo/trained/toy-llava``) who
 offline mini-benchmarks is real, so that offline accuracy-vs-tokens curves mean something.
 
 * :mod:`hivtp.toy.data`  the training / held-out question stream, tokenised as lmms-eval prompts it;
-* :mod:`hivtp.toy.train` the deterministic, resumable training loop and its loss log;
+* :mod:`hivtp.toy.forward` the training forward passes (the tower to its feature layer, the shared-prefix loss);
+* :mod:`hivtp.toy.objectives` the named, weighted training terms;
+* :mod:`hivtp.toy.train` the deterministic, resumable training loop (with pruned image sequences) and its loss log;
 * :mod:`hivtp.toy.evaluate` greedy accuracy per question family, scored as the benchmarks score;
 * :mod:`hivtp.toy.probe` whether an object's place is linearly readable from the tokens the LLM sees.
 """

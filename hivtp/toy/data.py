@@ -44,6 +44,22 @@ class Batch:
     mentions: list[list["Mention"]] = field(default_factory=list)  # per question: the objects its text names
     answer_at: list[int] = field(default_factory=list)  # per question: the position that predicts the answer's first word
     side_at: list[int | None] = field(default_factory=list)  # per question: its one "left" / "right" word, if it has exactly one
+    #: [I, K] long: the sorted raster indices of the patches whose tokens the language model sees (a
+    #: pruned sequence, as the pruning engine feeds it); None = all P. ``input_ids`` hold K image tokens.
+    keep: torch.Tensor | None = None
+
+    @property
+    def seen(self) -> torch.Tensor:
+        """[I, K] raster index of each image token the language model sees."""
+        if self.keep is not None:
+            return self.keep
+        images, patches = self.patch_labels.shape
+        return torch.arange(patches).expand(images, patches)
+
+    @property
+    def seen_labels(self) -> torch.Tensor:
+        """[I, K] the ``patch_labels`` of the image tokens the language model sees."""
+        return self.patch_labels if self.keep is None else self.patch_labels.gather(1, self.keep)
 
 
 @dataclass(frozen=True)

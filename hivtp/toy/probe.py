@@ -34,7 +34,7 @@ def ridge_r2(x_fit: torch.Tensor, y_fit: torch.Tensor, x_test: torch.Tensor, y_t
 def position_r2(model, processor, scenes: int = 48, seed: int = 555, fit_share: float = 0.75) -> dict[str, tuple[float, float]]:
     """{"encoder" | "projected": (R^2 column, R^2 row)} over the object patches of ``scenes`` fresh
     scenes (1-4 objects), fitted on the first ``fit_share`` of the scenes and scored on the rest."""
-    from .train import _feature_layer, cell_positions
+    from .forward import cell_positions, feature_layer
 
     if int(scenes * fit_share) < 2 or int(scenes * fit_share) >= scenes:
         raise ValueError(f"scenes={scenes} with fit_share={fit_share} leaves no scenes to fit or to score; use more scenes.")
@@ -46,7 +46,7 @@ def position_r2(model, processor, scenes: int = 48, seed: int = 555, fit_share: 
     feats = {"encoder": [], "projected": []}
     places, scene_of = [], []
     for i in range(0, scenes, 8):  # a few images per tower pass
-        tokens = _feature_layer(model, pixels[i : i + 8])  # [B, P, D_vision]
+        tokens = feature_layer(model, pixels[i : i + 8])  # [B, P, D_vision]
         projected = model.model.multi_modal_projector(tokens)  # [B, P, D_text]
         for j, scene in enumerate(drawn[i : i + 8]):
             on = patch_labels(scene, grid) > 0

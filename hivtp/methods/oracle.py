@@ -1,0 +1,149 @@
+"""``oracle``: keep the patches the scene's objects cover (offline only: the testbed's upper bound).
+
+Images of the procedural world (:mod:`hivtp.world`) are a flat background (``BACKGROUND`` =
+(60, 60, 64), with light noise of at most 6 levels, ``render.py``) and objects drawn in the palette
+``COLOURS``. Which patches hold the evidence is therefore known by construction; this method reads it
+off each crop's pixels (``CropBatch.pixels``, as the processor gives them), never off the model.
+
+**Object pixels.** A pixel is an object pixel when one of its channels differs from the crop's median
+colour by more than ``threshold`` intensity levels (of 0-255; default 24).
+
+* The median (per channel, over the crop's valid pixels: LLaVA-NeXT's padded tile parts, which the
+  model unpads, are left out) is the background colour. Assumption: objects cover well under half of
+  every crop's valid pixels. In the world they do: the largest object is 76 px of a 336 px view, about
+  5% of it; a LLaVA-NeXT tile of a 672 px canvas sees an object of twice that side, about 20%.
+* The pixels come normalised, ``(x / 255 - mean) / std``; a difference of normalised values times
+  ``255 * std`` is a difference of intensity levels, whatever the mean. ``std`` is OpenAI CLIP's
+  (``transformers.utils.constants.OPENAI_CLIP_STD``), which every LLaVA-1.5 / LLaVA-NeXT processor
+  uses.
+* 24 levels is four times the background noise's amplitude and under a fifth of the smallest contrast
+  between an object colour and the background (green: 130 levels), so a pixel that resizing blends
+  with an object counts once a fifth of it or more is object (a little less for the stronger colours).
+
+**Coverage** of a patch: its number of object pixels (of ``p * p``, ``p`` = crop side / grid side).
+
+**Ranking** (per crop, among valid positions only; ties go to the lower raster index):
+
+1. covered patches (coverage > 0), most covered first;
+2. then the fill: uncovered patches by their Chebyshev distance on the grid to the nearest covered
+   patch, nearest first (ring 1 is the 8 neighbours of the objects: the context around them);
+3. a crop without any covered patch fills in raster order.
+
+Budget semantics as every subset method (``hivtp.methods._common``): ``budget`` tokens per crop grid
+(LLaVA-1.5) or per image (LLaVA-NeXT), default a third of each crop; kept tokens stay in raster order.
+Stats: ``tokens_kept`` and ``tokens_covered`` (kept tokens that objects cover).
+
+Offline only (``offline_only``): it is the upper-bound row of the offline tables and figures, never
+planned for the paper profile, never timed, and not compared with HIVTP as a competing method. It
+needs crop images (``needs_crop_pixels``): ``hivtp.attach`` refuses it on Qwen2.5-VL, whose layout
+packs patch rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers.utils.constants import OPENAI_CLIP_STD
+
+from ..errors import ConfigError
+from ._common import check_budget, crop_budgets, top_k_positions, valid_mask
+from .base import CropBatch, CropSelection, PruningMethod, register_method
+
+DEFAULT_THRESHOLD = 24.0
+
+
+def check_threshold(threshold: Any) -> float:
+    """The object-pixel threshold: intensity levels (0-255) strictly between 0 and 255."""
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 255:
+        raise ConfigError(
+            f"threshold must be a number of intensity levels between 0 and 255 (exclusive), got {threshold!r}; "
+            f"the default {DEFAULT_THRESHOLD:g} separates the world's objects from its background noise."
+        )
+    return float(threshold)
+
+
+def pixel_valid_mask(valid: torch.Tensor, grid: tuple[int, int], side: tuple[int, int]) -> torch.Tensor:
+    """[C, P] valid positions -> [C, Hs, Ws] valid pixels (each patch's pixels share its flag)."""
+    (h, w), (hs, ws) = grid, side
+    return valid.view(-1, h, w).repeat_interleave(hs // h, dim=1).repeat_interleave(ws // w, dim=2)
+
+
+def background_colour(pixels: torch.Tensor, valid_pixels: torch.Tensor) -> torch.Tensor:
+    """[C, 3]: each crop's median colour over its valid pixels (the background, see the module doc);
+    a crop without valid pixels has no patch to rank, so any colour does (zeros)."""
+    return torch.stack([crop[:, ok].median(dim=1).values if ok.any() else crop.new_zeros(crop.shape[0])
+                        for crop, ok in zip(pixels, valid_pixels)])
+
+
+def coverage(pixels: torch.Tensor, valid: torch.Tensor, grid: tuple[int, int], threshold: float) -> torch.Tensor:
+    """[C, P] long: object pixels per patch (0 at invalid positions). ``pixels`` [C, 3, Hs, Ws] normalised."""
+    c, _, hs, ws = pixels.shape
+    h, w = grid
+    pixels = pixels.float()
+    valid = valid.to(pixels.device)
+    background = background_colour(pixels, pixel_valid_mask(valid, grid, (hs, ws)))  # [C, 3]
+    std = torch.tensor(OPENAI_CLIP_STD, dtype=torch.float32, device=pixels.device)
+    levels = (pixels - background[:, :, None, None]).abs() * (255 * std)[None, :, None, None]  # [C, 3, Hs, Ws]
+    objects = (levels > threshold).any(dim=1)  # [C, Hs, Ws]
+    counts = objects.view(c, h, hs // h, w, ws // w).sum(dim=(2, 4)).flatten(1)  # [C, P]
+    return counts.masked_fill(~valid, 0)
+
+
+def chebyshev(grid: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """[P, P] long: Chebyshev distance between the raster positions of an (H, W) grid."""
+    h, w = grid
+    rows = torch.arange(h * w, device=device) // w
+    cols = torch.arange(h * w, device=device) % w
+    return torch.maximum((rows[:, None] - rows[None]).abs(), (cols[:, None] - cols[None]).abs())
+
+
+def oracle_scores(counts: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """[C, P] float: the ranking as one score, highest first. Covered patches score their coverage
+    (> 0); uncovered ones minus their distance to the nearest covered patch (<= -1); in a crop
+    without covered patches every position scores -max(H, W), so the stable sort keeps raster order."""
+    covered = counts > 0
+    far = max(grid)  # more than any distance on the grid
+    dist = chebyshev(grid, counts.device).unsqueeze(0).masked_fill(~covered[:, None, :], far)  # [C, P, P]
+    nearest = dist.amin(dim=-1)  # [C, P]
+    return torch.where(covered, counts.float(), -nearest.float())
+
+
+@register_method
+class Oracle(PruningMethod):
+    name = "oracle"
+    needs_crop_pixels = True
+    offline_only = True
+
+    def __init__(self, budget: int | None = None, threshold: float | None = None) -> None:
+        self.budget = check_budget(budget)
+        self.threshold = check_threshold(threshold)
+
+    def params(self) -> dict[str, Any]:
+        return {"budget": self.budget, "threshold": self.threshold}
+
+    def select(self, crops: CropBatch) -> CropSelection:
+        pixels = crops.pixels
+        if pixels is None:
+            raise ConfigError(
+                "oracle reads the crops' pixels (CropBatch.pixels), which the engine fills for LLaVA-1.5 and "
+                "LLaVA-NeXT crops only; attach it to such a model (e.g. toy-llava)."
+            )
+        h, w = crops.grid
+        if pixels.dim() != 4 or pixels.shape[0] != crops.num_crops or pixels.shape[2] % h or pixels.shape[3] % w:
+            raise ConfigError(
+                f"oracle needs pixels [C={crops.num_crops}, 3, S, S] whose sides are a multiple of the {h}x{w} grid, "
+                f"got {tuple(pixels.shape)}."
+            )
+        budgets = crop_budgets(crops)
+        valid = valid_mask(crops)
+        counts = coverage(pixels, valid, crops.grid, self.threshold).to(crops.features.device)  # [C, P]
+        scores = oracle_scores(counts, crops.grid)
+        keep = torch.zeros_like(valid)
+        stats = []
+        for c, b in enumerate(budgets):
+            kept = top_k_positions(scores[c], b, valid[c])
+            keep[c, kept] = True
+            stats.append({"tokens_kept": b, "tokens_covered": int((counts[c, kept] > 0).sum())})
+        return CropSelection.from_masks(crops.features, keep, stats)
