@@ -55,27 +55,6 @@ def configurations():
     return out
 
 
-def held_out_scenes(seed: int, per_family: int):
-    """The scenes behind ``held_out_items(seed, per_family)``, drawn from the same streams (checked)."""
-    from hivtp.toy.data import HELD_OUT, sample_items
-    from hivtp.toy.evaluate import held_out_items
-    from hivtp.world import FAMILIES
-
-    images, items = held_out_items(seed, per_family)
-    scenes = []
-    for family in FAMILIES:
-        index, got = 0, 0
-        while got < per_family:  # held_out_items' walk: the first stream index of this family that asks
-            _, its, sc = sample_items(seed, HELD_OUT + FAMILIES.index(family) * 10**6 + index, 1, 1, (family,), with_scenes=True)
-            index += 1
-            if its:
-                scenes.append(sc[0])
-                got += 1
-                if its[0].prompt != items[len(scenes) - 1].prompt:
-                    raise RuntimeError("held_out_items drew its questions differently; update held_out_scenes.")
-    return images, items, scenes
-
-
 def patch_masks(scene, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(named [P], objects [P]) bool: patches of the objects the question names / of any object."""
     from hivtp.toy.data import mentions_of, patch_labels
@@ -230,6 +209,7 @@ def attention_table(values) -> tuple[str, dict]:
 def main(argv: list[str] | None = None) -> int:
     from hivtp.atomic import write_text
     from hivtp.toy import calibrate
+    from hivtp.toy.evaluate import held_out_items
     from hivtp.zoo import load_pretrained
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -244,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     model, processor = load_pretrained(args.model)
     say = lambda text: print(text, file=sys.stderr, flush=True)
-    images, items, scenes = held_out_scenes(args.seed, args.per_family)
+    images, items, scenes = held_out_items(args.seed, args.per_family, with_scenes=True)
     summary = calibrate.summarise(calibrate.measure(model, processor, configurations(), per_family=args.per_family,
                                                     seed=args.seed, batch_size=args.batch_size, progress=say), ratios=[])
     values = attention_measurement(model, processor, images, items, scenes, args.batch_size, say)

@@ -182,7 +182,7 @@ def test_supervision_script_labels_the_named_objects_and_reads_fastvs_own_row(to
     against ``FastV.last_attention`` on the first batch)."""
     script = _supervision_script()
     model, processor = toy
-    images, items, scenes = script.held_out_scenes(123, 3)
+    images, items, scenes = held_out_items(123, 3, with_scenes=True)
     for item, scene in zip(items, scenes):
         if item.family == "exist":
             named, objects = script.patch_masks(scene, item.prompt)

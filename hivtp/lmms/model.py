@@ -148,8 +148,7 @@ class HivtpLlava(LlavaHf):
         compute = functools.partial(self._prompts, doc_to_messages, task, split, doc_ids)
         if self.input_cache is None:
             texts, inputs = compute()
-        else:  # the same documents of the same task object: the same prompts and pixels
-            # doc_to_messages is a bound method of the task object: the same object, the same prompts
+        else:  # doc_to_messages is a bound method of the task: the same documents of the same task object
             owners = tuple(getattr(fn, "__self__", fn) for fn in doc_to_messages)
             texts, inputs = self.input_cache.get((task, split, tuple(doc_ids), tuple(map(id, owners))), compute, owners)
             inputs = BatchFeature(dict(inputs))  # .to() below replaces the tensors of the object it is called on

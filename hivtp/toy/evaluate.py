@@ -30,19 +30,22 @@ def is_correct(family: str, prediction: str, target: str) -> bool:
     return _norm(pred) == _norm(target)
 
 
-def held_out_items(seed: int, per_family: int, families: tuple[str, ...] = FAMILIES):
-    """``per_family`` held-out questions of each family: (images, items)."""
-    images, items = [], []
+def held_out_items(seed: int, per_family: int, families: tuple[str, ...] = FAMILIES, with_scenes: bool = False):
+    """``per_family`` held-out questions of each family: (images, items), plus their scenes when
+    ``with_scenes``."""
+    images, items, scenes = [], [], []
     for family in families:
         index, got = 0, 0
         while got < per_family:
-            imgs, its = sample_items(seed, HELD_OUT + FAMILIES.index(family) * 10**6 + index, 1, 1, (family,))
+            imgs, its, scs = sample_items(seed, HELD_OUT + FAMILIES.index(family) * 10**6 + index, 1, 1, (family,),
+                                          with_scenes=True)
             index += 1
             if its:
                 items.append(QAItem(len(images), family, its[0].prompt, its[0].target))
                 images.append(imgs[0])
+                scenes.append(scs[0])
                 got += 1
-    return images, items
+    return (images, items, scenes) if with_scenes else (images, items)
 
 
 @torch.no_grad()
