@@ -10,6 +10,9 @@ STAMP := $(VENV)/.installed-stamp
 # pip prints a warning for each local index directory this machine's pip.conf lists; hide those.
 PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
 PYTEST_ARGS ?=
+# `make test` runs the suite in this many processes (pytest-xdist; a test file stays in one process, so
+# its module fixtures load once). Each gets cores / workers torch threads (tests/conftest.py).
+TEST_WORKERS ?= 2
 
 .PHONY: help setup models data toy-model calibrate latency-cpu test test-fast reproduce reproduce-paper figures sweep bench-gpu clean
 
@@ -28,11 +31,11 @@ $(STAMP): pyproject.toml constraints.txt
 models: setup  ## build the offline checkpoints under artifacts/models (seconds)
 	$(PY) scripts/build_models.py
 
-test: setup  ## the whole test suite (CPU, no network)
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: setup  ## the whole test suite (CPU, no network; TEST_WORKERS=1 runs it in one process)
+	$(PY) -m pytest $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,) $(PYTEST_ARGS)
 
 test-fast: setup  ## skip the real-shape (7B / ViT-L) tests
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,) $(PYTEST_ARGS)
 
 reproduce: setup models  ## the offline experiment end to end (CPU, minutes); FULL=1: 1000 questions per benchmark, every ablation point
 	$(PY) scripts/reproduce.py $(if $(FULL),--full,)

@@ -2,10 +2,38 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from hivtp.zoo import build_checkpoint, load_pretrained
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs two workers), each worker gets its share of the cores:
+    torch's default (every core per process) would oversubscribe them, and OpenMP threads that wait
+    for a busy core spin instead of sleeping."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+# The longest test files, longest first (`make test PYTEST_ARGS=--durations=30`: the calibration
+# module's measurement takes ~4 min on one thread, test_next's real-shape wiring ~75 s).
+LONGEST_FILES = ("test_toy_calibration.py", "test_next.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest files first, then files by how many `slow` tests they hold (order within a file
+    kept). Under pytest-xdist's --dist loadfile a file is one unit of work: starting the longest first
+    keeps the last minutes from running on one worker while the other idles."""
+    slow = {}
+    for item in items:
+        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+    rank = lambda item: (LONGEST_FILES.index(item.path.name) if item.path.name in LONGEST_FILES else len(LONGEST_FILES),
+                         -slow[item.path])
+    items.sort(key=rank)  # stable
 
 
 @pytest.fixture(autouse=True)

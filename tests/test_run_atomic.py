@@ -38,13 +38,13 @@ def test_new_files_follow_the_umask(tmp_path, umask_027):
 
 
 def test_toy_trainer_checkpoint_is_atomic_and_follows_the_umask(tmp_path, umask_027):
-    from hivtp.toy.train import _save_state
+    from hivtp.toy.train import TrainConfig, _save_state
 
     model, heads = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     path = tmp_path / "state.pt"
-    _save_state(path, model, heads, opt, 3)
+    _save_state(path, model, heads, opt, 3, TrainConfig())
     assert torch.load(path)["step"] == 3 and _mode(path) == 0o640
     with pytest.raises(AttributeError):
-        _save_state(path, model, heads, object(), 4)  # an optimizer without state_dict fails mid-save
+        _save_state(path, model, heads, object(), 4, TrainConfig())  # an optimizer without state_dict fails mid-save
     assert torch.load(path)["step"] == 3 and [p.name for p in tmp_path.iterdir()] == ["state.pt"]
