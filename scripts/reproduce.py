@@ -188,6 +188,8 @@ def run_all(configs: list, start: float) -> None:
     """Every accuracy run in this process, one after another (the model and tasks load once), then
     the latency runs, alone, so that nothing else competes with the clock. Prints questions per
     second per run and overall (runs skipped as finished are not counted)."""
+    from hivtp.lmms.inprocess import cache_counts
+
     accuracy = [c for c in configs if c.mode == "accuracy"]
     timed = [c for c in configs if c.mode != "accuracy"]
     answered, busy = 0, 0.0
@@ -200,6 +202,7 @@ def run_all(configs: list, start: float) -> None:
             n = questions(folder)
             answered, busy = answered + n, busy + took
             line += f"; {n} questions in {took:.1f} s = {n / took:.1f} q/s (so far {answered / busy:.1f} q/s)"
+            line += "".join(f"; {name} cache {hits} hits / {misses} misses" for name, (hits, misses) in cache_counts().items())
         print(line, flush=True)
 
 

@@ -58,6 +58,15 @@ def clear_caches() -> None:
     _managers.clear()
 
 
+def cache_counts() -> dict[str, tuple[int, int]]:
+    """(hits, misses) of the held model's shared caches so far ("tower", "inputs"); {} before a model loads."""
+    if _model is None:
+        return {}
+    lm = _model[1]
+    caches = {"tower": getattr(lm, "tower_cache", None), "inputs": getattr(lm, "input_cache", None)}
+    return {name: (c.hits, c.misses) for name, c in caches.items() if c is not None}
+
+
 def plugin_class(name: str):
     """The plugin model class lmms-eval's ``--model name`` resolves to (:data:`PLUGINS`)."""
     import importlib
