@@ -18,7 +18,7 @@ is therefore the output of layer 22 of 24. Score layers are 0-based encoder laye
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import hashlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .lru import ByteBudgetLRU
 
 __all__ = [
     "TowerOutput",
@@ -223,19 +224,29 @@ class TowerCache:
     An in-process evaluation answers the same questions, in the same batches, once per method and
     budget, and a batch's tower pass depends only on its pixels and on what is captured. Turn it on
     with ``pruned.tower_cache = TowerCache()`` (one object shared by every attached method). An entry
-    is reused only when the pixels are *equal* (``torch.equal``; a cheap fingerprint only finds the
-    candidate), the pass took the same path (fast / eager: their kernels round differently) and it
-    holds every hidden state and capture the request needs; otherwise the tower runs and its captures
-    are added to the entry. A reused pass is the very tensors a fresh pass computes, so no answer
-    changes. Frozen weights only: call :meth:`clear` after changing the model. At most ``max_bytes``
-    of tensors are held (least recently used entries go first).
+    is reused only when the pixels are byte for byte the same (keyed by a 256-bit BLAKE2b digest of
+    their bytes with their shape, dtype and device: two different batches share a key with
+    probability about 2**-128, and the cache holds no copy of the pixels), the pass took the same
+    path (fast / eager: their kernels round differently) and it holds every hidden state and capture
+    the request needs; otherwise the tower runs and its captures are added to the entry. A reused
+    pass is the very tensors a fresh pass computes, so no answer changes. Frozen weights only: call
+    :meth:`clear` after changing the model. At most ``max_bytes`` of tensors are held (least recently
+    used entries go first; :class:`hivtp.lru.ByteBudgetLRU`).
     """
 
     def __init__(self, max_bytes: int = 2 * 2**30) -> None:
-        self.max_bytes = max_bytes
         self.hits = 0
         self.misses = 0
-        self._entries: OrderedDict[tuple, tuple[torch.Tensor, TowerOutput]] = OrderedDict()
+        self._entries = ByteBudgetLRU(max_bytes)
+
+    @property
+    def max_bytes(self) -> int:
+        return self._entries.max_bytes
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of tensors held now."""
+        return self._entries.nbytes
 
     def clear(self) -> None:
         self._entries.clear()
@@ -252,34 +263,29 @@ class TowerCache:
         n = num_encoder_layers(vision_model)
         hidden = sorted({hidden_state_index(i, n) for i in hidden_indices})
         pixels = pixel_values.detach()
-        flat = pixels.double().flatten()
-        fingerprint = (float(flat.sum()), float((flat * flat).sum()))
-        key = (id(vision_model), bool(request.eager), tuple(pixels.shape), pixels.dtype, str(pixels.device))
-        key += fingerprint
-        entry = self._entries.get(key)
-        if entry is not None and torch.equal(entry[0], pixels):
-            self._entries.move_to_end(key)
-            if _covers(entry[1], hidden, request):
-                self.hits += 1
-                return _subset(entry[1], hidden, request)
-            fresh = compute()
-            self.misses += 1
-            cached = entry[1]
+        key = (id(vision_model), bool(request.eager), tuple(pixels.shape), pixels.dtype, str(pixels.device),
+               pixel_digest(pixels))
+        cached = self._entries.get(key)
+        if cached is not None and _covers(cached, hidden, request):
+            self.hits += 1
+            return _subset(cached, hidden, request)
+        fresh = compute()
+        self.misses += 1
+        if cached is not None:  # the same pixels, fewer captures: add this pass's
             cached.hidden_states.update(fresh.hidden_states)
             cached.qk.update(fresh.qk)
             cached.attentions.update(fresh.attentions)
-        else:
-            fresh = compute()
-            self.misses += 1
-            self._entries[key] = (pixels.clone(), fresh)  # clone: the caller may reuse its tensor
-            # the entry holds the fresh pass's dicts: give the caller its own view of them
-            fresh = _subset(fresh, hidden, request)
-        self._evict()
-        return fresh
+            self._entries.put(key, cached, _nbytes(cached))
+            return fresh
+        self._entries.put(key, fresh, _nbytes(fresh))
+        # the entry holds the fresh pass's dicts: give the caller its own view of them
+        return _subset(fresh, hidden, request)
 
-    def _evict(self) -> None:
-        while len(self._entries) > 1 and sum(_nbytes(e) for e in self._entries.values()) > self.max_bytes:
-            self._entries.popitem(last=False)
+
+def pixel_digest(pixels: torch.Tensor) -> bytes:
+    """A 256-bit BLAKE2b digest of a tensor's bytes (in memory order of a contiguous copy)."""
+    raw = pixels.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy()
+    return hashlib.blake2b(memoryview(raw), digest_size=32).digest()
 
 
 def _covers(out: TowerOutput, hidden: Sequence[int], request: Any) -> bool:
@@ -302,8 +308,7 @@ def _subset(out: TowerOutput, hidden: Sequence[int], request: Any) -> TowerOutpu
     )
 
 
-def _nbytes(entry: tuple[torch.Tensor, TowerOutput]) -> int:
-    pixels, out = entry
-    tensors = [pixels, *out.hidden_states.values(), *out.attentions.values()]
+def _nbytes(out: TowerOutput) -> int:
+    tensors = [*out.hidden_states.values(), *out.attentions.values()]
     tensors += [t for pair in out.qk.values() for t in pair]
     return sum(t.numel() * t.element_size() for t in tensors)

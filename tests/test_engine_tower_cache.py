@@ -91,6 +91,21 @@ def test_the_cache_holds_at_most_its_byte_budget(tiny_llava):
     assert (cache.misses, cache.hits) == (3, 0)
 
 
+def test_an_entry_holds_the_captures_and_no_copy_of_the_pixels(tiny_llava):
+    """Keyed by a digest of the pixels, an entry's bytes are its captured tensors alone: for `none`,
+    the feature layer's hidden state, [B, 1 + P, D] floats."""
+    model, processor = tiny_llava
+    inputs = llava_inputs(processor, seeds=[1, 2])
+    cache = TowerCache()
+    pruned = hivtp.attach(model, "none")
+    pruned.tower_cache = cache
+    pruned.generate(**inputs, max_new_tokens=1, do_sample=False)
+    vision = model.config.vision_config
+    tokens = 1 + (vision.image_size // vision.patch_size) ** 2
+    assert cache.nbytes == 2 * tokens * vision.hidden_size * inputs["pixel_values"].element_size()
+    assert cache.nbytes < inputs["pixel_values"].numel() * inputs["pixel_values"].element_size()
+
+
 def test_a_shared_pass_is_scored_once_per_layer(tiny_llava, monkeypatch):
     """HIVTP's received attention is memoised with the cached pass: the rule and two budgets score
     layers 6-8 once per batch, not once per configuration; the selections equal unshared ones."""

@@ -144,3 +144,17 @@ def test_a_second_configuration_reads_and_processes_no_document_again(data_dir, 
     assert len(prompts) == batches  # nothing read again
     assert inprocess._model[1].input_cache.hits == batches
     assert first["samples"] != second["samples"]  # the cached inputs served another method's answers
+
+
+def test_cache_budgets_come_from_the_environment_in_gib_and_bad_values_say_what_to_do(monkeypatch):
+    from hivtp.errors import ConfigError
+
+    for name, (variable, default) in inprocess.CACHE_GIB.items():
+        monkeypatch.delenv(variable, raising=False)
+        assert inprocess.cache_bytes(name) == int(default * 2**30)
+        monkeypatch.setenv(variable, "0.5")
+        assert inprocess.cache_bytes(name) == 2**29
+        for bad in ("six", "-1"):
+            monkeypatch.setenv(variable, bad)
+            with pytest.raises(ConfigError, match=variable):
+                inprocess.cache_bytes(name)

@@ -58,6 +58,27 @@ def clear_caches() -> None:
     _managers.clear()
 
 
+#: The shared caches' byte budgets (GiB) and the environment variables that override them. The
+#: defaults suit a few hundred questions per benchmark; a sweep answers every configuration's batches
+#: in the same order, so a cache smaller than one configuration's batches is read cyclically and LRU
+#: then hits nothing: size it to hold them all (``scripts/reproduce.py --full`` sets both to 6 GiB for
+#: 4,000 offline images: about 1.35 MB of pixels and 1.3 MB of toy tower captures per image).
+CACHE_GIB = {"tower": ("HIVTP_TOWER_CACHE_GB", 2.0), "inputs": ("HIVTP_INPUT_CACHE_GB", 4.0)}
+
+
+def cache_bytes(name: str) -> int:
+    """The byte budget of the ``name`` cache ("tower" / "inputs"): its variable in GiB, else the default."""
+    variable, default = CACHE_GIB[name]
+    text = os.environ.get(variable, "")
+    try:
+        gib = float(text) if text.strip() else default
+    except ValueError:
+        raise ConfigError(f"{variable}={text!r} is not a number of GiB; set it like {variable}=6 or unset it.") from None
+    if gib < 0:
+        raise ConfigError(f"{variable}={text!r} is negative; give the cache's budget in GiB (0 keeps one batch).")
+    return int(gib * 2**30)
+
+
 def cache_counts() -> dict[str, tuple[int, int]]:
     """(hits, misses) of the held model's shared caches so far ("tower", "inputs"); {} before a model loads."""
     if _model is None:
@@ -98,11 +119,11 @@ def cached_model(args) -> Any:
             args.model_args, {"batch_size": args.batch_size, "max_batch_size": args.max_batch_size, "device": args.device})
         # configurations of one model answer the same batches: share their vision-tower passes
         # (tested to change no answer: tests/test_engine_tower_cache.py)
-        lm.tower_cache = TowerCache()
+        lm.tower_cache = TowerCache(cache_bytes("tower"))
         if hasattr(lm, "input_cache"):  # and their documents' processor outputs (hivtp_llava)
             from .model import InputCache
 
-            lm.input_cache = InputCache()
+            lm.input_cache = InputCache(cache_bytes("inputs"))
         lm.configure(plugin, params)
         _model = (key, lm)
     else:

@@ -15,7 +15,6 @@ prompts and the chat template are lmms-eval's own):
 
 from __future__ import annotations
 
-import collections
 import functools
 import gc
 import json
@@ -34,6 +33,7 @@ from lmms_eval.protocol import ChatMessages
 
 from ..attach import attach
 from ..errors import ConfigError, HivtpError
+from ..lru import ByteBudgetLRU
 from ..zoo import resolve_checkpoint
 from .accounting import AccountingWriter, default_directory
 from .args import split_model_args
@@ -215,10 +215,13 @@ class InputCache:
     recently used first out."""
 
     def __init__(self, max_bytes: int = 4 * 2**30) -> None:
-        self.max_bytes = max_bytes
         self.hits = 0
         self.misses = 0
-        self._entries: collections.OrderedDict[tuple, tuple[list[str], Any, int, Any]] = collections.OrderedDict()
+        self._entries = ByteBudgetLRU(max_bytes)  # key -> (texts, inputs, keep_alive)
+
+    @property
+    def max_bytes(self) -> int:
+        return self._entries.max_bytes
 
     def get(self, key: tuple, compute, keep_alive: Any = None):
         """``compute()``'s (texts, inputs) for ``key``, computed once. ``keep_alive``: objects whose
@@ -226,12 +229,9 @@ class InputCache:
         entry = self._entries.get(key)
         if entry is not None:
             self.hits += 1
-            self._entries.move_to_end(key)
             return entry[0], entry[1]
         self.misses += 1
         texts, inputs = compute()
         size = sum(v.numel() * v.element_size() for v in inputs.values() if torch.is_tensor(v))
-        self._entries[key] = (texts, inputs, size, keep_alive)
-        while len(self._entries) > 1 and sum(e[2] for e in self._entries.values()) > self.max_bytes:
-            self._entries.popitem(last=False)
+        self._entries.put(key, (texts, inputs, keep_alive), size)
         return texts, inputs
