@@ -230,11 +230,14 @@ class TowerCache:
     path (fast / eager: their kernels round differently) and it holds every hidden state and capture
     the request needs; otherwise the tower runs and its captures are added to the entry. A reused
     pass is the very tensors a fresh pass computes, so no answer changes. Frozen weights only: call
-    :meth:`clear` after changing the model. At most ``max_bytes`` of tensors are held (least recently
-    used entries go first; :class:`hivtp.lru.ByteBudgetLRU`).
+    :meth:`clear` after changing the model. At most ``max_bytes`` of captured tensors are held, besides
+    the newest entry, which always stays (least recently used entries go first; :class:`hivtp.lru.ByteBudgetLRU`;
+    the small per-pass ``memo`` is not counted).
     """
 
-    def __init__(self, max_bytes: int = 2 * 2**30) -> None:
+    DEFAULT_MAX_BYTES = 2 * 2**30
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.hits = 0
         self.misses = 0
         self._entries = ByteBudgetLRU(max_bytes)
@@ -271,10 +274,12 @@ class TowerCache:
             return _subset(cached, hidden, request)
         fresh = compute()
         self.misses += 1
-        if cached is not None:  # the same pixels, fewer captures: add this pass's
-            cached.hidden_states.update(fresh.hidden_states)
-            cached.qk.update(fresh.qk)
-            cached.attentions.update(fresh.attentions)
+        if cached is not None:  # the same pixels, fewer captures: add the ones it lacks (those it holds stay,
+            # so its memo still describes them)
+            for held, new in ((cached.hidden_states, fresh.hidden_states), (cached.qk, fresh.qk),
+                              (cached.attentions, fresh.attentions)):
+                for layer, tensor in new.items():
+                    held.setdefault(layer, tensor)
             self._entries.put(key, cached, _nbytes(cached))
             return fresh
         self._entries.put(key, fresh, _nbytes(fresh))

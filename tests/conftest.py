@@ -16,7 +16,11 @@ def pytest_configure(config):
     for a busy core spin instead of sleeping."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        # torch's default already honours CPU affinity and OMP_NUM_THREADS; the variable passes the
+        # share on to the processes tests start (lmms-eval runs, sweeps)
+        threads = max(1, torch.get_num_threads() // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
 
 
 # The longest test files, longest first (`make test PYTEST_ARGS=--durations=30`: the calibration
@@ -37,8 +41,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def _deterministic():
+def _deterministic(monkeypatch):
     torch.manual_seed(0)
+    # a developer's cache budgets (hivtp.lmms.inprocess.CACHE_VARIABLES) must not change what tests see
+    for variable in ("HIVTP_TOWER_CACHE_GB", "HIVTP_INPUT_CACHE_GB"):
+        monkeypatch.delenv(variable, raising=False)
     yield
 
 

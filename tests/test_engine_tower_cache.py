@@ -125,3 +125,17 @@ def test_a_shared_pass_is_scored_once_per_layer(tiny_llava, monkeypatch):
         assert torch.equal(shared.generate(**inputs, max_new_tokens=2, do_sample=False), want)
     # three unshared configurations score 3 layers each; the shared ones 3 layers once in all
     assert len(computed) == 3 * 3 + 3
+
+
+def test_the_pixel_digest_reads_values_not_layout():
+    """Equal values give equal digests whatever the memory layout; one changed value or another dtype
+    gives another (the cache key also holds shape, dtype and device)."""
+    from hivtp.vision import pixel_digest
+
+    x = torch.randn(2, 3, 8, 8)
+    view = x.permute(0, 1, 3, 2).contiguous().permute(0, 1, 3, 2)  # the same values, another memory layout
+    assert not view.is_contiguous() and pixel_digest(view) == pixel_digest(x)
+    y = x.clone()
+    y[1, 2, 7, 7] = torch.nextafter(y[1, 2, 7, 7], torch.tensor(2.0))  # one float, one ulp
+    assert pixel_digest(y) != pixel_digest(x)
+    assert pixel_digest(x.bfloat16()) != pixel_digest(x) and len(pixel_digest(x.bfloat16())) == 32

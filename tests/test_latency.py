@@ -22,12 +22,16 @@ NEW_TOKENS = 3
 
 @pytest.fixture(scope="module")
 def rows():
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return measure(
-        model="tiny-llava", methods=[("none", {}), ("hivtp", {}), ("hivtp", {"budget": 64})],
-        random_weights=True, batch=2, warmup=0, repeats=2, new_tokens=NEW_TOKENS, prompt_tokens=12,
-        faithful=True, progress=False,
-    )
+    try:
+        yield measure(
+            model="tiny-llava", methods=[("none", {}), ("hivtp", {}), ("hivtp", {"budget": 64})],
+            random_weights=True, batch=2, warmup=0, repeats=2, new_tokens=NEW_TOKENS, prompt_tokens=12,
+            faithful=True, progress=False,
+        )
+    finally:
+        torch.set_num_threads(threads)  # the files that run after this one in the same process keep theirs
 
 
 @pytest.fixture(scope="module")

@@ -149,12 +149,12 @@ def test_a_second_configuration_reads_and_processes_no_document_again(data_dir, 
 def test_cache_budgets_come_from_the_environment_in_gib_and_bad_values_say_what_to_do(monkeypatch):
     from hivtp.errors import ConfigError
 
-    for name, (variable, default) in inprocess.CACHE_GIB.items():
+    for name, variable in inprocess.CACHE_VARIABLES.items():
         monkeypatch.delenv(variable, raising=False)
-        assert inprocess.cache_bytes(name) == int(default * 2**30)
+        assert inprocess.cache_bytes(name, 123) == 123
         monkeypatch.setenv(variable, "0.5")
-        assert inprocess.cache_bytes(name) == 2**29
-        for bad in ("six", "-1"):
+        assert inprocess.cache_bytes(name, 123) == 2**29
+        for bad in ("six", "-1", "nan", "inf"):
             monkeypatch.setenv(variable, bad)
             with pytest.raises(ConfigError, match=variable):
-                inprocess.cache_bytes(name)
+                inprocess.cache_bytes(name, 123)

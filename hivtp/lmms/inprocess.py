@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import os
 import sys
 from contextlib import contextmanager
@@ -28,7 +29,8 @@ from typing import Any, Iterator
 
 from ..errors import ConfigError
 
-__all__ = ["evaluate", "cli_args", "cached_model", "task_manager", "clear_caches"]
+__all__ = ["CACHE_VARIABLES", "cache_bytes", "cache_counts", "cached_model", "clear_caches", "cli_args", "evaluate",
+           "task_manager"]
 
 #: the plugin models this runner serves, by lmms-eval model name (module, class)
 PLUGINS = {"hivtp_llava": ("hivtp.lmms.model", "HivtpLlava"),
@@ -58,24 +60,28 @@ def clear_caches() -> None:
     _managers.clear()
 
 
-#: The shared caches' byte budgets (GiB) and the environment variables that override them. The
-#: defaults suit a few hundred questions per benchmark; a sweep answers every configuration's batches
-#: in the same order, so a cache smaller than one configuration's batches is read cyclically and LRU
-#: then hits nothing: size it to hold them all (``scripts/reproduce.py --full`` sets both to 6 GiB for
-#: 4,000 offline images: about 1.35 MB of pixels and 1.3 MB of toy tower captures per image).
-CACHE_GIB = {"tower": ("HIVTP_TOWER_CACHE_GB", 2.0), "inputs": ("HIVTP_INPUT_CACHE_GB", 4.0)}
+#: The environment variables (GiB) that override the shared caches' byte budgets (the defaults are
+#: ``TowerCache.DEFAULT_MAX_BYTES`` and ``InputCache.DEFAULT_MAX_BYTES``). A sweep answers every
+#: configuration's batches in the same order, so a cache smaller than one configuration's batches is
+#: read cyclically and LRU then hits nothing: size it to hold them all (``scripts/reproduce.py --full``
+#: sets both to 6 GiB for 4,000 offline images: about 1.35 MB of pixels and 1.3 MB of toy tower
+#: captures per image).
+CACHE_VARIABLES = {"tower": "HIVTP_TOWER_CACHE_GB", "inputs": "HIVTP_INPUT_CACHE_GB"}
 
 
-def cache_bytes(name: str) -> int:
-    """The byte budget of the ``name`` cache ("tower" / "inputs"): its variable in GiB, else the default."""
-    variable, default = CACHE_GIB[name]
+def cache_bytes(name: str, default: int) -> int:
+    """The byte budget of the ``name`` cache ("tower" / "inputs"): its variable in GiB, else ``default``."""
+    variable = CACHE_VARIABLES[name]
     text = os.environ.get(variable, "")
+    if not text.strip():
+        return default
     try:
-        gib = float(text) if text.strip() else default
+        gib = float(text)
     except ValueError:
-        raise ConfigError(f"{variable}={text!r} is not a number of GiB; set it like {variable}=6 or unset it.") from None
-    if gib < 0:
-        raise ConfigError(f"{variable}={text!r} is negative; give the cache's budget in GiB (0 keeps one batch).")
+        gib = float("nan")
+    if not (math.isfinite(gib) and gib >= 0):
+        raise ConfigError(f"{variable}={text!r} is not a budget in GiB; set it like {variable}=6 (0 keeps one "
+                          "batch) or unset it.")
     return int(gib * 2**30)
 
 
@@ -108,8 +114,13 @@ def cached_model(args) -> Any:
 
     from ..vision import TowerCache
 
+    from .model import InputCache
+
     cls = plugin_class(args.model)
     loader, plugin, params = cls.split_args(simple_parse_args_string(args.model_args))
+    # read before a (possibly long) model load, so that a bad budget fails first
+    budgets = {"tower": cache_bytes("tower", TowerCache.DEFAULT_MAX_BYTES),
+               "inputs": cache_bytes("inputs", InputCache.DEFAULT_MAX_BYTES)}
     key = json.dumps({**loader, "model": args.model, "device": args.device, "max_batch_size": args.max_batch_size},
                      sort_keys=True, default=str)
     if _model is None or _model[0] != key:
@@ -119,11 +130,9 @@ def cached_model(args) -> Any:
             args.model_args, {"batch_size": args.batch_size, "max_batch_size": args.max_batch_size, "device": args.device})
         # configurations of one model answer the same batches: share their vision-tower passes
         # (tested to change no answer: tests/test_engine_tower_cache.py)
-        lm.tower_cache = TowerCache(cache_bytes("tower"))
+        lm.tower_cache = TowerCache(budgets["tower"])
         if hasattr(lm, "input_cache"):  # and their documents' processor outputs (hivtp_llava)
-            from .model import InputCache
-
-            lm.input_cache = InputCache(cache_bytes("inputs"))
+            lm.input_cache = InputCache(budgets["inputs"])
         lm.configure(plugin, params)
         _model = (key, lm)
     else:

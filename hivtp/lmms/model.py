@@ -214,7 +214,9 @@ class InputCache:
     never modified (the caller moves a copy); at most ``max_bytes`` are held, least
     recently used first out."""
 
-    def __init__(self, max_bytes: int = 4 * 2**30) -> None:
+    DEFAULT_MAX_BYTES = 4 * 2**30
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.hits = 0
         self.misses = 0
         self._entries = ByteBudgetLRU(max_bytes)  # key -> (texts, inputs, keep_alive)
@@ -222,6 +224,11 @@ class InputCache:
     @property
     def max_bytes(self) -> int:
         return self._entries.max_bytes
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of tensors held now."""
+        return self._entries.nbytes
 
     def get(self, key: tuple, compute, keep_alive: Any = None):
         """``compute()``'s (texts, inputs) for ``key``, computed once. ``keep_alive``: objects whose
