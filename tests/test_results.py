@@ -360,3 +360,22 @@ def test_ledger_percent_of_unpruned_ignores_ablation_runs_at_the_same_budget():
     ])
     found = {c["config"]: c for c in unpruned_comparisons(frame)}
     assert list(found) == ["budget 128"] and found["budget 128"]["percent"] == "80.0%"
+
+
+def test_in_llm_rows_are_labelled_and_offline_tables_say_what_they_measure(tmp_path):
+    """FastV (stage "llm") shows as in-LLM wherever a method is named; the offline accuracy table adds
+    the note on what an in-LLM row measures on the toy, the paper profile's table does not."""
+    from hivtp.results.tables import IN_LLM, OFFLINE_IN_LLM_NOTE, method_label
+
+    assert method_label("fastv") == f"fastv ({IN_LLM})" and method_label("pdrop") == f"pdrop ({IN_LLM})"
+    assert method_label("hivtp") == "hivtp" and method_label("divprune") == "divprune"
+    offline = pd.DataFrame([acc_row("none", {}, "pope", 0.9), acc_row("fastv", {"budget": 64}, "pope", 0.5, tokens=64),
+                            acc_row("hivtp", {"budget": 64}, "pope", 0.8, tokens=64)], columns=ACCURACY_COLUMNS)
+    paper = offline.assign(profile="paper", model="llava-1.5-7b")
+    pd.concat([offline, paper]).to_csv(tmp_path / "accuracy.csv", index=False)
+    latency_frame().iloc[:0].to_csv(tmp_path / "latency.csv", index=False)
+    write_reports(tmp_path)
+    text = (tmp_path / "tables.md").read_text()
+    offline_block, paper_block = text.split("## accuracy: offline")[1], text.split("## accuracy: paper")[1]
+    assert f"| fastv ({IN_LLM}) | 64 |" in text
+    assert OFFLINE_IN_LLM_NOTE in offline_block.split("## ")[0] and OFFLINE_IN_LLM_NOTE not in paper_block

@@ -11,6 +11,7 @@ from .base import (
     TowerRequest,
     available_methods,
     build_method,
+    is_in_llm,
     is_offline_only,
     parse_layers,
     register_method,

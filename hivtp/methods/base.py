@@ -171,6 +171,12 @@ def is_offline_only(name: str) -> bool:
     return cls is not None and cls.offline_only
 
 
+def is_in_llm(name: str) -> bool:
+    """Whether ``name`` is a registered method that drops tokens inside the language model (``stage == "llm"``)."""
+    cls = METHODS.get(name)
+    return cls is not None and cls.stage == "llm"
+
+
 def method_parameters(cls: type[PruningMethod]) -> list[str]:
     return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
 

@@ -17,9 +17,9 @@ import math
 import pandas as pd
 
 from ..claims import CLAIMS, Claim, family_of
-from ..methods import is_offline_only
+from ..methods import is_in_llm, is_offline_only
 from .stats import excludes_zero
-from .tables import accuracy_table, primary_metric
+from .tables import OFFLINE_IN_LLM_NOTE, accuracy_table, method_label, primary_metric
 
 RULE = "rule (no budget)"
 
@@ -189,7 +189,7 @@ def accuracy_vs_prior(acc: pd.DataFrame) -> list[str]:
         return []
     lines = ["| model | budget | method | HIVTP better | HIVTP worse | not told apart |", "|---|---|---|---|---|---|"]
     for c in found:
-        lines.append(f"| {c['model']} | {c['budget']} | {c['method']} | {_cell(c['better'])} | {_cell(c['worse'])} | "
+        lines.append(f"| {c['model']} | {c['budget']} | {method_label(c['method'])} | {_cell(c['better'])} | {_cell(c['worse'])} | "
                      f"{_cell(c['apart'])} |")
     return lines
 
@@ -268,6 +268,8 @@ def _section(title: str, acc: pd.DataFrame, lat: pd.DataFrame, with_ratio: bool)
     ):
         if table:
             lines += [f"### {caption}", "", *table, ""]
+    if not with_ratio and len(acc) and acc["method"].map(is_in_llm).any():
+        lines += [OFFLINE_IN_LLM_NOTE, ""]
     return lines
 
 

@@ -11,7 +11,7 @@ from ..errors import ConfigError
 from .collect import ACCURACY_COLUMNS, LATENCY_COLUMNS
 from .figures import all_figures
 from .ledger import ledger_markdown
-from .tables import ACCURACY_LEGEND, accuracy_text_table, latency_table, split_ablations, to_latex, to_markdown
+from .tables import ACCURACY_LEGEND, IN_LLM, OFFLINE_IN_LLM_NOTE, accuracy_text_table, latency_table, split_ablations, to_latex, to_markdown
 
 
 def read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
@@ -40,6 +40,8 @@ def write_tables(acc: pd.DataFrame, lat: pd.DataFrame, out: Path) -> list[Path]:
         title = f"{kind}: " + " / ".join(map(str, key))
         stem = f"{kind.replace(' ', '_')}_" + "_".join(str(k).replace("/", "-") for k in key)
         legend = [ACCURACY_LEGEND, ""] if kind.startswith("accuracy") else []
+        if legend and key[0] == "offline" and any(f"({IN_LLM})" in m for m in table.index.get_level_values(0)):
+            legend += [OFFLINE_IN_LLM_NOTE, ""]
         md += [f"## {title}", "", to_markdown(table), *legend]
         path = out / "tables" / f"{stem}.tex"
         write_text(path, to_latex(table, caption=title + (". " + ACCURACY_LEGEND if legend else "")))

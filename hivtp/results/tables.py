@@ -9,7 +9,7 @@ import math
 
 import pandas as pd
 
-from ..methods import is_offline_only
+from ..methods import is_in_llm, is_offline_only
 from .stats import excludes_zero
 
 # Which metric stands for a benchmark when a task reports several (first present wins).
@@ -35,9 +35,16 @@ def _budget_label(row: pd.Series) -> str:
 UPPER_BOUND = "upper bound, offline only"
 
 
+#: how a method that drops tokens inside the language model (FastV, PDrop) is labelled
+IN_LLM = "in-LLM"
+
+
 def method_label(name: str) -> str:
-    """The name a table row or figure legend shows: offline-only methods are marked as the upper bound."""
-    return f"{name} ({UPPER_BOUND})" if is_offline_only(name) else name
+    """The name a table row or figure legend shows: offline-only methods are marked as the upper bound,
+    methods acting inside the language model as in-LLM (offline, their rows read differently: below)."""
+    if is_offline_only(name):
+        return f"{name} ({UPPER_BOUND})"
+    return f"{name} ({IN_LLM})" if is_in_llm(name) else name
 
 
 def _method_rank(name: str) -> tuple[int, int]:
@@ -120,6 +127,15 @@ ACCURACY_LEGEND = (
     "Avg and % unpruned carry no interval. A row marked \"" + UPPER_BOUND + "\" (oracle: keeps the patches "
     "the scene's objects cover, known by construction) is the offline testbed's reference, not a competing "
     "method: it carries its interval but no mark."
+)
+#: added under offline accuracy tables: what an in-LLM row measures on the toy (issue 19, item 7)
+OFFLINE_IN_LLM_NOTE = (
+    "An \"" + IN_LLM + "\" row (FastV) drops image tokens inside the toy's 3-layer language model after layer K "
+    "(K=1 offline). On the toy its selection is far better than random's (more object patches among the tokens "
+    "it keeps), yet at K=1 it answers existence questions worse than random does, and at K=2 as well as the "
+    "unpruned model: such a row measures how the toy takes tokens dropped mid-model more than which tokens are "
+    "kept, and the toy's supervised attention head is not what makes its selection good "
+    "(`scripts/toy_inllm_supervision.py`, results/toy_inllm_supervision.json; README, Offline results)."
 )
 
 
