@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, ClassVar
 
-__all__ = ["ByteBudgetLRU"]
+__all__ = ["BudgetedCache", "ByteBudgetLRU"]
 
 
 class ByteBudgetLRU:
@@ -47,3 +47,27 @@ class ByteBudgetLRU:
     def clear(self) -> None:
         self._entries.clear()
         self.nbytes = 0
+
+
+class BudgetedCache:
+    """Base of a cache whose entries live in a :class:`ByteBudgetLRU`: its hit and miss counts, its
+    budget (``max_bytes``; ``DEFAULT_MAX_BYTES`` when not given) and the bytes it holds."""
+
+    DEFAULT_MAX_BYTES: ClassVar[int] = 2**30
+
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self.hits = 0
+        self.misses = 0
+        self._entries = ByteBudgetLRU(self.DEFAULT_MAX_BYTES if max_bytes is None else max_bytes)
+
+    @property
+    def max_bytes(self) -> int:
+        return self._entries.max_bytes
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held now."""
+        return self._entries.nbytes
+
+    def clear(self) -> None:
+        self._entries.clear()

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .lru import ByteBudgetLRU
+from .lru import BudgetedCache
 
 __all__ = [
     "TowerOutput",
@@ -218,7 +218,7 @@ def run_tower_eager(
     )
 
 
-class TowerCache:
+class TowerCache(BudgetedCache):
     """Share vision-tower passes between configurations evaluated in one process (issue 20).
 
     An in-process evaluation answers the same questions, in the same batches, once per method and
@@ -236,23 +236,6 @@ class TowerCache:
     """
 
     DEFAULT_MAX_BYTES = 2 * 2**30
-
-    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self.hits = 0
-        self.misses = 0
-        self._entries = ByteBudgetLRU(max_bytes)
-
-    @property
-    def max_bytes(self) -> int:
-        return self._entries.max_bytes
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of tensors held now."""
-        return self._entries.nbytes
-
-    def clear(self) -> None:
-        self._entries.clear()
 
     def run(
         self,

@@ -33,7 +33,7 @@ from lmms_eval.protocol import ChatMessages
 
 from ..attach import attach
 from ..errors import ConfigError, HivtpError
-from ..lru import ByteBudgetLRU
+from ..lru import BudgetedCache
 from ..zoo import resolve_checkpoint
 from .accounting import AccountingWriter, default_directory
 from .args import split_model_args
@@ -204,7 +204,7 @@ def _batches(args: list[tuple], batch_size: int) -> Iterator[list[int]]:
             yield indices[start:start + batch_size]
 
 
-class InputCache:
+class InputCache(BudgetedCache):
     """Processor outputs of whole batches, shared by the configurations one in-process evaluation runs
     (issue 20): every configuration answers the same documents in the same batches, and reading them
     (image decoding) and processing them costs as much as the offline models' language model. A key
@@ -214,21 +214,7 @@ class InputCache:
     never modified (the caller moves a copy); at most ``max_bytes`` are held, least
     recently used first out."""
 
-    DEFAULT_MAX_BYTES = 4 * 2**30
-
-    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self.hits = 0
-        self.misses = 0
-        self._entries = ByteBudgetLRU(max_bytes)  # key -> (texts, inputs, keep_alive)
-
-    @property
-    def max_bytes(self) -> int:
-        return self._entries.max_bytes
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of tensors held now."""
-        return self._entries.nbytes
+    DEFAULT_MAX_BYTES = 4 * 2**30  # entries: key -> (texts, inputs, keep_alive)
 
     def get(self, key: tuple, compute, keep_alive: Any = None):
         """``compute()``'s (texts, inputs) for ``key``, computed once. ``keep_alive``: objects whose
