@@ -14,6 +14,7 @@ PYTEST_ARGS ?=
 # its module fixtures load once; files start in tests/conftest.py's order, longest first, not xdist's
 # largest-count-first). Each gets its share of torch's threads (tests/conftest.py).
 TEST_WORKERS ?= 2
+XDIST := $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder,)
 
 .PHONY: help setup models data toy-model calibrate latency-cpu test test-fast reproduce reproduce-paper figures sweep bench-gpu clean
 
@@ -33,10 +34,10 @@ models: setup  ## build the offline checkpoints under artifacts/models (seconds)
 	$(PY) scripts/build_models.py
 
 test: setup  ## the whole test suite (CPU, no network; TEST_WORKERS=1 runs it in one process)
-	$(PY) -m pytest $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder,) $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: setup  ## skip the real-shape (7B / ViT-L) tests
-	$(PY) -m pytest -m "not slow" $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder,) $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 reproduce: setup models  ## the offline experiment end to end (CPU, minutes); FULL=1: 1000 questions per benchmark, every ablation point
 	$(PY) scripts/reproduce.py $(if $(FULL),--full,)

@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from hivtp.lmms.inprocess import CACHE_VARIABLES
 from hivtp.zoo import build_checkpoint, load_pretrained
 
 
@@ -43,8 +44,8 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _deterministic(monkeypatch):
     torch.manual_seed(0)
-    # a developer's cache budgets (hivtp.lmms.inprocess.CACHE_VARIABLES) must not change what tests see
-    for variable in ("HIVTP_TOWER_CACHE_GB", "HIVTP_INPUT_CACHE_GB"):
+    # a developer's cache budgets must not change what tests see
+    for variable in CACHE_VARIABLES.values():
         monkeypatch.delenv(variable, raising=False)
     yield
 

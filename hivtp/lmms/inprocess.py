@@ -113,7 +113,6 @@ def cached_model(args) -> Any:
     from lmms_eval.utils import simple_parse_args_string
 
     from ..vision import TowerCache
-
     from .model import InputCache
 
     cls = plugin_class(args.model)
