@@ -196,7 +196,7 @@ def run_all(configs: list, start: float) -> None:
     timed = [c for c in configs if c.mode != "accuracy"]
     answered, busy = 0, 0.0
     for i, cfg in enumerate(accuracy + timed):
-        if cfg is (timed[0] if timed else None):
+        if timed and cfg is timed[0]:
             clear_caches()  # free the accuracy model and its shared caches (GiB) before anything is timed
         t0 = time.perf_counter()
         folder = execute(cfg)
