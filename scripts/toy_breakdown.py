@@ -1,9 +1,11 @@
-"""Accuracy of the shipped toy LLaVA per MME category and per relation answer, on fresh scenes.
+"""Accuracy of the shipped toy LLaVA per MME category, per relation answer and per count, on fresh scenes.
 
-    python scripts/toy_breakdown.py [--scenes 60] [--seed 777] [--model toy-llava]
+    python scripts/toy_breakdown.py [--scenes 60] [--seed 777] [--model toy-llava] [--method oracle --budget 64]
 
 Finer than the training log's per-family accuracy: it says which kind of statement a family's misses
-come from (e.g. MME's left / right pairs).
+come from (e.g. MME's left / right pairs). Count questions are grouped by the true count and by whether
+an object they count is small (about 2x2 patches), the two things the v9 toy's count misses came from.
+``--method`` / ``--budget`` score the model through ``hivtp.attach`` instead.
 """
 
 from __future__ import annotations
@@ -13,6 +15,13 @@ from collections import defaultdict
 
 import numpy as np
 import torch
+
+
+def _group(scene, q) -> str:
+    if q.family == "count":
+        small = any(o.shape == q.meta["shape"] and o.size == "small" for o in scene.objects)
+        return f"count {q.answer} {'with a small one' if small else 'all large'}"
+    return f"{q.family} {q.meta.get('category', '')} {q.answer}".replace("  ", " ")
 
 
 def main() -> None:
@@ -25,16 +34,22 @@ def main() -> None:
     ap.add_argument("--scenes", type=int, default=60)
     ap.add_argument("--seed", type=int, default=777)
     ap.add_argument("--model", default="toy-llava")
+    ap.add_argument("--method", default="none", help="a registered method, applied with hivtp.attach")
+    ap.add_argument("--budget", type=int, default=None, help="the method's token budget")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model, processor = load_pretrained(args.model)
+    if args.method != "none":
+        from hivtp import attach
+
+        model = attach(model, method=args.method, **({} if args.budget is None else {"budget": args.budget}))
     rng = np.random.default_rng(args.seed)
     images, items, groups = [], [], []
     for _ in range(args.scenes):
         scene = draw_scene(rng)
-        for q in ask(scene, "mme", rng) + ask(scene, "relation", rng):
+        for q in ask(scene, "mme", rng) + ask(scene, "relation", rng) + ask(scene, "count", rng):
             items.append(QAItem(len(images), q.family, prompt_text(q), target_text(q)))
-            groups.append(f"{q.family} {q.meta.get('category', '')} {q.answer}".replace("  ", " "))
+            groups.append(_group(scene, q))
         images.append(render(scene))
     hits = defaultdict(list)
     for group, (_, _, correct) in zip(groups, evaluate(model, processor, images, items)):

@@ -13,7 +13,7 @@ import hivtp
 from hivtp.toy.data import chat_prompt, encode_items, patch_labels, sample_items
 from hivtp.toy.evaluate import evaluate, family_accuracy, held_out_items
 from hivtp.toy.forward import build, loss_of, loss_of_full
-from hivtp.toy.train import TrainConfig, train
+from hivtp.toy.train import TrainConfig, recipe, train
 from hivtp.world import FAMILIES, KINDS
 from hivtp.zoo import load_pretrained, trained_dir
 
@@ -200,8 +200,11 @@ SHIPPED = trained_dir("toy-llava")
 
 
 def test_retraining_reproduces_the_logged_losses_of_the_first_steps(tmp_path):
-    saved = json.loads((SHIPPED / "train_config.json").read_text())
+    from hivtp.toy.train import ADDED_AFTER_V9
+
+    saved = {**ADDED_AFTER_V9, **json.loads((SHIPPED / "train_config.json").read_text())}
     cfg = TrainConfig(**{f.name: saved[f.name] for f in fields(TrainConfig)})
+    assert recipe(cfg) == recipe(TrainConfig()), "make toy-model's defaults must be the shipped model's recipe"
     cfg.steps, cfg.eval_every, cfg.log_every = 2, 0, 100  # the first two steps of the shipped run
     cfg.warmup = saved["warmup"]
     logged = [json.loads(line) for line in (SHIPPED / "train_log.jsonl").read_text().splitlines()[:2]]
@@ -520,7 +523,7 @@ def test_attention_losses_target_the_named_objects_patches_or_bos(untrained):
             return out
         return rows
 
-    cfg = TrainConfig()
+    cfg = TrainConfig(retrieve_targets="mention")  # the whole-mass loss (per object: the next test)
     right = attention_losses(batch, {i: rows_of(i, False) for i in range(3)}, cfg)
     bad = attention_losses(batch, {i: rows_of(i, True) for i in range(3)}, cfg)
     assert set(right) == {"retrieve", "gather", "bind"} and all(abs(v.item()) < 1e-5 for v in right.values())
@@ -532,6 +535,77 @@ def test_attention_losses_target_the_named_objects_patches_or_bos(untrained):
     assert absent, "the sample should hold questions about absent objects (BOS targets)"
     assert any(it.family == "choice" for it in items), "the sample should hold a choice question (options)"
     assert any(s is not None for s in batch.side_at), "the sample should hold a question with one side word"
+
+
+def test_retrieve_targets_score_each_named_objects_mass_and_bos(untrained):
+    """Brute force from the scenes, per ``retrieve_targets``: attention spread evenly over every named
+    patch loses nothing on the whole-mention loss; per object it costs the mean over the mention's n
+    objects of -log(object patches / named patches), averaged over mentions; equal mass per object
+    costs log n, and with BOS as one more target equal mass on BOS and each object costs log(n + 1)."""
+    import math
+
+    from hivtp.toy.objectives import attention_losses
+
+    model, processor = untrained
+    images, items, scenes = sample_items(3, 12, num_images=8, questions_per_image=3, families=("count",),
+                                         with_scenes=True, count_focus=1.0)
+    batch = encode_items(processor, images, items, model.config.image_seq_length)
+    batch.patch_labels = torch.stack([patch_labels(s) for s in scenes])
+    p, keys, start = batch.prefix_len, batch.input_ids.shape[1], batch.prefix_len - 576
+    mentions = [(row, m) for row in range(len(items)) for m in batch.mentions[row]]
+
+    def named_patches(row: int, m) -> list[torch.Tensor]:  # per visible named object: its key positions
+        labels = patch_labels(scenes[items[row].image])
+        return [start + (labels == KINDS.index(o.kind) + 1).nonzero().flatten() for o in scenes[items[row].image].objects
+                if m.matches(o.kind) and (labels == KINDS.index(o.kind) + 1).any()]
+
+    def attention(spread: str):  # "patches": even per patch; "objects": even per object; "objects+bos": and BOS
+        def rows(question, position):
+            out = torch.zeros(len(question), 4, keys)
+            for n, (qi, pos) in enumerate(zip(question.tolist(), position.tolist())):
+                m = next(m for m in batch.mentions[qi] if m.at == p + pos)
+                objects = named_patches(qi, m)
+                if not objects or spread == "objects+bos":
+                    out[n, 0, 0] = 1.0 if not objects else 1.0 / len(objects)  # BOS
+                for at in objects:
+                    out[n, 0, at] += 1.0 if spread == "patches" else 1.0 / len(objects) / len(at)
+                out[n, 0] /= out[n, 0].sum()
+            return out
+        return rows
+
+    even, per_object, with_bos = [], [], []
+    for row, m in mentions:
+        objects = named_patches(row, m)
+        total = sum(len(at) for at in objects)
+        even.append(sum(-math.log(len(at) / total) for at in objects) / len(objects) if objects else 0.0)
+        per_object.append(math.log(len(objects)) if objects else 0.0)
+        with_bos.append(math.log(len(objects) + 1) if objects else 0.0)
+    assert max(len(named_patches(r, m)) for r, m in mentions) >= 3, "the sample should count three objects"
+    mean = lambda values: sum(values) / len(mentions)
+    loss = lambda spread, targets: attention_losses(batch, {1: attention(spread)}, TrainConfig(retrieve_targets=targets),
+                                                    ("retrieve",))["retrieve"].item()
+    assert loss("patches", "mention") == pytest.approx(0.0, abs=1e-5)
+    assert loss("patches", "objects") == pytest.approx(mean(even), rel=1e-5)
+    assert loss("objects", "objects") == pytest.approx(mean(per_object), rel=1e-5)
+    assert loss("objects+bos", "objects+bos") == pytest.approx(mean(with_bos), rel=1e-5)
+    assert mean(even) > mean(per_object) > 0
+    with pytest.raises(ValueError, match="retrieve_targets must be one of mention, objects, objects"):
+        TrainConfig(retrieve_targets="all")
+
+
+def test_count_focus_draws_shape_heavy_scenes_and_counts_their_commonest_shape():
+    from collections import Counter
+
+    def answers(focus: float) -> tuple[Counter, list]:
+        _, items, scenes = sample_items(9, 0, num_images=400, questions_per_image=1, families=("count",),
+                                        with_scenes=True, count_focus=focus)
+        return Counter(int(it.target) for it in items), list(zip(items, scenes))
+
+    plain, _ = answers(0.0)
+    focused, pairs = answers(1.0)
+    for item, scene in pairs:  # every count question counts a shape no other shape outnumbers
+        assert int(item.target) == max(scene.count(shape=s) for s in ("circle", "square", "triangle"))
+    assert focused[3] + focused[4] > 3 * (plain[3] + plain[4]) and focused[0] == 0
 
 
 def test_mention_probes_read_the_named_objects_count_and_place(untrained):
@@ -582,6 +656,8 @@ def test_breakdown_script_reports_mme_categories_and_relation_answers():
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| mme") or line.startswith("| relation")]
     assert rows and all(0 <= float(acc) <= 1 and int(n) > 0 for _, n, acc in rows)
     assert {g.split()[1] for g, _, _ in rows if g.startswith(" mme")} <= {"existence", "count", "color", "position"}
+    counts = [line.split("|")[1].split() for line in out.splitlines() if line.startswith("| count")]
+    assert counts and all(int(g[1]) in range(5) and " ".join(g[2:]) in ("all large", "with a small one") for g in counts)
 
 
 def test_ridge_r2_is_one_for_a_linear_target_and_near_zero_for_noise():

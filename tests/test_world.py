@@ -80,6 +80,19 @@ def test_gqa_like_answers_follow_from_the_scene():
         assert q.answer == str(sum(o.shape == q.meta["shape"] for o in s.objects))
 
 
+def test_count_of_a_named_shape_and_kind_weights_that_favour_a_shape():
+    for i, s in enumerate(SCENES[:20]):
+        for shape in ("circle", "square", "triangle"):
+            (q,) = ask(s, "count", np.random.default_rng(i), shape=shape)
+            assert q.question == f"How many {shape}s are there?" and q.answer == str(s.count(shape=shape))
+    with pytest.raises(ValueError, match="unknown shape 'star'"):
+        ask(SCENES[0], "count", np.random.default_rng(0), shape="star")
+    squares_only = np.array([1.0 if shape == "square" else 0.0 for _, shape in KINDS]) / 4
+    for i in range(10):
+        scene = draw_scene(np.random.default_rng(i), num_objects=4, kind_weights=squares_only)
+        assert scene.count(shape="square") == len(scene.objects) == 4
+
+
 def test_mme_pairs_one_true_one_false_and_choice_indices():
     for i, s in enumerate(SCENES):
         rng = np.random.default_rng(i)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..world import COLOURS, FAMILIES, KINDS, POPE_STRATEGIES, SHAPES, Scene, ask, draw_scene, prompt_text, render, target_text
+from ..world import COLOURS, FAMILIES, KIND_WEIGHTS, KINDS, POPE_STRATEGIES, SHAPES, Scene, ask, draw_scene, prompt_text, render, target_text
 
 __all__ = ["QAItem", "Batch", "Mention", "HELD_OUT", "sample_items", "mentions_of", "side_word_of", "chat_prompt", "encode_items", "patch_labels"]
 
@@ -84,11 +84,15 @@ class Mention:
         return (self.colour is None or kind[0] == self.colour) and (self.shape is None or kind[1] == self.shape)
 
 
-def _one_question(scene, rng: np.random.Generator, families: tuple[str, ...]):
+def _one_question(scene, rng: np.random.Generator, families: tuple[str, ...], count_shape: str | None = None):
+    """One question of a family drawn at random; ``count_shape``: what a count question counts (None:
+    a random shape)."""
     order = rng.permutation(len(families))
     for i in order:  # a family may have nothing to ask about this scene (e.g. no left/right pair)
         family = families[int(i)]
         kw = {"strategy": POPE_STRATEGIES[int(rng.integers(3))]} if family == "exist" else {}
+        if family == "count" and count_shape is not None:
+            kw = {"shape": count_shape}
         qs = ask(scene, family, rng, **kw)
         if qs:
             return qs[int(rng.integers(len(qs)))]
@@ -103,23 +107,49 @@ def sample_items(
     families: tuple[str, ...] = FAMILIES,
     with_scenes: bool = False,
     objects: tuple[int, int] | None = None,
+    count_focus: float = 0.0,
 ):
     """``num_images`` fresh scenes and ``questions_per_image`` questions about each:
     (images, items), plus the scenes when ``with_scenes``. ``objects`` = (lo, hi) draws the objects
     per scene uniformly in [lo, hi] (the training curriculum; at most one per kind, and fewer when
-    they do not fit); None keeps the world's own 1-4."""
+    they do not fit); None keeps the world's own 1-4.
+
+    ``count_focus`` (training only; 0 draws the world's own scenes and questions): this share of the
+    scenes is drawn *shape-heavy* (``shape_heavy_weights``) and its count questions count its most
+    common shape. In the world's own stream three objects of one shape are rare (2% of count
+    questions), and a model trained on it never answers "3"."""
     rng = np.random.default_rng([seed, index])
     images, items, scenes = [], [], []
     for _ in range(num_images):
         count = None if objects is None else int(rng.integers(objects[0], objects[1] + 1))
-        scene = draw_scene(rng, num_objects=count)
+        focus = bool(count_focus) and rng.random() < count_focus
+        scene = draw_scene(rng, num_objects=count, kind_weights=shape_heavy_weights(rng) if focus else None)
+        count_shape = most_common_shape(scene, rng) if focus else None
         for _ in range(questions_per_image):
-            q = _one_question(scene, rng, families)
+            q = _one_question(scene, rng, families, count_shape)
             if q is not None:
                 items.append(QAItem(len(images), q.family, prompt_text(q), target_text(q)))
         images.append(render(scene))
         scenes.append(scene)
     return (images, items, scenes) if with_scenes else (images, items)
+
+
+SHAPE_HEAVY = 4.0  # a shape-heavy scene draws one shape's kinds this many times as often
+
+
+def shape_heavy_weights(rng: np.random.Generator) -> np.ndarray:
+    """``KIND_WEIGHTS`` with the kinds of one random shape weighted ``SHAPE_HEAVY`` times (renormalised):
+    in 4-object scenes three of a shape become 14% of scenes instead of 6%."""
+    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    weights = KIND_WEIGHTS * np.array([SHAPE_HEAVY if s == shape else 1.0 for _, s in KINDS])
+    return weights / weights.sum()
+
+
+def most_common_shape(scene: Scene, rng: np.random.Generator) -> str:
+    """The shape with the most objects in ``scene`` (ties broken at random)."""
+    counts = np.array([scene.count(shape=s) for s in SHAPES])
+    best = np.flatnonzero(counts == counts.max())
+    return SHAPES[int(best[int(rng.integers(len(best)))])]
 
 
 _WORD = re.compile(r"[A-Za-z]+")

@@ -37,9 +37,11 @@ from .data import Batch
 from .forward import cell_positions, feature_layer, loss_of
 
 __all__ = ["Objective", "objectives", "step_losses", "weighted_total", "AuxHeads", "MentionProbes", "aux_heads",
-           "attention_losses", "grounding_loss", "kind_word_ids", "ATTENTION_TERMS"]
+           "attention_losses", "retrieve_rows", "grounding_loss", "kind_word_ids", "ATTENTION_TERMS",
+           "RETRIEVE_TARGETS"]
 
 ATTENTION_TERMS = ("retrieve", "gather", "bind")
+RETRIEVE_TARGETS = ("mention", "objects", "objects+bos")  # how ``retrieve`` scores a mention (``attention_losses``)
 ENCODER_TERMS = ("colour", "position", "kind")
 PROBE_TERMS = {"count": "count_probe", "where": "where_probe"}  # term -> MentionProbes output
 
@@ -147,9 +149,29 @@ def _target_keys(batch: Batch, qi: int, m, start: int) -> tuple[torch.Tensor, to
     return keys, named & present
 
 
-def _mass_loss(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """-log(attention mass on the target keys), averaged: ``probs`` and ``targets`` [N, L]."""
-    return -(probs * targets).sum(-1).clamp(min=1e-6).log().mean()
+def retrieve_rows(keys: torch.Tensor, batch: Batch, qi: int, start: int, targets: str) -> torch.Tensor:
+    """The retrieve loss's target rows [n, L] for one mention whose keys are ``keys`` [L]
+    (``_target_keys``), by ``targets`` (``RETRIEVE_TARGETS``): the whole mention in one row, one row
+    per visible named object, or those plus BOS. A mention that finds nothing is its BOS row alone."""
+    if targets not in RETRIEVE_TARGETS:
+        raise ValueError(f"unknown retrieve targets {targets!r}; choose one of {', '.join(RETRIEVE_TARGETS)}.")
+    if keys[0] or targets == "mention":
+        return keys.unsqueeze(0)
+    labels = torch.zeros_like(keys, dtype=torch.long)
+    seen = batch.seen_labels[int(batch.image_index[qi])]  # [K]
+    labels[start : start + seen.numel()] = seen
+    kinds = labels[keys].unique()
+    rows = (labels.unsqueeze(0) == kinds.unsqueeze(1)) & keys  # [n, L]: one per object
+    if targets == "objects+bos":
+        rows = torch.cat([rows, torch.nn.functional.one_hot(torch.tensor(0), keys.numel()).bool().unsqueeze(0)])
+    return rows
+
+
+def _mass_loss(probs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """-log(attention mass on the target keys), averaged (``weights`` [N]: a weighted mean):
+    ``probs`` and ``targets`` [N, L]."""
+    losses = -(probs * targets).sum(-1).clamp(min=1e-6).log()
+    return losses.mean() if weights is None else (losses * weights).sum() / weights.sum()
 
 
 def attention_losses(batch: Batch, rows: dict, cfg, wanted=ATTENTION_TERMS) -> dict[str, torch.Tensor]:
@@ -161,7 +183,13 @@ def attention_losses(batch: Batch, rows: dict, cfg, wanted=ATTENTION_TERMS) -> d
     * ``retrieve``: at each mention's last word, head 0 of ``retrieve_layer`` puts its mass on the
       patches of the objects the mention names, or on BOS when the image has none ("the red circle"
       absent; an option that is not the answer). What that head returns then says "found" or "not
-      found" in one direction;
+      found" in one direction. ``cfg.retrieve_targets`` says how a mention that names several
+      objects ("squares") is scored: ``mention`` (v9), the mass on all of them at once, which any
+      one of them can meet; ``objects``, each object's mass apart (the mean of their -log masses,
+      so a mention counts once), so that the head finds every object; ``objects+bos``, the same
+      with BOS as one more target, so that BOS's share, 1 / (objects + 1), says how many were found
+      (a counting read-out that does not saturate). v9 answered "2" to every "how many" question
+      about three or four objects (``scripts/toy_breakdown.py --scenes 400``);
     * ``gather``: at the position that predicts the answer word, heads 0 and 1 of ``gather_layer`` look
       at the first and the last mention of the question, head 2 at the option that was found, head 3
       at the side word of "Is the A on the left of the B?" (the answer compares it with where A and B are);
@@ -175,12 +203,16 @@ def attention_losses(batch: Batch, rows: dict, cfg, wanted=ATTENTION_TERMS) -> d
     width = batch.input_ids.shape[1]
     one_hot = lambda at: torch.nn.functional.one_hot(torch.tensor(at), width).bool()  # noqa: E731
     retrieve, gather, bind = ([], [], []), ([], [], []), ([], [], [])  # (question, suffix position, targets [heads, L])
+    retrieve_weights = []
     for qi, mentions in enumerate(batch.mentions):
         question = [m for m in mentions if not m.option]
         found = []
         for m in mentions:
             keys, _ = _target_keys(batch, qi, m, start)
-            retrieve[0].append(qi), retrieve[1].append(m.at - p), retrieve[2].append(keys.unsqueeze(0))
+            rows_of_m = retrieve_rows(keys, batch, qi, start, cfg.retrieve_targets)
+            for row in rows_of_m:  # each row weighted 1 / rows: a mention counts once
+                retrieve[0].append(qi), retrieve[1].append(m.at - p), retrieve[2].append(row.unsqueeze(0))
+                retrieve_weights.append(1.0 / len(rows_of_m))
             if m.option:
                 if not keys[0]:  # this option names an object that is there: the answer
                     found.append(m.at)
@@ -197,7 +229,8 @@ def attention_losses(batch: Batch, rows: dict, cfg, wanted=ATTENTION_TERMS) -> d
     out = {}
     if "retrieve" in wanted and retrieve[0]:
         probs = rows[cfg.retrieve_layer](torch.tensor(retrieve[0]), torch.tensor(retrieve[1]))[:, :1]  # [N, 1, L]
-        out["retrieve"] = _mass_loss(probs.flatten(0, 1), torch.cat(retrieve[2]))
+        weights = None if cfg.retrieve_targets == "mention" else torch.tensor(retrieve_weights)  # v9's maths exactly
+        out["retrieve"] = _mass_loss(probs.flatten(0, 1), torch.cat(retrieve[2]), weights)
     if "gather" in wanted and gather[0]:
         probs = rows[cfg.gather_layer](torch.tensor(gather[0]), torch.tensor(gather[1]))  # [N, H, L]
         pairs = [(n, h, t) for n, ts in enumerate(gather[2]) for h, t in ts.items()]

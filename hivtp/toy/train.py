@@ -37,7 +37,7 @@ from ..world import FAMILIES
 from .data import Batch, encode_items, patch_labels, sample_items
 from .evaluate import evaluate, family_accuracy, held_out_items
 from .forward import SHAPE, build
-from .objectives import Objective, aux_heads, kind_word_ids, objectives, step_losses, weighted_total
+from .objectives import RETRIEVE_TARGETS, Objective, aux_heads, kind_word_ids, objectives, step_losses, weighted_total
 
 __all__ = ["TrainConfig", "build", "batch_at", "keep_at", "drop_pattern", "train"]
 
@@ -45,6 +45,8 @@ DROP_STREAM = 7  # the drop draws' own random stream: (seed, step, DROP_STREAM)
 PATTERNS = ("uniform", "clustered", "objects")
 #: config fields that do not change what is computed (resuming with other values is fine)
 BOOKKEEPING = ("threads", "log_every", "ckpt_every", "eval_every", "eval_per_family", "eval_keep")
+#: fields added after the shipped toy (v9) was trained, with the values that run used
+ADDED_AFTER_V9 = {"retrieve_targets": "mention", "count_focus": 0.0}
 
 
 @dataclass
@@ -68,6 +70,8 @@ class TrainConfig:
     retrieve_layer: int = 1  # supervised attention (``objectives.attention_losses``): this layer's head 0 finds what a mention names ...
     gather_layer: int = 2  # ... this layer's heads 0-3 bring the mentions / found option / side word to the answer position ...
     bind_layer: int = 0  # ... and this layer's heads 1 / 2 bring an option's question noun / letter to its word
+    retrieve_targets: str = "mention"  # how retrieval scores a mention naming several objects (``objectives.RETRIEVE_TARGETS``)
+    count_focus: float = 0.0  # this share of scenes is shape-heavy and counts its most common shape (``data.sample_items``)
     # the weight of each objective (``objectives``); 0 switches it off. The answer loss has weight 1.
     colour_weight: float = 0.5
     position_weight: float = 0.5
@@ -85,6 +89,12 @@ class TrainConfig:
     eval_every: int = 400
     eval_per_family: int = 32
     eval_keep: int = 128  # the held-out evaluation also scores the model with ``random`` at this many tokens (0: off)
+
+    def __post_init__(self):
+        if self.retrieve_targets not in RETRIEVE_TARGETS:
+            raise ValueError(f"retrieve_targets must be one of {', '.join(RETRIEVE_TARGETS)}, got {self.retrieve_targets!r}.")
+        if not 0.0 <= self.count_focus <= 1.0:
+            raise ValueError(f"count_focus is a share of scenes, in [0, 1]; got {self.count_focus}.")
 
     def lr_at(self, step: int, language: bool = False) -> float:
         """Linear warm-up, then cosine decay to ``min_lr_ratio``. The language side (projector and
@@ -156,7 +166,8 @@ def batch_at(cfg: TrainConfig, processor, step: int, image_tokens: int) -> Batch
     tokenised with as many image tokens as the language model sees this step (``keep_at``)."""
     questions = 0 if step < cfg.encoder_steps else cfg.questions_per_image
     images, items, scenes = sample_items(
-        cfg.seed, step, cfg.images_per_step, questions, with_scenes=True, objects=objects_at(cfg, step)
+        cfg.seed, step, cfg.images_per_step, questions, with_scenes=True, objects=objects_at(cfg, step),
+        count_focus=cfg.count_focus if questions else 0.0,
     )
     labels = torch.stack([patch_labels(s) for s in scenes])
     if not items:  # the encoder stage: no language model

@@ -112,8 +112,12 @@ def _relation(scene: Scene, rng: np.random.Generator) -> list[Question]:
                      meta={"object": a.name, "other": b.name})]
 
 
-def _count(scene: Scene, rng: np.random.Generator) -> list[Question]:
-    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+def _count(scene: Scene, rng: np.random.Generator, shape: str | None = None) -> list[Question]:
+    """How many objects of ``shape`` (default: a random shape) the scene holds."""
+    if shape is None:
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    elif shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; shapes: {', '.join(SHAPES)}.")
     n = scene.count(shape=shape)
     return [Question("count", f"How many {shape}s are there?", str(n), meta={"shape": shape})]
 
@@ -169,7 +173,8 @@ _ASK = {"exist": _exist, "attribute": _attribute, "relation": _relation, "count"
 
 def ask(scene: Scene, family: str, rng: np.random.Generator, **kw: Any) -> list[Question]:
     """Questions of one family about ``scene`` (possibly none, e.g. no left/right pair exists).
-    ``exist`` takes ``strategy`` ("random" | "popular" | "adversarial"); ``choice`` takes ``num_choices``."""
+    ``exist`` takes ``strategy`` ("random" | "popular" | "adversarial"); ``choice`` takes ``num_choices``;
+    ``count`` takes ``shape``."""
     if family not in _ASK:
         raise ValueError(f"unknown question family {family!r}; families: {', '.join(FAMILIES)}.")
     return _ASK[family](scene, rng, **kw)

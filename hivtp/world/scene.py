@@ -89,16 +89,19 @@ def draw_scene(
     rng: np.random.Generator,
     size: tuple[int, int] | None = None,
     num_objects: int | None = None,
+    kind_weights: np.ndarray | None = None,
 ) -> Scene:
     """A random scene: ``num_objects`` (default 1-4) distinct kinds, sizes small or large, placed
-    without overlap inside the central square view. ``size`` is (W, H); default: one of IMAGE_SIZES."""
+    without overlap inside the central square view. ``size`` is (W, H); default: one of IMAGE_SIZES.
+    ``kind_weights`` (one per ``KINDS``, summing to 1) replaces ``KIND_WEIGHTS`` (the toy's training
+    uses it to see more objects of one shape; the benchmarks never do)."""
     width, height = size if size is not None else IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]
     n = int(num_objects) if num_objects is not None else int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
     if not 0 <= n <= len(KINDS):
         raise ValueError(f"num_objects must be in [0, {len(KINDS)}], got {n}.")
     left, top, view = _view(width, height)
     scale = view / 336.0
-    kinds = rng.choice(len(KINDS), size=n, replace=False, p=KIND_WEIGHTS)
+    kinds = rng.choice(len(KINDS), size=n, replace=False, p=KIND_WEIGHTS if kind_weights is None else kind_weights)
     scene = Scene(width, height, seed_noise=int(rng.integers(2**31)))
     for k in kinds:
         colour, shape = KINDS[int(k)]
