@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["CHUNK", "LEVEL", "RESAMPLES", "SEED", "bootstrap", "interval", "resample_weights"]
+__all__ = ["CHUNK", "LEVEL", "RESAMPLES", "SEED", "bootstrap", "interval", "mean_interval", "resample_weights"]
 
 RESAMPLES = 2000  # bootstrap resamples per interval
 SEED = 0  # every interval is reproducible; a paired interval uses the same draws for both runs
@@ -60,3 +60,12 @@ def interval(values: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
         raise ConfigError(f"level must be in (0, 1), got {level}.")
     lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
+
+
+def mean_interval(values, resamples: int = RESAMPLES, seed: int = SEED) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of ``values`` (one per unit) with its percentile bootstrap interval."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise ConfigError("mean_interval needs at least one value.")
+    (means,) = bootstrap([lambda w: (w @ x) / w.sum(axis=1)], np.zeros(len(x), dtype=int), resamples, seed)
+    return (float(x.mean()), *interval(means))

@@ -183,18 +183,12 @@ def attention_measurement(model, processor, images, items, scenes, batch_size: i
     return values
 
 
-def mean_ci(x: list[float]) -> tuple[float, float, float]:
-    from hivtp.bootstrap import bootstrap, interval
-
-    a = np.asarray(x, dtype=float)
-    (v,) = bootstrap([lambda w: (w @ a) / w.sum(axis=1)], np.zeros(len(a), dtype=int))
-    return (float(a.mean()), *interval(v))
-
-
 def attention_table(values) -> tuple[str, dict]:
     """One row per ranking, one column per measure: mean [95% interval] ("-" where it does not apply)."""
+    from hivtp.bootstrap import mean_interval
+
     metrics = ["image", "named", "objects"] + [f"{m}{b}" for b in BUDGETS for m in ("objects_in_top", "named_recall_top")]
-    stats = {name: {m: mean_ci(v[m]) for m in metrics if m in v} for name, v in values.items()}
+    stats = {name: {m: mean_interval(v[m]) for m in metrics if m in v} for name, v in values.items()}
     cell = lambda s, m: f"{s[m][0]:.3f} [{s[m][1]:.3f}, {s[m][2]:.3f}]" if m in s else "-"
     head = ["ranking row"] + metrics
     body = [[name] + [cell(s, m) for m in metrics] for name, s in stats.items()]
@@ -210,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     from hivtp.atomic import write_text
     from hivtp.toy import calibrate
     from hivtp.toy.evaluate import held_out_items
-    from hivtp.zoo import load_pretrained
+    from hivtp.zoo import load_pretrained, weights_digest
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--per-family", type=int, default=100)
@@ -234,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
           "mean over questions [95% bootstrap interval]")
     print(text)
     if args.out:
-        doc = {**calibrate.as_json(summary, targets=False),
+        doc = {"model": args.model, "weights_sha256": weights_digest(args.model), **calibrate.as_json(summary, targets=False),
                "attention": {name: {m: dict(zip(("mean", "low", "high"), v)) for m, v in s.items()} for name, s in stats.items()}}
         write_text(args.out, json.dumps(doc, indent=1) + "\n")
         print(f"wrote {args.out}")

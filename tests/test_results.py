@@ -379,3 +379,27 @@ def test_in_llm_rows_are_labelled_and_offline_tables_say_what_they_measure(tmp_p
     offline_block, paper_block = text.split("## accuracy: offline")[1], text.split("## accuracy: paper")[1]
     assert f"| fastv ({IN_LLM}) | 64 |" in text
     assert OFFLINE_IN_LLM_NOTE in offline_block.split("## ")[0] and OFFLINE_IN_LLM_NOTE not in paper_block
+
+
+def test_the_in_llm_note_states_what_the_shipped_toys_supervision_measurement_shows():
+    """``OFFLINE_IN_LLM_NOTE`` says in words what ``scripts/toy_inllm_supervision.py`` measured; this
+    checks each claim against its JSON, and that the JSON was measured on the shipped weights (a new toy
+    must re-run the script and, if a claim no longer holds, change the note)."""
+    import json
+    from pathlib import Path
+
+    from hivtp.zoo import weights_digest
+
+    doc = json.loads((Path(__file__).parents[1] / "results" / "toy_inllm_supervision.json").read_text())
+    assert doc["weights_sha256"] == weights_digest(doc["model"]) and doc["model"] == "toy-llava", \
+        "results/toy_inllm_supervision.json was measured on other weights: re-run scripts/toy_inllm_supervision.py"
+    acc = {(r["name"], r["family"]): r for r in doc["accuracy"]}
+    reads = doc["attention"]
+    blind, fastv, without = (reads[k]["objects_in_top64"] for k in
+                             ("content-blind (uniform / random)", "K=1 FastV (mean of heads)", "K=1 mean without head 0"))
+    assert fastv["low"] > blind["high"]  # "its selection is far better than random's"
+    for budget in (64, 192):  # "yet at K=1 it answers existence questions worse than random does"
+        assert acc[(f"fastv@{budget} k_layer=1", "exist")]["value"] < acc[(f"random@{budget}", "exist")]["value"]
+        k2, none = acc[(f"fastv@{budget} k_layer=2", "all")], acc[("none", "all")]
+        assert k2["low"] <= none["high"] and none["low"] <= k2["high"]  # "and at K=2 as well as the unpruned model"
+    assert without["mean"] >= fastv["mean"]  # "the supervised attention head is not what makes its selection good"

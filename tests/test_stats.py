@@ -33,6 +33,20 @@ def test_bootstrap_interval_of_a_bernoulli_mean_matches_the_normal_closed_form()
     assert bootstrap_ci(scores, resamples=4000, seed=1) == (low, high)  # seeded: the same interval again
 
 
+def test_mean_interval_of_a_bernoulli_mean_matches_the_normal_closed_form():
+    """The core's one-sample helper (toy scripts): the same CLT check, and no values is an error."""
+    from hivtp.bootstrap import mean_interval
+    from hivtp.errors import ConfigError
+
+    values = [float(i % 10 < 3) for i in range(2000)]
+    random.Random(0).shuffle(values)
+    mean, low, high = mean_interval(values, resamples=4000, seed=1)
+    half = 1.96 * math.sqrt(0.3 * 0.7 / 2000)
+    assert mean == pytest.approx(0.3) and low == pytest.approx(0.3 - half, abs=0.002) and high == pytest.approx(0.3 + half, abs=0.002)
+    with pytest.raises(ConfigError, match="at least one value"):
+        mean_interval([])
+
+
 def _mme_samples(scores: list[float], categories: list[str]) -> list[dict]:
     """MME samples as lmms-eval logs them: two questions per image, in doc order."""
     out = []

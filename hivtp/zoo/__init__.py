@@ -14,6 +14,7 @@ config.json) plus how to build its processor. From a shape this module builds
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import os
 import re
@@ -40,6 +41,7 @@ __all__ = [
     "checkpoint_dir",
     "resolve_checkpoint",
     "check_weights",
+    "weights_digest",
     "local_config",
     "vision_geometry",
     "load_pretrained",
@@ -228,6 +230,20 @@ def check_weights(folder: Path, fix: str = "copy the checkpoint folder again") -
         problem = _safetensors_problem(folder / name)
         if problem:
             raise MissingArtifactError(f"weights file {folder / name} is damaged: {problem}. To fix it, {fix}.")
+
+
+def weights_digest(name_or_path: str) -> str:
+    """The sha256 of a local checkpoint's safetensors files (sorted by name, concatenated): which
+    weights a measurement was made on, so that a result file can be checked against the shipped model."""
+    folder = Path(resolve_checkpoint(name_or_path))
+    if not folder.is_dir():
+        raise ConfigError(f"{name_or_path!r} is not a local checkpoint; a digest needs its files.")
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.safetensors")):
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def _safetensors_problem(path: Path) -> str | None:
