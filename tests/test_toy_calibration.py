@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import hivtp
 from hivtp.toy import calibrate
@@ -166,14 +167,18 @@ def test_calibration_target(calibration, target):
 
 
 # --- the in-LLM supervision script (issue 19, item 7) ----------------------------------------
-def _supervision_script():
+def _script(name: str):
     import importlib.util
 
-    path = Path(__file__).parents[1] / "scripts" / "toy_inllm_supervision.py"
-    spec = importlib.util.spec_from_file_location("toy_inllm_supervision", path)
+    path = Path(__file__).parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _supervision_script():
+    return _script("toy_inllm_supervision")
 
 
 def test_supervision_script_labels_the_named_objects_and_reads_fastvs_own_row(toy):
@@ -192,3 +197,32 @@ def test_supervision_script_labels_the_named_objects_and_reads_fastvs_own_row(to
     heads = model.config.text_config.num_attention_heads
     assert {f"K={k} head {h}" for k in script.K_LAYERS for h in range(heads)} <= set(values)
     assert all(0 <= x <= 1 + 1e-6 for row in values.values() for v in row.values() for x in v)
+
+
+# --- what each selection keeps (scripts/toy_selection_anatomy.py) ---------------------------
+def test_selection_measures_by_hand():
+    """An 8 x 8 grid in 4 x 4 cells of 2 x 2 patches; the object covers the top-left cell."""
+    script = _script("toy_selection_anatomy")
+    objects = torch.zeros(64, dtype=torch.bool)
+    objects[[0, 1, 8, 9]] = True
+    got = script.selection_measures(torch.tensor([0, 1, 63]), objects, grid=8)
+    assert got == {"object share": pytest.approx(2 / 3), "object recall": 0.5, "spread": 2 / 16}
+    with pytest.raises(ValueError, match="does not split"):
+        script.selection_measures(torch.tensor([0]), objects, grid=6)
+
+
+def test_selection_anatomy_covers_every_projector_method_and_the_oracle_keeps_the_most_objects(tmp_path, capsys):
+    from hivtp.methods import METHODS
+
+    script = _script("toy_selection_anatomy")
+    out = tmp_path / "anatomy.json"
+    assert script.main(["--per-family", "1", "--budgets", "16", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    expected = {f"{name}@16" for name, cls in METHODS.items() if cls.stage == "projector" and name != "none"}
+    assert set(doc["selections"]) == expected and doc["images"] == 6
+    assert set(doc["merged_tokens"]) == {"pool", "visionzip"}
+    values = [v for sel in doc["selections"].values() for m in sel.values() for v in m.values()]
+    assert all(0 <= v <= 1 for v in values)
+    share = {name: sel["object share"]["mean"] for name, sel in doc["selections"].items()}
+    assert share["oracle@16"] == max(share.values())  # object patches first: no selection of 16 holds more
+    assert "| oracle@16 |" in capsys.readouterr().out

@@ -116,6 +116,10 @@ class PruningMethod:
     #: construction): never planned for the paper profile, never timed, and shown in tables as an upper
     #: bound rather than compared with HIVTP as a competing method
     offline_only: ClassVar[bool] = False
+    #: some tokens it hands on merge several patches (pool's averages, VisionZip's contextual tokens);
+    #: their ``positions`` name the one patch each stands for, so a per-patch measure of what was kept
+    #: (``scripts/toy_selection_anatomy.py``) reads them at that patch only
+    merges_tokens: ClassVar[bool] = False
 
     def params(self) -> dict[str, Any]:
         """The resolved parameters, for records and run names."""

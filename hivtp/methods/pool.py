@@ -102,6 +102,7 @@ def pool_uneven(features: torch.Tensor, h: int, w: int, f: int) -> tuple[torch.T
 @register_method
 class AveragePool(PruningMethod):
     name = "pool"
+    merges_tokens = True  # each token averages a cell of patches
 
     def __init__(self, budget: int | None = None, kernel: int | None = None) -> None:
         self.budget = check_budget(budget)

@@ -74,6 +74,7 @@ def _check_count(name: str, value: Any) -> int | None:
 class VisionZip(PruningMethod):
     name = "visionzip"
     needs_cls = True  # ranks by the [CLS] attention row
+    merges_tokens = True  # its contextual tokens merge the patches they absorb
 
     def __init__(
         self,

@@ -1,0 +1,124 @@
+"""What each selection keeps on the toy world: object share, object recall and spread (issue 19).
+
+    python scripts/toy_selection_anatomy.py [--per-family 20] [--budgets 64 192] [--model toy-llava] [--out FILE.json]
+
+The offline accuracy table ranks methods; this says what their kept tokens are, on the same held-out
+images the calibration uses (:func:`hivtp.toy.evaluate.held_out_items`, one image per question). For
+every registered method that selects before the projector (from the registry: in-LLM methods choose
+inside the language model, ``none`` keeps everything), at each budget, through ``hivtp.attach``:
+
+* ``object share``: the share of the kept tokens whose patch an object covers;
+* ``object recall``: the share of the image's object patches that are kept;
+* ``spread``: the share of the 16 cells of a 4 x 4 partition of the patch grid that hold a kept token
+  (how much of the scene a selection still sees).
+
+A patch is an object patch when ``hivtp.methods.oracle.coverage`` finds object pixels in it: known by
+construction from the pixels, never from a model. Methods whose tokens merge patches
+(``merges_tokens``: pool, VisionZip's contextual tokens) are read at the patch each token stands for,
+and marked. Every number is a mean over images with its 95% bootstrap interval
+(:func:`hivtp.bootstrap.mean_interval`). LLaVA-1.5 layout (one 24 x 24 crop per image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+CELLS = 4  # spread: a CELLS x CELLS partition of the patch grid
+MEASURES = ("object share", "object recall", "spread")
+
+
+def selection_measures(kept: torch.Tensor, objects: torch.Tensor, grid: int, cells: int = CELLS) -> dict[str, float]:
+    """The three measures of one image: ``kept`` [K] raster positions, ``objects`` [P] bool object patches
+    of a ``grid`` x ``grid`` crop."""
+    if grid % cells:
+        raise ValueError(f"a {grid} x {grid} grid does not split into {cells} x {cells} cells.")
+    side = grid // cells
+    cell = (kept // grid) // side * cells + (kept % grid) // side  # [K] cell index of each kept token
+    on = objects[kept]
+    return {
+        "object share": float(on.float().mean()) if len(kept) else 0.0,
+        "object recall": float(on.sum()) / max(1, int(objects.sum())),
+        "spread": len(set(cell.tolist())) / cells**2,
+    }
+
+
+def projector_methods() -> list[str]:
+    """Every registered method that selects before the projector, except ``none`` (keeps all)."""
+    from hivtp.methods import METHODS, is_in_llm
+
+    return [name for name in sorted(METHODS) if name != "none" and not is_in_llm(name)]
+
+
+@torch.no_grad()
+def measure(model, processor, images, methods, budgets) -> dict[str, dict[str, list[float]]]:
+    """Per ``method@budget``: each measure's value per image."""
+    import hivtp
+    from hivtp.methods.oracle import DEFAULT_THRESHOLD, coverage
+
+    pixels = processor.image_processor(images=list(images), return_tensors="pt").pixel_values  # [N, 3, S, S]
+    grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
+    objects = coverage(pixels, torch.ones(len(images), grid * grid, dtype=torch.bool), (grid, grid), DEFAULT_THRESHOLD) > 0
+    out = {}
+    for method in methods:
+        for budget in budgets:
+            pruned = hivtp.attach(model, method=method, budget=budget)
+            layout = pruned.layout(pixels)
+            selection = pruned.select_tokens(pruned.run_vision(layout), layout)
+            rows = [selection_measures(kept.cpu(), objects[i], grid) for i, kept in enumerate(selection.positions)]
+            out[f"{method}@{budget}"] = {m: [r[m] for r in rows] for m in MEASURES}
+    return out
+
+
+def table(values: dict, merges: set[str]) -> tuple[str, dict]:
+    """Markdown, one row per selection: mean [95% interval] per measure; and the same as JSON-ready data."""
+    from hivtp.bootstrap import mean_interval
+
+    stats = {name: {m: mean_interval(v[m]) for m in MEASURES} for name, v in values.items()}
+    lines = ["| selection | " + " | ".join(MEASURES) + " |", "|---" * (len(MEASURES) + 1) + "|"]
+    for name, s in stats.items():
+        mark = " (merged tokens)" if name.split("@")[0] in merges else ""
+        lines.append(f"| {name}{mark} | " + " | ".join(f"{s[m][0]:.3f} [{s[m][1]:.3f}, {s[m][2]:.3f}]" for m in MEASURES) + " |")
+    return "\n".join(lines), stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hivtp.atomic import write_text
+    from hivtp.methods import METHODS
+    from hivtp.toy.calibrate import HELD_OUT_SEED
+    from hivtp.toy.evaluate import held_out_items
+    from hivtp.zoo import load_pretrained, weights_digest
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--per-family", type=int, default=20, help="held-out questions (images) per family")
+    ap.add_argument("--seed", type=int, default=HELD_OUT_SEED)
+    ap.add_argument("--budgets", type=int, nargs="+", default=[64, 192])
+    ap.add_argument("--model", default="toy-llava")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=None, help="also write the table as JSON here (atomically)")
+    args = ap.parse_args(argv)
+    if args.per_family < 1:
+        ap.error(f"--per-family must be >= 1, got {args.per_family}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, processor = load_pretrained(args.model)
+    images, _ = held_out_items(args.seed, args.per_family)
+    methods = projector_methods()
+    merges = {m for m in methods if METHODS[m].merges_tokens}
+    text, stats = table(measure(model, processor, images, methods, args.budgets), merges)
+    print(f"{len(images)} held-out images (seed {args.seed}); mean over images [95% bootstrap interval]")
+    print(text)
+    if args.out:
+        doc = {"model": args.model, "weights_sha256": weights_digest(args.model), "seed": args.seed,
+               "images": len(images), "budgets": args.budgets, "merged_tokens": sorted(merges),
+               "selections": {name: {m: dict(zip(("mean", "low", "high"), v)) for m, v in s.items()} for name, s in stats.items()}}
+        write_text(args.out, json.dumps(doc, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
