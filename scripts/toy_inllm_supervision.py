@@ -34,12 +34,9 @@ supervision targets), so nothing here depends on a method under test.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 
 BUDGETS = (64, 192)
@@ -201,22 +198,14 @@ def attention_table(values) -> tuple[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hivtp.atomic import write_text
     from hivtp.toy import calibrate
+    from hivtp.toy.cli import load_model, measurement_parser, write_measurement
     from hivtp.toy.evaluate import held_out_items
-    from hivtp.zoo import load_pretrained, weights_digest
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--per-family", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=calibrate.HELD_OUT_SEED)
-    ap.add_argument("--model", default="toy-llava")
+    ap = measurement_parser(__doc__.splitlines()[0], per_family=100)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", default=None, help="also write both tables as JSON here (atomically)")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model, processor = load_pretrained(args.model)
+    model, processor = load_model(ap, args)
     say = lambda text: print(text, file=sys.stderr, flush=True)
     images, items, scenes = held_out_items(args.seed, args.per_family, with_scenes=True)
     summary = calibrate.summarise(calibrate.measure(model, processor, configurations(), per_family=args.per_family,
@@ -228,12 +217,10 @@ def main(argv: list[str] | None = None) -> int:
           "mean over questions [95% bootstrap interval]")
     print(text)
     if args.out:
-        doc = {"model": args.model, "weights_sha256": weights_digest(args.model), **calibrate.as_json(summary, targets=False),
-               "attention": {name: {m: dict(zip(("mean", "low", "high"), v)) for m, v in s.items()} for name, s in stats.items()}}
-        write_text(args.out, json.dumps(doc, indent=1) + "\n")
-        print(f"wrote {args.out}")
+        write_measurement(args.out, args.model, {
+            **calibrate.as_json(summary, targets=False),
+            "attention": {name: {m: dict(zip(("mean", "low", "high"), v)) for m, v in s.items()} for name, s in stats.items()}})
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

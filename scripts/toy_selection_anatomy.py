@@ -21,8 +21,6 @@ and marked. Every number is a mean over images with its 95% bootstrap interval
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
 import torch
@@ -86,25 +84,14 @@ def table(values: dict, merges: set[str]) -> tuple[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hivtp.atomic import write_text
     from hivtp.methods import METHODS
-    from hivtp.toy.calibrate import HELD_OUT_SEED
+    from hivtp.toy.cli import load_model, measurement_parser, write_measurement
     from hivtp.toy.evaluate import held_out_items
-    from hivtp.zoo import load_pretrained, weights_digest
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--per-family", type=int, default=20, help="held-out questions (images) per family")
-    ap.add_argument("--seed", type=int, default=HELD_OUT_SEED)
+    ap = measurement_parser(__doc__.splitlines()[0], per_family=20)
     ap.add_argument("--budgets", type=int, nargs="+", default=[64, 192])
-    ap.add_argument("--model", default="toy-llava")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", default=None, help="also write the table as JSON here (atomically)")
     args = ap.parse_args(argv)
-    if args.per_family < 1:
-        ap.error(f"--per-family must be >= 1, got {args.per_family}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model, processor = load_pretrained(args.model)
+    model, processor = load_model(ap, args)
     images, _ = held_out_items(args.seed, args.per_family)
     methods = projector_methods()
     merges = {m for m in methods if METHODS[m].merges_tokens}
@@ -112,13 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(images)} held-out images (seed {args.seed}); mean over images [95% bootstrap interval]")
     print(text)
     if args.out:
-        doc = {"model": args.model, "weights_sha256": weights_digest(args.model), "seed": args.seed,
-               "images": len(images), "budgets": args.budgets, "merged_tokens": sorted(merges),
-               "selections": {name: {m: dict(zip(("mean", "low", "high"), v)) for m, v in s.items()} for name, s in stats.items()}}
-        write_text(args.out, json.dumps(doc, indent=1) + "\n")
-        print(f"wrote {args.out}")
+        write_measurement(args.out, args.model, {
+            "seed": args.seed, "images": len(images), "budgets": args.budgets, "merged_tokens": sorted(merges),
+            "selections": {name: {m: dict(zip(("mean", "low", "high"), v)) for m, v in s.items()} for name, s in stats.items()}})
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

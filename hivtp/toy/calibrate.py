@@ -35,9 +35,7 @@ batch_size)`` gives it alone (tested).
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -332,34 +330,20 @@ def as_json(summary: Summary, targets: bool = True) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
+    from .cli import load_model, measurement_parser, write_measurement
 
-    from ..atomic import write_text
-    from ..zoo import load_pretrained
-
-    ap = argparse.ArgumentParser(prog="python -m hivtp.toy.calibrate", description=__doc__.splitlines()[0])
-    ap.add_argument("--per-family", type=int, default=300, help="held-out questions per family (targets: >= 300)")
-    ap.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="held-out scene stream")
-    ap.add_argument("--model", default="toy-llava", help="checkpoint name or folder")
+    ap = measurement_parser(__doc__.splitlines()[0], per_family=300, prog="python -m hivtp.toy.calibrate")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--resamples", type=int, default=RESAMPLES)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument("--out", default=None, help="also write the measurement as JSON here (atomically)")
     args = ap.parse_args(argv)
-    if args.per_family < 1:
-        ap.error(f"--per-family must be >= 1, got {args.per_family}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model, processor = load_pretrained(args.model)
+    model, processor = load_model(ap, args)
     progress = lambda text: print(text, file=sys.stderr, flush=True)
     summary = summarise(measure(model, processor, per_family=args.per_family, seed=args.seed,
                                 batch_size=args.batch_size, progress=progress), resamples=args.resamples)
     print(report(summary))
     if args.out:
-        write_text(args.out, json.dumps(as_json(summary), indent=1) + "\n")
-        print(f"wrote {args.out}")
+        write_measurement(args.out, args.model, as_json(summary))
     return 0 if all(ok for _, ok, _ in target_lines(summary)) else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())
