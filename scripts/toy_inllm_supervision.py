@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = measurement_parser(__doc__.splitlines()[0], per_family=100)
     ap.add_argument("--batch-size", type=int, default=16)
     args = ap.parse_args(argv)
-    model, processor = load_model(ap, args)
+    model, processor, digest = load_model(ap, args)
     say = lambda text: print(text, file=sys.stderr, flush=True)
     images, items, scenes = held_out_items(args.seed, args.per_family, with_scenes=True)
     summary = calibrate.summarise(calibrate.measure(model, processor, configurations(), per_family=args.per_family,
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
           "mean over questions [95% bootstrap interval]")
     print(text)
     if args.out:
-        write_measurement(args.out, args.model, {
+        write_measurement(args.out, args.model, digest, {
             **calibrate.as_json(summary, targets=False),
             "attention": {name: {m: dict(zip(("mean", "low", "high"), v)) for m, v in s.items()} for name, s in stats.items()}})
     return 0

@@ -7,6 +7,7 @@ images the calibration uses (:func:`hivtp.toy.evaluate.held_out_items`, one imag
 every registered method that selects before the projector (from the registry: in-LLM methods choose
 inside the language model, ``none`` keeps everything), at each budget, through ``hivtp.attach``:
 
+* ``tokens``: how many tokens the selection hands on (pool's grid may keep fewer than the budget);
 * ``object share``: the share of the kept tokens whose patch an object covers;
 * ``object recall``: the share of the image's object patches that are kept;
 * ``spread``: the share of the 16 cells of a 4 x 4 partition of the patch grid that hold a kept token
@@ -15,7 +16,7 @@ inside the language model, ``none`` keeps everything), at each budget, through `
 A patch is an object patch when ``hivtp.methods.oracle.coverage`` finds object pixels in it: known by
 construction from the pixels, never from a model. Methods whose tokens merge patches
 (``merges_tokens``: pool, VisionZip's contextual tokens) are read at the patch each token stands for,
-and marked. Every number is a mean over images with its 95% bootstrap interval
+and marked: for pool, whose tokens stand for fixed grid cells, the measures say nothing about content. Every number is a mean over images with its 95% bootstrap interval
 (:func:`hivtp.bootstrap.mean_interval`). LLaVA-1.5 layout (one 24 x 24 crop per image).
 """
 
@@ -26,11 +27,11 @@ import sys
 import torch
 
 CELLS = 4  # spread: a CELLS x CELLS partition of the patch grid
-MEASURES = ("object share", "object recall", "spread")
+MEASURES = ("tokens", "object share", "object recall", "spread")
 
 
 def selection_measures(kept: torch.Tensor, objects: torch.Tensor, grid: int, cells: int = CELLS) -> dict[str, float]:
-    """The three measures of one image: ``kept`` [K] raster positions, ``objects`` [P] bool object patches
+    """The measures of one image (and its kept tokens): ``kept`` [K] raster positions, ``objects`` [P] bool object patches
     of a ``grid`` x ``grid`` crop."""
     if grid % cells:
         raise ValueError(f"a {grid} x {grid} grid does not split into {cells} x {cells} cells.")
@@ -38,6 +39,7 @@ def selection_measures(kept: torch.Tensor, objects: torch.Tensor, grid: int, cel
     cell = (kept // grid) // side * cells + (kept % grid) // side  # [K] cell index of each kept token
     on = objects[kept]
     return {
+        "tokens": len(kept),
         "object share": float(on.float().mean()) if len(kept) else 0.0,
         "object recall": float(on.sum()) / max(1, int(objects.sum())),
         "spread": len(set(cell.tolist())) / cells**2,
@@ -79,7 +81,8 @@ def table(values: dict, merges: set[str]) -> tuple[str, dict]:
     lines = ["| selection | " + " | ".join(MEASURES) + " |", "|---" * (len(MEASURES) + 1) + "|"]
     for name, s in stats.items():
         mark = " (merged tokens)" if name.split("@")[0] in merges else ""
-        lines.append(f"| {name}{mark} | " + " | ".join(f"{s[m][0]:.3f} [{s[m][1]:.3f}, {s[m][2]:.3f}]" for m in MEASURES) + " |")
+        cells = [f"{s['tokens'][0]:.0f}"] + [f"{s[m][0]:.3f} [{s[m][1]:.3f}, {s[m][2]:.3f}]" for m in MEASURES[1:]]
+        lines.append(f"| {name}{mark} | " + " | ".join(cells) + " |")
     return "\n".join(lines), stats
 
 
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = measurement_parser(__doc__.splitlines()[0], per_family=20)
     ap.add_argument("--budgets", type=int, nargs="+", default=[64, 192])
     args = ap.parse_args(argv)
-    model, processor = load_model(ap, args)
+    model, processor, digest = load_model(ap, args)
     images, _ = held_out_items(args.seed, args.per_family)
     methods = projector_methods()
     merges = {m for m in methods if METHODS[m].merges_tokens}
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(images)} held-out images (seed {args.seed}); mean over images [95% bootstrap interval]")
     print(text)
     if args.out:
-        write_measurement(args.out, args.model, {
+        write_measurement(args.out, args.model, digest, {
             "seed": args.seed, "images": len(images), "budgets": args.budgets, "merged_tokens": sorted(merges),
             "selections": {name: {m: dict(zip(("mean", "low", "high"), v)) for m, v in s.items()} for name, s in stats.items()}})
     return 0

@@ -17,23 +17,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hivtp.toy.objectives import RETRIEVE_TARGETS  # noqa: E402
 from hivtp.toy.train import TrainConfig, train  # noqa: E402
-
-
-def _flag(text: str) -> bool:
-    """A boolean option's value: argparse's ``type=bool`` would read "false" as True."""
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for f in fields(TrainConfig):
-        kind = _flag if isinstance(f.default, bool) else type(f.default)
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
+        choices = RETRIEVE_TARGETS if f.name == "retrieve_targets" else None
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, choices=choices)
     parser.add_argument("--work-dir", default=str(ROOT / "artifacts" / "toy-train"), help="checkpoints and logs (resumed from)")
     parser.add_argument("--out", default=str(ROOT / "hivtp" / "zoo" / "trained" / "toy-llava"), help="final checkpoint")
     parser.add_argument("--no-save", action="store_true", help="do not write the final checkpoint")

@@ -91,6 +91,19 @@ def test_resuming_a_state_written_by_a_different_config_says_so(tmp_path):
         train(cfg, tmp_path, progress=False)
 
 
+def test_a_state_saved_before_the_new_fields_resumes_with_their_v9_values(tmp_path):
+    from hivtp.toy.train import ADDED_AFTER_V9
+
+    cfg = TrainConfig(steps=2, images_per_step=1, questions_per_image=1, log_every=100, ckpt_every=1, eval_every=0, encoder_steps=2)
+    train(cfg, tmp_path, progress=False, stop_at=1)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    state["recipe"] = {k: v for k, v in state["recipe"].items() if k not in ADDED_AFTER_V9}  # as written before them
+    torch.save(state, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match=r"count_focus: 0\.0 -> 0\.3"):
+        train(TrainConfig(**{**cfg.__dict__, "count_focus": 0.3}), tmp_path, progress=False)
+    assert [r["step"] for r in train(cfg, tmp_path, progress=False)] == [0, 1]
+
+
 def test_bookkeeping_fields_do_not_block_a_resume(tmp_path):
     cfg = TrainConfig(steps=2, images_per_step=1, questions_per_image=1, log_every=100, ckpt_every=1, eval_every=0, encoder_steps=2)
     train(cfg, tmp_path, progress=False, stop_at=1)
@@ -654,10 +667,13 @@ def test_breakdown_script_reports_mme_categories_and_relation_answers():
     out = subprocess.run([sys.executable, str(root / "scripts" / "toy_breakdown.py"), "--scenes", "4"], cwd=root,
                          capture_output=True, text=True, check=True, env={**__import__("os").environ, "PYTHONPATH": str(root)}).stdout
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| mme") or line.startswith("| relation")]
-    assert rows and all(0 <= float(acc) <= 1 and int(n) > 0 for _, n, acc in rows)
-    assert {g.split()[1] for g, _, _ in rows if g.startswith(" mme")} <= {"existence", "count", "color", "position"}
+    assert rows and all(0 <= float(acc) <= 1 and int(n) > 0 for _, n, acc, _ in rows)
+    assert {g.split()[1] for g, *_ in rows if g.startswith(" mme")} <= {"existence", "count", "color", "position"}
+    for _, n, acc, misses in rows:  # the wrong answers number exactly the misses
+        assert sum(int(m.rsplit("x", 1)[1]) for m in misses.split(", ") if m.strip()) == round(int(n) * (1 - float(acc)))
     counts = [line.split("|")[1].split() for line in out.splitlines() if line.startswith("| count")]
-    assert counts and all(int(g[1]) in range(5) and " ".join(g[2:]) in ("all large", "with a small one") for g in counts)
+    assert counts and all(int(g[1]) in range(5) and " ".join(g[2:]) in ("", "all large", "with a small one") for g in counts)
+    assert all((int(g[1]) == 0) == (len(g) == 2) for g in counts)  # "count 0" has nothing to be small or large
 
 
 def test_ridge_r2_is_one_for_a_linear_target_and_near_zero_for_noise():

@@ -206,7 +206,7 @@ def test_selection_measures_by_hand():
     objects = torch.zeros(64, dtype=torch.bool)
     objects[[0, 1, 8, 9]] = True
     got = script.selection_measures(torch.tensor([0, 1, 63]), objects, grid=8)
-    assert got == {"object share": pytest.approx(2 / 3), "object recall": 0.5, "spread": 2 / 16}
+    assert got == {"tokens": 3, "object share": pytest.approx(2 / 3), "object recall": 0.5, "spread": 2 / 16}
     with pytest.raises(ValueError, match="does not split"):
         script.selection_measures(torch.tensor([0]), objects, grid=6)
 
@@ -221,8 +221,9 @@ def test_selection_anatomy_covers_every_projector_method_and_the_oracle_keeps_th
     expected = {f"{name}@16" for name, cls in METHODS.items() if cls.stage == "projector" and name != "none"}
     assert set(doc["selections"]) == expected and doc["images"] == 6
     assert set(doc["merged_tokens"]) == {"pool", "visionzip"}
-    values = [v for sel in doc["selections"].values() for m in sel.values() for v in m.values()]
+    values = [v for sel in doc["selections"].values() for name, m in sel.items() if name != "tokens" for v in m.values()]
     assert all(0 <= v <= 1 for v in values)
+    assert all(0 < sel["tokens"]["mean"] <= 16 for sel in doc["selections"].values())
     share = {name: sel["object share"]["mean"] for name, sel in doc["selections"].items()}
     assert share["oracle@16"] == max(share.values())  # object patches first: no selection of 16 holds more
     assert "| oracle@16 |" in capsys.readouterr().out

@@ -47,6 +47,7 @@ import numpy as np
 from ..bootstrap import LEVEL, RESAMPLES, SEED, bootstrap, interval
 from ..errors import ConfigError
 from ..world import FAMILIES
+from .evaluate import HELD_OUT_SEED
 
 __all__ = [
     "CONFIGURATIONS",
@@ -63,7 +64,6 @@ __all__ = [
 
 Configuration = tuple[str, dict[str, Any]]  # (method name, its parameters)
 
-HELD_OUT_SEED = 123  # the held-out scenes issue 19 measured on (training evaluates on seed 0's)
 ALL = "all"  # the family key of statistics over every question
 UNPRUNED: Configuration = ("none", {})
 ORACLE_64: Configuration = ("oracle", {"budget": 64})
@@ -336,13 +336,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--resamples", type=int, default=RESAMPLES)
     args = ap.parse_args(argv)
-    model, processor = load_model(ap, args)
+    model, processor, digest = load_model(ap, args)
     progress = lambda text: print(text, file=sys.stderr, flush=True)
     summary = summarise(measure(model, processor, per_family=args.per_family, seed=args.seed,
                                 batch_size=args.batch_size, progress=progress), resamples=args.resamples)
     print(report(summary))
     if args.out:
-        write_measurement(args.out, args.model, as_json(summary))
+        write_measurement(args.out, args.model, digest, as_json(summary))
     return 0 if all(ok for _, ok, _ in target_lines(summary)) else 1
 
 if __name__ == "__main__":

@@ -15,10 +15,10 @@ __all__ = ["load_model", "measurement_parser", "write_measurement"]
 def measurement_parser(description: str, per_family: int, prog: str | None = None) -> argparse.ArgumentParser:
     """A parser with ``--per-family`` (default ``per_family``), ``--seed``, ``--model``, ``--threads``
     and ``--out``; a script adds its own options."""
-    from .calibrate import HELD_OUT_SEED
+    from .evaluate import HELD_OUT_SEED
 
     ap = argparse.ArgumentParser(prog=prog, description=description)
-    ap.add_argument("--per-family", type=int, default=per_family, help="held-out questions per family")
+    ap.add_argument("--per-family", type=int, default=per_family, help=f"held-out questions per family (default {per_family})")
     ap.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="held-out scene stream")
     ap.add_argument("--model", default="toy-llava", help="checkpoint name or folder")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -27,22 +27,23 @@ def measurement_parser(description: str, per_family: int, prog: str | None = Non
 
 
 def load_model(ap: argparse.ArgumentParser, args: argparse.Namespace):
-    """Check the shared options, set torch's threads and load ``args.model``: (model, processor)."""
+    """Check the shared options, set torch's threads and load ``args.model``: (model, processor, the
+    weights' sha256). The digest is taken first, so a model that cannot be named fails before any work."""
     import torch
 
-    from ..zoo import load_pretrained
+    from ..zoo import load_pretrained, weights_digest
 
     if args.per_family < 1:
         ap.error(f"--per-family must be >= 1, got {args.per_family}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    return load_pretrained(args.model)
+    digest = weights_digest(args.model)
+    return (*load_pretrained(args.model), digest)
 
 
-def write_measurement(path: str, model: str, doc: dict[str, Any]) -> None:
+def write_measurement(path: str, model: str, digest: str, doc: dict[str, Any]) -> None:
     """``doc`` as JSON at ``path`` (atomically), led by the model's name and its weights' sha256."""
     from ..atomic import write_text
-    from ..zoo import weights_digest
 
-    write_text(path, json.dumps({"model": model, "weights_sha256": weights_digest(model), **doc}, indent=1) + "\n")
+    write_text(path, json.dumps({"model": model, "weights_sha256": digest, **doc}, indent=1) + "\n")
     print(f"wrote {path}")

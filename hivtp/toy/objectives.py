@@ -153,8 +153,6 @@ def retrieve_rows(keys: torch.Tensor, batch: Batch, qi: int, start: int, targets
     """The retrieve loss's target rows [n, L] for one mention whose keys are ``keys`` [L]
     (``_target_keys``), by ``targets`` (``RETRIEVE_TARGETS``): the whole mention in one row, one row
     per visible named object, or those plus BOS. A mention that finds nothing is its BOS row alone."""
-    if targets not in RETRIEVE_TARGETS:
-        raise ValueError(f"unknown retrieve targets {targets!r}; choose one of {', '.join(RETRIEVE_TARGETS)}.")
     if keys[0] or targets == "mention":
         return keys.unsqueeze(0)
     labels = torch.zeros_like(keys, dtype=torch.long)
@@ -188,15 +186,16 @@ def attention_losses(batch: Batch, rows: dict, cfg, wanted=ATTENTION_TERMS) -> d
       one of them can meet; ``objects``, each object's mass apart (the mean of their -log masses,
       so a mention counts once), so that the head finds every object; ``objects+bos``, the same
       with BOS as one more target, so that BOS's share, 1 / (objects + 1), says how many were found
-      (a counting read-out that does not saturate). v9 answered "2" to every "how many" question
-      about three or four objects (``scripts/toy_breakdown.py --scenes 400``);
+      (a counting read-out that does not saturate). v9 answered no "how many" question about three
+      objects right (``scripts/toy_breakdown.py --scenes 400``);
     * ``gather``: at the position that predicts the answer word, heads 0 and 1 of ``gather_layer`` look
       at the first and the last mention of the question, head 2 at the option that was found, head 3
       at the side word of "Is the A on the left of the B?" (the answer compares it with where A and B are);
     * ``bind``: at an option's word, heads 1 and 2 of ``bind_layer`` look at the question's noun and
       at the option's letter (so that retrieval knows "red *circle*" and the answer knows "B").
 
-    Each is -log(attention mass on the target), averaged over rows. ``rows``: layer -> ``AttentionRows``;
+    Each is -log(attention mass on the target), averaged over rows (``retrieve`` with several target
+    rows per mention: weighted so that each mention counts once). ``rows``: layer -> ``AttentionRows``;
     ``cfg`` names the layers; ``wanted``: the terms to compute."""
     p = batch.prefix_len
     start = p - batch.seen_labels.shape[1]  # prefix position of the first image token

@@ -45,7 +45,8 @@ DROP_STREAM = 7  # the drop draws' own random stream: (seed, step, DROP_STREAM)
 PATTERNS = ("uniform", "clustered", "objects")
 #: config fields that do not change what is computed (resuming with other values is fine)
 BOOKKEEPING = ("threads", "log_every", "ckpt_every", "eval_every", "eval_per_family", "eval_keep")
-#: fields added after the shipped toy (v9) was trained, with the values that run used
+#: fields added after the shipped toy (v9) was trained, with the values that run (and any state saved
+#: before they existed) used
 ADDED_AFTER_V9 = {"retrieve_targets": "mention", "count_focus": 0.0}
 
 
@@ -203,6 +204,8 @@ def _resume(state_path: Path, cfg: TrainConfig, model, heads, opt) -> int:
         return 0
     state = torch.load(state_path, weights_only=True)
     saved = state.get("recipe")
+    if saved is not None:  # a state written before a field existed ran with that field's ADDED_AFTER_V9 value
+        saved = {**ADDED_AFTER_V9, **saved}
     if saved != recipe(cfg):
         changed = "no recorded config (an older recipe)" if saved is None else ", ".join(
             f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in recipe(cfg).items() if saved.get(k) != v) or "its fields"

@@ -238,8 +238,11 @@ def weights_digest(name_or_path: str) -> str:
     folder = Path(resolve_checkpoint(name_or_path))
     if not folder.is_dir():
         raise ConfigError(f"{name_or_path!r} is not a local checkpoint; a digest needs its files.")
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise MissingArtifactError(f"{folder} holds no .safetensors weights to digest.")
     digest = hashlib.sha256()
-    for path in sorted(folder.glob("*.safetensors")):
+    for path in files:
         with path.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
