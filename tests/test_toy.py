@@ -604,6 +604,8 @@ def test_retrieve_targets_score_each_named_objects_mass_and_bos(untrained):
     assert mean(even) > mean(per_object) > 0
     with pytest.raises(ValueError, match="retrieve_targets must be one of mention, objects, objects"):
         TrainConfig(retrieve_targets="all")
+    with pytest.raises(ValueError, match=r"count_focus is a share of scenes, in \[0, 1\]; got 1.5"):
+        TrainConfig(count_focus=1.5)
 
 
 def test_count_focus_draws_shape_heavy_scenes_and_counts_their_commonest_shape():
