@@ -134,6 +134,13 @@ def test_cli_prints_the_table_and_targets_and_writes_json_atomically(tmp_path, c
     assert not [p for p in out.parent.iterdir() if p.name != out.name]  # no temporary file left
 
 
+def test_cli_help_says_how_many_questions_the_targets_need(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        calibrate.main(["--help"])
+    assert exit_.value.code == 0
+    assert "the targets need at least 300" in " ".join(capsys.readouterr().out.split())
+
+
 # --- the targets on the shipped toy (issue 19) -----------------------------------------------
 @pytest.fixture(scope="module")
 def calibration(toy):
@@ -227,3 +234,44 @@ def test_selection_anatomy_covers_every_projector_method_and_the_oracle_keeps_th
     share = {name: sel["object share"]["mean"] for name, sel in doc["selections"].items()}
     assert share["oracle@16"] == max(share.values())  # object patches first: no selection of 16 holds more
     assert "| oracle@16 |" in capsys.readouterr().out
+
+
+# --- why pool falls below random (scripts/toy_pool_probe.py) ---------------------------------
+def test_cell_centres_keep_pools_positions_with_each_patchs_own_token():
+    from hivtp.methods.base import CropBatch
+    from hivtp.methods.pool import AveragePool
+    from hivtp.vision import TowerOutput
+
+    script = _script("toy_pool_probe")
+    features = torch.randn(2, 36, 3)  # two 6 x 6 crops
+    crops = CropBatch(features=features, grid=(6, 6), tower=TowerOutput(hidden_states={}), budgets=[4, 4])
+    pooled, centres = AveragePool(budget=4).select(crops), script.cell_centres(4).select(crops)
+    expected = torch.tensor([1 * 6 + 1, 1 * 6 + 4, 4 * 6 + 1, 4 * 6 + 4])  # the centre patch of each 3 x 3 cell
+    for c in range(2):
+        assert torch.equal(centres.positions[c], expected) and torch.equal(pooled.positions[c], expected)
+        assert torch.equal(centres.features[c], features[c, expected])  # the patch itself, not an average
+        cell = features[c].reshape(2, 3, 2, 3, 3)[0, :, 0, :].reshape(9, 3)  # the top-left cell's 9 patches
+        assert torch.allclose(pooled.features[c][0], cell.mean(0))
+
+
+def test_a_method_object_is_measured_under_its_own_name_and_parameters():
+    script = _script("toy_pool_probe")
+    config = (script.cell_centres(64), {})
+    assert label(config) == "cell-centres@64" and calibrate.described(config) == ("cell-centres", {"budget": 64})
+    with pytest.raises(hivtp.ConfigError, match="method object"):
+        label((script.cell_centres(64), {"budget": 64}))
+    assert [(label(a), label(b)) for a, b in script.ratios(script.configurations())] == [
+        (f"pool@{n}", f"cell-centres@{n}") if i == 0 else (f"cell-centres@{n}", f"random@{n}")
+        for n in script.TOKEN_COUNTS for i in (0, 1)]
+
+
+def test_pool_probe_answers_with_every_configuration_and_writes_paired_ratios(tmp_path, capsys):
+    script = _script("toy_pool_probe")
+    out = tmp_path / "pool.json"
+    assert script.main(["--per-family", "1", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert [c["label"] for c in doc["configurations"]] == [label(c) for c in script.configurations()]
+    assert {r["name"] for r in doc["ratios"]} == {"pool@64 / cell-centres@64", "cell-centres@64 / random@64",
+                                                  "pool@144 / cell-centres@144", "cell-centres@144 / random@144"}
+    assert doc["weights_sha256"] and doc["targets"] == []
+    assert "cell-centres@144" in capsys.readouterr().out

@@ -62,7 +62,9 @@ __all__ = [
     "summarise",
 ]
 
-Configuration = tuple[str, dict[str, Any]]  # (method name, its parameters)
+#: (method name, its parameters), or (a method object, {}) for a variant that is not registered (a
+#: diagnostic's own selection rule, e.g. ``scripts/toy_pool_probe.py``)
+Configuration = tuple[Any, dict[str, Any]]
 
 ALL = "all"  # the family key of statistics over every question
 UNPRUNED: Configuration = ("none", {})
@@ -72,9 +74,20 @@ RANDOM_HALF: Configuration = ("random", {"budget": 288})
 CONFIGURATIONS: tuple[Configuration, ...] = (UNPRUNED, ORACLE_64, *(("random", {"budget": b}) for b in RANDOM_BUDGETS))
 
 
+def described(configuration: Configuration) -> tuple[str, dict[str, Any]]:
+    """(method name, parameters); a method object gives its name and the parameters it resolved
+    (those set, i.e. not None)."""
+    method, params = configuration
+    if isinstance(method, str):
+        return method, params
+    if params:
+        raise ConfigError(f"give {method.name!r}'s parameters to the method object, not beside it: {params}.")
+    return method.name, {k: v for k, v in method.params().items() if v is not None}
+
+
 def label(configuration: Configuration) -> str:
     """``none``, ``oracle@64``, ``fastv@64 k_layer=1``: the method, its budget, then its other parameters."""
-    method, params = configuration
+    method, params = described(configuration)
     rest = " ".join(f"{k}={v}" for k, v in sorted(params.items()) if k != "budget")
     text = method if params.get("budget") is None else f"{method}@{params['budget']}"
     return f"{text} {rest}" if rest else text
@@ -320,7 +333,7 @@ def as_json(summary: Summary, targets: bool = True) -> dict[str, Any]:
     return {
         "seed": m.seed,
         "per_family": m.per_family,
-        "configurations": [{"label": label(c), "method": c[0], "params": c[1]} for c in m.configurations],
+        "configurations": [dict(zip(("label", "method", "params"), (label(c), *described(c)))) for c in m.configurations],
         "seconds": m.seconds,
         "tower_passes": m.tower_passes,
         "accuracy": rows("accuracy"),
@@ -332,7 +345,8 @@ def as_json(summary: Summary, targets: bool = True) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     from .cli import load_model, measurement_parser, write_measurement
 
-    ap = measurement_parser(__doc__.splitlines()[0], per_family=300, prog="python -m hivtp.toy.calibrate")
+    ap = measurement_parser(__doc__.splitlines()[0], per_family=300, prog="python -m hivtp.toy.calibrate",
+                            per_family_note="; the targets need at least 300")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--resamples", type=int, default=RESAMPLES)
     args = ap.parse_args(argv)

@@ -12,13 +12,14 @@ from typing import Any
 __all__ = ["load_model", "measurement_parser", "write_measurement"]
 
 
-def measurement_parser(description: str, per_family: int, prog: str | None = None) -> argparse.ArgumentParser:
-    """A parser with ``--per-family`` (default ``per_family``), ``--seed``, ``--model``, ``--threads``
-    and ``--out``; a script adds its own options."""
+def measurement_parser(description: str, per_family: int, prog: str | None = None,
+                       per_family_note: str = "") -> argparse.ArgumentParser:
+    """A parser with ``--per-family`` (default ``per_family``; ``per_family_note`` is added to its help),
+    ``--seed``, ``--model``, ``--threads`` and ``--out``; a script adds its own options."""
     from .evaluate import HELD_OUT_SEED
 
     ap = argparse.ArgumentParser(prog=prog, description=description)
-    ap.add_argument("--per-family", type=int, default=per_family, help=f"held-out questions per family (default {per_family})")
+    ap.add_argument("--per-family", type=int, default=per_family, help=f"held-out questions per family (default {per_family}{per_family_note})")
     ap.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="held-out scene stream")
     ap.add_argument("--model", default="toy-llava", help="checkpoint name or folder")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
