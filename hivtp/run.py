@@ -246,9 +246,30 @@ def _skip(folder: Path, commit: str) -> None:
         _say(f"skip {folder.name}: finished")
 
 
+def accuracy_weights(cfg: dict[str, Any]) -> str | None:
+    """The sha256 of the weights an accuracy part answers with, when they are here
+    (:func:`hivtp.zoo.local_weights_digest`; None for a hub id or a latency-only run). The model's
+    name is the run's identity, not its weights: a retrained ``toy-llava`` keeps its name, so a finished
+    run records the weights it used and is redone when they changed."""
+    from .zoo import local_weights_digest
+
+    if cfg.get("mode", "both") == "latency":
+        return None
+    return local_weights_digest(cfg["model"]["pretrained"])
+
+
+def _weights_changed(folder: Path, weights: str | None) -> str | None:
+    """Why a finished run's accuracy no longer holds (the checkpoint's weights changed), or None."""
+    recorded = runfolder.read_manifest(folder).get("weights")
+    if weights is None or recorded == weights:
+        return None
+    was = f"weights {recorded[:12]}" if recorded else "weights it did not record (made before runs recorded them)"
+    return f"its accuracy was measured on {was}; the checkpoint now holds {weights[:12]}"
+
+
 def execute(cfg_in: Any) -> Path:
     """Run one resolved config; return its run folder. Skips finished runs, keeps finished parts of
-    a killed one, redoes a damaged one."""
+    a killed one, redoes a damaged one or one whose model's weights changed."""
     cfg = plain(cfg_in)
     mode = cfg.get("mode", "both")
     if mode not in ("accuracy", "latency", "both"):
@@ -256,20 +277,25 @@ def execute(cfg_in: Any) -> Path:
     final = Path(cfg["runs_root"]) / run_hash(cfg)
     commit = git_commit()
     force = bool(cfg.get("force", False))
+    weights = accuracy_weights(cfg)
+    stale = None
     if not force and runfolder.is_complete(final):
-        _skip(final, commit)
-        return final
+        stale = _weights_changed(final, weights)
+        if stale is None:
+            _skip(final, commit)
+            return final
+        _say(f"redo {final.name}: {stale}")
     invalid = _invalid_reason(cfg)  # before any folder is made: a bad config raises here
-    # A finished run that is no longer complete is redone whole, in a fresh folder, as a forced one.
+    # A finished run that is no longer complete (or stale) is redone whole, in a fresh folder, as a forced one.
     damaged = runfolder.verify_run(final) if (final / runfolder.MANIFEST).exists() else []
     if damaged:
         _say(f"redo {final.name}: {'; '.join(damaged)}")
-    if not (force or damaged):
-        _run_into(cfg, final, mode, commit, invalid, keep_parts=True)
+    if not (force or damaged or stale):
+        _run_into(cfg, final, mode, commit, invalid, keep_parts=True, weights=weights)
         return final
     fresh = runfolder.fresh_folder(final)
     try:
-        _run_into(cfg, fresh, mode, commit, invalid, keep_parts=False)
+        _run_into(cfg, fresh, mode, commit, invalid, keep_parts=False, weights=weights)
     except BaseException:
         _say(f"{final.name}: the re-run did not finish; its files are in {fresh}, {final} is unchanged")
         raise
@@ -289,15 +315,18 @@ def _invalid_reason(cfg: dict[str, Any]) -> str | None:
     return None
 
 
-def _run_into(cfg: dict[str, Any], folder: Path, mode: str, commit: str, invalid: str | None, keep_parts: bool) -> None:
-    """Run ``cfg`` in ``folder`` and seal it with the manifest. ``keep_parts``: a part whose rows
-    file is there and readable finished before a kill; keep it."""
+def _run_into(cfg: dict[str, Any], folder: Path, mode: str, commit: str, invalid: str | None, keep_parts: bool,
+              weights: str | None = None) -> None:
+    """Run ``cfg`` in ``folder`` and seal it with the manifest (which records ``weights``). ``keep_parts``:
+    a part whose rows file is there and readable finished before a kill, on the same weights; keep it."""
     name = run_hash(cfg)
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "config.json", {"identity": identity(cfg), "config": cfg})
+    if keep_parts and _started_on(folder) != weights:
+        keep_parts = False  # a killed run's finished parts answered with other weights
+    write_json(folder / "config.json", {"identity": identity(cfg), "config": cfg, "weights": weights})
     if invalid is not None:
         write_text(folder / "INVALID", f"{invalid}\n")
-        runfolder.write_manifest(folder, parts=[], status="invalid", commit=commit)
+        runfolder.write_manifest(folder, parts=[], status="invalid", commit=commit, weights=weights)
         _say(f"invalid {name}: {invalid}")
         return
     parts = [p for p in ("accuracy", "latency") if mode in (p, "both")]
@@ -311,7 +340,15 @@ def _run_into(cfg: dict[str, Any], folder: Path, mode: str, commit: str, invalid
         rows = stamp(fn(cfg, folder), cfg, part, commit)
         write_json(target, rows)
         _say(f"{name}: {part} done, {len(rows)} rows, {time.perf_counter() - start:.1f} s")
-    runfolder.write_manifest(folder, parts=parts, status="done", commit=commit)
+    runfolder.write_manifest(folder, parts=parts, status="done", commit=commit, weights=weights)
+
+
+def _started_on(folder: Path) -> str | None:
+    """The weights a (killed) run in ``folder`` started with, from its config.json; None if unknown."""
+    try:
+        return json.loads((folder / "config.json").read_text()).get("weights")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def main() -> None:

@@ -92,9 +92,10 @@ def _files(folder: Path) -> list[str]:
 
 
 def write_manifest(folder: str | os.PathLike, parts: Iterable[str], status: str = "done",
-                   commit: str | None = None) -> dict[str, Any]:
+                   commit: str | None = None, weights: str | None = None) -> dict[str, Any]:
     """Seal a finished run: checksum every file in ``folder`` and write ``DONE`` (last, atomically).
-    ``parts`` are the rows files the run needed (``accuracy``, ``latency``); each must be there."""
+    ``parts`` are the rows files the run needed (``accuracy``, ``latency``); each must be there.
+    ``weights``: the sha256 of the checkpoint the accuracy part answered with (``hivtp.run``)."""
     folder = Path(folder)
     parts = sorted(parts)
     if status not in STATUSES:
@@ -107,6 +108,7 @@ def write_manifest(folder: str | os.PathLike, parts: Iterable[str], status: str 
         "status": status,
         "parts": parts,
         "commit": commit,
+        "weights": weights,
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "files": {rel: _sha256(folder / rel) for rel in _files(folder)},
     }

@@ -15,7 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from hivtp.errors import ConfigError
-from hivtp.run import CONFIG_DIR, REPO, execute, plain, run_hash, write_atomic
+from hivtp.run import CONFIG_DIR, REPO, accuracy_weights, execute, plain, run_hash, write_atomic
 
 FAKE = ["backend.accuracy=fake_backends:accuracy", "backend.latency=fake_backends:latency"]
 
@@ -75,7 +75,10 @@ def test_run_writes_rows_and_skips_when_finished(tmp_path, fake_log):
 def test_part_finished_before_a_kill_is_kept(tmp_path, fake_log):
     cfg = cfg_of([f"runs_root={tmp_path}", *FAKE])
     folder = tmp_path / run_hash(plain(cfg))
-    write_atomic(folder / "accuracy.json", '[{"benchmark": "x", "value": 1.0}]\n')  # accuracy finished, then the process died
+    # as a killed run leaves its folder: its config (with the weights it answered with) written first,
+    # the accuracy part finished, then the process died
+    write_atomic(folder / "config.json", json.dumps({"weights": accuracy_weights(plain(cfg))}))
+    write_atomic(folder / "accuracy.json", '[{"benchmark": "x", "value": 1.0}]\n')
     execute(cfg)
     assert [c["kind"] for c in calls(fake_log)] == ["latency"]
     assert (folder / "DONE").exists()

@@ -196,3 +196,70 @@ def test_qwen_configs_are_checked_as_attach_checks_them_before_loading(tmp_path,
     folder = execute(cfg_of(tmp_path, "model=tiny-qwen2.5-vl", "method=visionzip", "method.params.budget=64",
                             "skip_invalid=true"))
     assert "[CLS]" in (folder / "INVALID").read_text() and n_calls(env) == 0
+
+
+def _local_checkpoint(folder: Path, scale: float = 1.0) -> Path:
+    """A copy of the shipped toy's files whose weights are the toy's times ``scale`` (other weights,
+    same name and shapes: what retraining a model does to its folder)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from hivtp.zoo import trained_dir
+
+    shutil.copytree(trained_dir("toy-llava"), folder, dirs_exist_ok=True)
+    tensors = load_file(folder / "model.safetensors")
+    save_file({k: v * scale for k, v in tensors.items()}, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+def test_a_finished_run_is_redone_when_its_checkpoints_weights_change(tmp_path, env, capsys):
+    from hivtp.zoo import weights_digest
+
+    model = _local_checkpoint(tmp_path / "model")
+    cfg = cfg_of(tmp_path / "runs", f"model.pretrained={model}")
+    folder = execute(cfg)
+    first = json.loads((folder / "DONE").read_text())["weights"]
+    assert first == weights_digest(str(model)) and n_calls(env) == 1
+    execute(cfg)
+    assert n_calls(env) == 1  # same weights: skipped
+    _local_checkpoint(model, scale=2.0)  # retrained in place: the name (and the run's hash) stay
+    capsys.readouterr()
+    assert execute(cfg) == folder and n_calls(env) == 2
+    assert f"redo {folder.name}: its accuracy was measured on weights {first[:12]}" in capsys.readouterr().out
+    assert json.loads((folder / "DONE").read_text())["weights"] == weights_digest(str(model)) != first
+    assert is_complete(folder)
+
+
+def test_a_run_sealed_before_weights_were_recorded_is_redone_and_latency_runs_never_are(tmp_path, env, capsys):
+    model = _local_checkpoint(tmp_path / "model")
+    cfg = cfg_of(tmp_path / "runs", f"model.pretrained={model}")
+    folder = execute(cfg)
+    done = json.loads((folder / "DONE").read_text())
+    (folder / "DONE").write_text(json.dumps({k: v for k, v in done.items() if k != "weights"}))  # an older hivtp's
+    capsys.readouterr()
+    execute(cfg)
+    assert n_calls(env) == 2 and "weights it did not record" in capsys.readouterr().out
+    latency = cfg_of(tmp_path / "runs", f"model.pretrained={model}", "mode=latency")
+    latency_folder = execute(latency)
+    assert json.loads((latency_folder / "DONE").read_text())["weights"] is None
+    _local_checkpoint(model, scale=3.0)
+    capsys.readouterr()
+    execute(latency)  # timing does not depend on the weights' values
+    assert f"skip {latency_folder.name}: finished" in capsys.readouterr().out
+
+
+def killed_latency(**kwargs):
+    raise KeyboardInterrupt("killed during the latency part")
+
+
+def test_a_killed_runs_finished_part_is_not_kept_when_the_weights_changed(tmp_path, env):
+    model = _local_checkpoint(tmp_path / "model")
+    runs = tmp_path / "runs"
+    with pytest.raises(KeyboardInterrupt):  # the accuracy part finished, the latency part was killed
+        execute(cfg_of(runs, f"model.pretrained={model}", "mode=both", "backend.latency=test_run_folders:killed_latency"))
+    assert n_calls(env) == 1
+    _local_checkpoint(model, scale=2.0)
+    folder = execute(cfg_of(runs, f"model.pretrained={model}", "mode=both"))
+    assert n_calls(env) == 3  # the accuracy part again (other weights), then the latency part
+    assert is_complete(folder)

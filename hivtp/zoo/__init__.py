@@ -41,6 +41,7 @@ __all__ = [
     "checkpoint_dir",
     "resolve_checkpoint",
     "check_weights",
+    "local_weights_digest",
     "weights_digest",
     "local_config",
     "vision_geometry",
@@ -247,6 +248,26 @@ def weights_digest(name_or_path: str) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def local_weights_digest(name_or_path: str) -> str | None:
+    """:func:`weights_digest` of a checkpoint whose files are here (a folder, a shipped or a built model);
+    None when they are not (a hub id, or a shape not built yet: its loader says what to do). The digest
+    is remembered per file state (name, size, mtime), so a sweep reads each checkpoint once."""
+    try:
+        folder = Path(resolve_checkpoint(name_or_path))
+    except MissingArtifactError:
+        return None
+    if not folder.is_dir():
+        return None
+    files = sorted(folder.glob("*.safetensors"))
+    state = tuple((p.name, st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()])
+    return _digest_of(str(folder.resolve()), state) if files else None
+
+
+@lru_cache(maxsize=64)
+def _digest_of(folder: str, state: tuple) -> str:  # ``state`` keys the cache: new files, new digest
+    return weights_digest(folder)
 
 
 def _safetensors_problem(path: Path) -> str | None:
