@@ -1,6 +1,6 @@
 """The offline-only ``oracle`` (issue 19, item 3): it keeps the patches a procedural scene's objects
 cover, most covered first, then their nearest neighbours; it is planned offline at every budget, never
-for the paper profile, never timed, refused on Qwen2.5-VL, and shown as the upper bound in results.
+for the paper profile, never timed, refused on Qwen2.5-VL, and shown as the reference in results.
 
 Scenes are hand-built on the 24 x 24 grid of 14 px patches of a 336 px image (which the processor
 neither resizes nor crops). PIL fills a box's both end pixels, so a square of side ``14 n - 1`` whose
@@ -191,7 +191,7 @@ def test_bench_gpu_never_times_the_oracle():
         assert "random" in out.stdout.split() and "oracle" not in out.stdout.split()
 
 
-# --- results: the upper bound, not a competitor ------------------------------------------------------------
+# --- results: the reference, not a competitor ------------------------------------------------------------
 def _with_oracle() -> pd.DataFrame:
     """with_intervals() plus oracle@64 rows whose paired difference to HIVTP@64 excludes zero (as the
     collector computes it for every row): a competing method would get marks and ledger lines."""
@@ -202,13 +202,13 @@ def _with_oracle() -> pd.DataFrame:
     return pd.concat([with_intervals(), rows], ignore_index=True)
 
 
-def test_tables_show_the_oracle_as_the_upper_bound_with_its_interval_and_no_mark():
+def test_tables_show_the_oracle_as_the_reference_with_its_interval_and_no_mark():
     table = accuracy_text_table(_with_oracle())
-    label = "oracle (upper bound, offline only)"
+    label = "oracle (reference, offline only)"
     assert [m for m in dict.fromkeys(table.index.get_level_values("method"))][:2] == ["none", label]
     assert table.loc[(label, "64"), "pope"] == "0.85 ± 0.05" and table.loc[(label, "64"), "gqa"] == "0.48 ± 0.05"
     tex = to_latex(table)
-    assert tex.count("\\midrule") == 3  # under the header, the unpruned row and the upper bound
+    assert tex.count("\\midrule") == 3  # under the header, the unpruned row and the reference
 
 
 def test_ledger_does_not_compare_hivtp_with_the_oracle():

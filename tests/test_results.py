@@ -397,9 +397,10 @@ def test_the_in_llm_note_states_what_the_shipped_toys_supervision_measurement_sh
     reads = doc["attention"]
     blind, fastv, without = (reads[k]["objects_in_top64"] for k in
                              ("content-blind (uniform / random)", "K=1 FastV (mean of heads)", "K=1 mean without head 0"))
-    assert fastv["low"] > blind["high"]  # "its selection is far better than random's"
-    for budget in (64, 192):  # "yet at K=1 it answers existence questions worse than random does"
-        assert acc[(f"fastv@{budget} k_layer=1", "exist")]["value"] < acc[(f"random@{budget}", "exist")]["value"]
+    assert fastv["low"] > blind["high"]  # "the tokens it keeps hold far more object patches than random's"
+    assert without["high"] < fastv["low"]  # "part of that comes from the attention head ... (without that head ... fewer)"
+    k1, random, oracle = (acc[(name, "all")] for name in ("fastv@64 k_layer=1", "random@64", "oracle@64"))
+    assert random["high"] < k1["low"] and k1["high"] < oracle["low"]  # "at K=1 and 64 tokens ... between random and the oracle"
+    for budget in (64, 192):
         k2, none = acc[(f"fastv@{budget} k_layer=2", "all")], acc[("none", "all")]
-        assert k2["low"] <= none["high"] and none["low"] <= k2["high"]  # "and at K=2 as well as the unpruned model"
-    assert without["mean"] >= fastv["mean"]  # "the supervised attention head is not what makes its selection good"
+        assert k2["low"] <= none["high"] and none["low"] <= k2["high"]  # "at K=2 as well as the unpruned model"

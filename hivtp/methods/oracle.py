@@ -1,4 +1,7 @@
-"""``oracle``: keep the patches the scene's objects cover (offline only: the testbed's upper bound).
+"""``oracle``: keep the patches the scene's objects cover (offline only: the testbed's reference row).
+
+It is a reference, not a bound: on the toy a selection that spreads its tokens over the scene can score
+above it (README, Offline results).
 
 Images of the procedural world (:mod:`hivtp.world`) are a flat background (``BACKGROUND`` =
 (60, 60, 64), with light noise of at most 6 levels, ``render.py``) and objects drawn in the palette

@@ -44,7 +44,7 @@ def _interval(rows: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
 
 def accuracy_vs_tokens(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Score vs visual tokens kept, one panel per benchmark: error bars (and the unpruned model's
-    band) are the 95% bootstrap intervals of the scores. The offline upper bound (``oracle``) is drawn
+    band) are the 95% bootstrap intervals of the scores. The offline reference (``oracle``) is drawn
     as a black dashed line labelled as such."""
     written: list[Path] = []
     acc = acc.assign(**{c: pd.to_numeric(acc[c], errors="coerce") for c in ("value", "ci_low", "ci_high")})

@@ -45,15 +45,15 @@ DROP_STREAM = 7  # the drop draws' own random stream: (seed, step, DROP_STREAM)
 PATTERNS = ("uniform", "clustered", "objects")
 #: config fields that do not change what is computed (resuming with other values is fine)
 BOOKKEEPING = ("threads", "log_every", "ckpt_every", "eval_every", "eval_per_family", "eval_keep")
-#: fields added after the shipped toy (v9) was trained, with the values that run (and any state saved
-#: before they existed) used
+#: fields added after toy v9 (shipped until v12) was trained, with the values that run (and any state
+#: saved before they existed) used
 ADDED_AFTER_V9 = {"retrieve_targets": "mention", "count_focus": 0.0}
 
 
 @dataclass
 class TrainConfig:
     seed: int = 0
-    steps: int = 2800
+    steps: int = 3200
     images_per_step: int = 6
     questions_per_image: int = 10
     lr: float = 1e-3
@@ -71,8 +71,8 @@ class TrainConfig:
     retrieve_layer: int = 1  # supervised attention (``objectives.attention_losses``): this layer's head 0 finds what a mention names ...
     gather_layer: int = 2  # ... this layer's heads 0-3 bring the mentions / found option / side word to the answer position ...
     bind_layer: int = 0  # ... and this layer's heads 1 / 2 bring an option's question noun / letter to its word
-    retrieve_targets: str = "mention"  # how retrieval scores a mention naming several objects (``objectives.RETRIEVE_TARGETS``)
-    count_focus: float = 0.0  # this share of scenes is shape-heavy and counts its most common shape (``data.sample_items``)
+    retrieve_targets: str = "objects+bos"  # how retrieval scores a mention naming several objects (``objectives.RETRIEVE_TARGETS``)
+    count_focus: float = 0.3  # this share of scenes is shape-heavy and counts its most common shape (``data.sample_items``)
     # the weight of each objective (``objectives``); 0 switches it off. The answer loss has weight 1.
     colour_weight: float = 0.5
     position_weight: float = 0.5
