@@ -322,7 +322,9 @@ def _run_into(cfg: dict[str, Any], folder: Path, mode: str, commit: str, invalid
     name = run_hash(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     if keep_parts and _started_on(folder) != weights:
-        keep_parts = False  # a killed run's finished parts answered with other weights
+        keep_parts = False  # a killed run's finished parts answered with other weights: gone, so that a
+        for part in ("accuracy", "latency"):  # second kill cannot leave them to be sealed as this run's
+            (folder / f"{part}.json").unlink(missing_ok=True)
     write_json(folder / "config.json", {"identity": identity(cfg), "config": cfg, "weights": weights})
     if invalid is not None:
         write_text(folder / "INVALID", f"{invalid}\n")

@@ -33,7 +33,7 @@ DEVICE=$("$PY" -c "import re, torch; print(re.sub(r'[^A-Za-z0-9]+', '-', torch.c
 ROOT="${OUT:-.}/results/latency/gpu-$DEVICE-$(date -u +%Y%m%d)"
 mkdir -p "$ROOT"
 # Every method registered right now, besides none and hivtp, is a baseline timed at each budget;
-# offline-only references (oracle, the offline upper bound) are not methods to deploy, so never timed.
+# offline-only references (oracle, the offline reference) are not methods to deploy, so never timed.
 BASELINES=$("$PY" -c "from hivtp.methods import METHODS; print(' '.join(m for m in sorted(METHODS) if m not in ('none', 'hivtp') and not METHODS[m].offline_only))")
 {
     echo "device: $("$PY" -c "import torch; print(torch.cuda.get_device_name(0))")"

@@ -59,7 +59,7 @@ def offline_plan(model: str, methods: list[str], limit: int, ablation_limit: int
     its own rule (no budget: regions 2, keep_ratio 0.25, window 2) -- then score-layer and geometry
     ablations of HIVTP on POPE-adversarial (a few points by default, all with ``full``), and one
     latency run that times every method interleaved in one process, so that its ratios are like for
-    like. Offline-only methods (``oracle``, the upper bound) run at every budget but are not timed:
+    like. Offline-only methods (``oracle``, the reference) run at every budget but are not timed:
     they are references, not methods anyone would deploy. The full ablations are also sweeps
     (`make sweep SWEEP=layers_offline`, `geometry`, `stages`)."""
     from hivtp.methods import is_offline_only
@@ -129,7 +129,7 @@ OFFLINE_SKIP = {
 
 def available_baselines() -> list[str]:
     """Every registered method other than the reference (`none`) and HIVTP itself; offline-only ones
-    (``oracle``, the upper bound) included, since this is the offline plan's list."""
+    (``oracle``, the reference) included, since this is the offline plan's list."""
     from hivtp.methods import available_methods
 
     methods = [m for m in available_methods() if m not in ("none", "hivtp")]

@@ -14,8 +14,9 @@ the same held-out questions (:func:`hivtp.toy.evaluate.held_out_items`) are answ
 * ``random`` at the same token counts, and ``none``.
 
 Paired ratios on the same questions (95% bootstrap intervals, :mod:`hivtp.toy.calibrate`):
-pool / cell-centres is what averaging costs at fixed positions; cell-centres / random is what the
-lattice costs (or gains) against a random draw of as many single patches.
+pool / random is the finding to explain; pool / cell-centres is what averaging costs at fixed
+positions; cell-centres / random is what the lattice costs (or gains) against a random draw of as
+many single patches.
 """
 
 from __future__ import annotations
@@ -50,9 +51,10 @@ def configurations():
 
 
 def ratios(configs):
-    """(pool, cell-centres) and (cell-centres, random) at each token count, as calibrate's ratio pairs."""
+    """(pool, random), (pool, cell-centres) and (cell-centres, random) at each token count, as calibrate's
+    ratio pairs."""
     by_count = [configs[1 + 3 * i: 4 + 3 * i] for i in range(len(TOKEN_COUNTS))]
-    return [pair for pool, centres, random in by_count for pair in ((pool, centres), (centres, random))]
+    return [pair for pool, centres, random in by_count for pair in ((pool, random), (pool, centres), (centres, random))]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -404,3 +404,5 @@ def test_the_in_llm_note_states_what_the_shipped_toys_supervision_measurement_sh
     for budget in (64, 192):
         k2, none = acc[(f"fastv@{budget} k_layer=2", "all")], acc[("none", "all")]
         assert k2["low"] <= none["high"] and none["low"] <= k2["high"]  # "at K=2 as well as the unpruned model"
+    k2_image, k1_image = (reads[k]["image"] for k in ("K=2 FastV (mean of heads)", "K=1 FastV (mean of heads)"))
+    assert k2_image["high"] < 0.2 < k1_image["low"]  # "whose last layer barely reads the image" (its mass on image tokens)

@@ -263,3 +263,19 @@ def test_a_killed_runs_finished_part_is_not_kept_when_the_weights_changed(tmp_pa
     folder = execute(cfg_of(runs, f"model.pretrained={model}", "mode=both"))
     assert n_calls(env) == 3  # the accuracy part again (other weights), then the latency part
     assert is_complete(folder)
+
+
+def test_a_part_from_other_weights_is_gone_before_a_second_kill_can_seal_it(tmp_path, env, monkeypatch):
+    model = _local_checkpoint(tmp_path / "model")
+    runs = tmp_path / "runs"
+    killed = ("mode=both", "backend.latency=test_run_folders:killed_latency")
+    with pytest.raises(KeyboardInterrupt):  # weights A: the accuracy part finishes, the latency part is killed
+        execute(cfg_of(runs, f"model.pretrained={model}", *killed))
+    _local_checkpoint(model, scale=2.0)  # weights B
+    monkeypatch.setenv("HIVTP_TEST_DIE", "1")
+    with pytest.raises(KeyboardInterrupt):  # killed again, this time during the accuracy part
+        execute(cfg_of(runs, f"model.pretrained={model}", *killed))
+    monkeypatch.delenv("HIVTP_TEST_DIE")
+    folder = execute(cfg_of(runs, f"model.pretrained={model}", "mode=both"))
+    assert n_calls(env) == 3  # A's accuracy, then B's accuracy and latency: A's part was not sealed as B's
+    assert is_complete(folder)

@@ -94,7 +94,8 @@ def test_resuming_a_state_written_by_a_different_config_says_so(tmp_path):
 def test_a_state_saved_before_the_new_fields_resumes_with_their_v9_values(tmp_path):
     from hivtp.toy.train import ADDED_AFTER_V9
 
-    cfg = TrainConfig(steps=2, images_per_step=1, questions_per_image=1, log_every=100, ckpt_every=1, eval_every=0, encoder_steps=2)
+    cfg = TrainConfig(steps=2, images_per_step=1, questions_per_image=1, log_every=100, ckpt_every=1, eval_every=0,
+                      encoder_steps=2, **ADDED_AFTER_V9)  # a run of v9's time, with the values it had
     train(cfg, tmp_path, progress=False, stop_at=1)
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     state["recipe"] = {k: v for k, v in state["recipe"].items() if k not in ADDED_AFTER_V9}  # as written before them

@@ -261,8 +261,8 @@ def test_a_method_object_is_measured_under_its_own_name_and_parameters():
     with pytest.raises(hivtp.ConfigError, match="method object"):
         label((script.cell_centres(64), {"budget": 64}))
     assert [(label(a), label(b)) for a, b in script.ratios(script.configurations())] == [
-        (f"pool@{n}", f"cell-centres@{n}") if i == 0 else (f"cell-centres@{n}", f"random@{n}")
-        for n in script.TOKEN_COUNTS for i in (0, 1)]
+        pair for n in script.TOKEN_COUNTS
+        for pair in ((f"pool@{n}", f"random@{n}"), (f"pool@{n}", f"cell-centres@{n}"), (f"cell-centres@{n}", f"random@{n}"))]
 
 
 def test_pool_probe_answers_with_every_configuration_and_writes_paired_ratios(tmp_path, capsys):
@@ -271,7 +271,8 @@ def test_pool_probe_answers_with_every_configuration_and_writes_paired_ratios(tm
     assert script.main(["--per-family", "1", "--out", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert [c["label"] for c in doc["configurations"]] == [label(c) for c in script.configurations()]
-    assert {r["name"] for r in doc["ratios"]} == {"pool@64 / cell-centres@64", "cell-centres@64 / random@64",
-                                                  "pool@144 / cell-centres@144", "cell-centres@144 / random@144"}
+    assert [c["registered"] for c in doc["configurations"]] == [c["method"] != "cell-centres" for c in doc["configurations"]]
+    assert {r["name"] for r in doc["ratios"]} == {f"{a}@{n} / {b}@{n}" for n in (64, 144) for a, b in
+                                                  (("pool", "random"), ("pool", "cell-centres"), ("cell-centres", "random"))}
     assert doc["weights_sha256"] and doc["targets"] == []
     assert "cell-centres@144" in capsys.readouterr().out

@@ -36,7 +36,7 @@ Budget semantics as every subset method (``hivtp.methods._common``): ``budget`` 
 (LLaVA-1.5) or per image (LLaVA-NeXT), default a third of each crop; kept tokens stay in raster order.
 Stats: ``tokens_kept`` and ``tokens_covered`` (kept tokens that objects cover).
 
-Offline only (``offline_only``): it is the upper-bound row of the offline tables and figures, never
+Offline only (``offline_only``): it is the reference row of the offline tables and figures, never
 planned for the paper profile, never timed, and not compared with HIVTP as a competing method. It
 needs crop images (``needs_crop_pixels``): ``hivtp.attach`` refuses it on Qwen2.5-VL, whose layout
 packs patch rows.

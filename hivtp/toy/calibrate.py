@@ -333,7 +333,8 @@ def as_json(summary: Summary, targets: bool = True) -> dict[str, Any]:
     return {
         "seed": m.seed,
         "per_family": m.per_family,
-        "configurations": [dict(zip(("label", "method", "params"), (label(c), *described(c)))) for c in m.configurations],
+        "configurations": [{**dict(zip(("label", "method", "params"), (label(c), *described(c)))),
+                            "registered": isinstance(c[0], str)} for c in m.configurations],
         "seconds": m.seconds,
         "tower_passes": m.tower_passes,
         "accuracy": rows("accuracy"),

@@ -253,7 +253,8 @@ def weights_digest(name_or_path: str) -> str:
 def local_weights_digest(name_or_path: str) -> str | None:
     """:func:`weights_digest` of a checkpoint whose files are here (a folder, a shipped or a built model);
     None when they are not (a hub id, or a shape not built yet: its loader says what to do). The digest
-    is remembered per file state (name, size, mtime), so a sweep reads each checkpoint once."""
+    is remembered per file state (name, size, inode, mtime, ctime: a copy that keeps the modification time
+    still gets a new inode or ctime), so a sweep reads each checkpoint once."""
     try:
         folder = Path(resolve_checkpoint(name_or_path))
     except MissingArtifactError:
@@ -261,7 +262,7 @@ def local_weights_digest(name_or_path: str) -> str | None:
     if not folder.is_dir():
         return None
     files = sorted(folder.glob("*.safetensors"))
-    state = tuple((p.name, st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()])
+    state = tuple((p.name, st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns) for p in files for st in [p.stat()])
     return _digest_of(str(folder.resolve()), state) if files else None
 
 
