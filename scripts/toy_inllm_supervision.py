@@ -199,18 +199,15 @@ def attention_table(values) -> tuple[str, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     from hivtp.toy import calibrate
-    from hivtp.toy.cli import load_model, measurement_parser, write_measurement
+    from hivtp.toy.cli import accuracy_summary, load_model, measurement_parser, progress, write_measurement
     from hivtp.toy.evaluate import held_out_items
 
-    ap = measurement_parser(__doc__.splitlines()[0], per_family=100)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap = measurement_parser(__doc__.splitlines()[0], per_family=100, batch_size=True)
     args = ap.parse_args(argv)
     model, processor, digest = load_model(ap, args)
-    say = lambda text: print(text, file=sys.stderr, flush=True)
     images, items, scenes = held_out_items(args.seed, args.per_family, with_scenes=True)
-    summary = calibrate.summarise(calibrate.measure(model, processor, configurations(), per_family=args.per_family,
-                                                    seed=args.seed, batch_size=args.batch_size, progress=say), ratios=[])
-    values = attention_measurement(model, processor, images, items, scenes, args.batch_size, say)
+    summary = accuracy_summary(model, processor, args, configurations(), ratios=[])
+    values = attention_measurement(model, processor, images, items, scenes, args.batch_size, progress)
     text, stats = attention_table(values)
     print(calibrate.table(summary))
     print(f"\nwhat FastV's ranking row reads (supervised: layer {SUPERVISED[0]} head {SUPERVISED[1]}); "

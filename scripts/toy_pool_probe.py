@@ -59,22 +59,17 @@ def ratios(configs):
 
 def main(argv: list[str] | None = None) -> int:
     from hivtp.toy import calibrate
-    from hivtp.toy.cli import load_model, measurement_parser, write_measurement
+    from hivtp.toy.cli import accuracy_summary, load_model, measurement_parser, write_measurement
 
-    ap = measurement_parser(__doc__.splitlines()[0], per_family=100)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap = measurement_parser(__doc__.splitlines()[0], per_family=100, batch_size=True)
     args = ap.parse_args(argv)
     model, processor, digest = load_model(ap, args)
-    say = lambda text: print(text, file=sys.stderr, flush=True)
     configs = configurations()
-    measurement = calibrate.measure(model, processor, configs, per_family=args.per_family, seed=args.seed,
-                                    batch_size=args.batch_size, progress=say)
-    summary = calibrate.summarise(measurement, ratios=ratios(configs))
+    summary = accuracy_summary(model, processor, args, configs, ratios=ratios(configs))
     print(calibrate.table(summary))
     if args.out:
         write_measurement(args.out, args.model, digest, calibrate.as_json(summary, targets=False))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

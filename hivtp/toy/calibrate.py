@@ -344,15 +344,13 @@ def as_json(summary: Summary, targets: bool = True) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import load_model, measurement_parser, write_measurement
+    from .cli import load_model, measurement_parser, progress, write_measurement
 
     ap = measurement_parser(__doc__.splitlines()[0], per_family=300, prog="python -m hivtp.toy.calibrate",
-                            per_family_note="; the targets need at least 300")
-    ap.add_argument("--batch-size", type=int, default=16)
+                            per_family_note="; the targets need at least 300", batch_size=True)
     ap.add_argument("--resamples", type=int, default=RESAMPLES)
     args = ap.parse_args(argv)
     model, processor, digest = load_model(ap, args)
-    progress = lambda text: print(text, file=sys.stderr, flush=True)
     summary = summarise(measure(model, processor, per_family=args.per_family, seed=args.seed,
                                 batch_size=args.batch_size, progress=progress), resamples=args.resamples)
     print(report(summary))

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
-__all__ = ["load_model", "measurement_parser", "write_measurement"]
+__all__ = ["accuracy_summary", "load_model", "measurement_parser", "progress", "write_measurement"]
 
 
 def measurement_parser(description: str, per_family: int, prog: str | None = None,
-                       per_family_note: str = "") -> argparse.ArgumentParser:
+                       per_family_note: str = "", batch_size: bool = False) -> argparse.ArgumentParser:
     """A parser with ``--per-family`` (default ``per_family``; ``per_family_note`` is added to its help),
-    ``--seed``, ``--model``, ``--threads`` and ``--out``; a script adds its own options."""
+    ``--seed``, ``--model``, ``--threads``, ``--out`` and (``batch_size``) ``--batch-size``; a script adds
+    its own options."""
     from .evaluate import HELD_OUT_SEED
 
     ap = argparse.ArgumentParser(prog=prog, description=description)
@@ -24,7 +26,24 @@ def measurement_parser(description: str, per_family: int, prog: str | None = Non
     ap.add_argument("--model", default="toy-llava", help="checkpoint name or folder")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--out", default=None, help="also write the measurement as JSON here (atomically)")
+    if batch_size:
+        ap.add_argument("--batch-size", type=int, default=16, help="questions per generate call")
     return ap
+
+
+def progress(text: str) -> None:
+    """Progress lines go to stderr, so that stdout holds only the tables."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def accuracy_summary(model, processor, args: argparse.Namespace, configurations, ratios=None):
+    """Answer ``args.per_family`` held-out questions per family (stream ``args.seed``) with every
+    configuration (:func:`hivtp.toy.calibrate.measure`) and summarise them with ``ratios``."""
+    from . import calibrate
+
+    measurement = calibrate.measure(model, processor, configurations, per_family=args.per_family, seed=args.seed,
+                                    batch_size=args.batch_size, progress=progress)
+    return calibrate.summarise(measurement, ratios=ratios)
 
 
 def load_model(ap: argparse.ArgumentParser, args: argparse.Namespace):
