@@ -123,6 +123,18 @@ def test_exact_budget_per_image(tiny_qwen, batch, method, budget):
     assert [s["tokens_kept"] for s in pruned.last_stats] == [budget] * 3
 
 
+def test_a_budget_above_a_small_images_tokens_keeps_that_image_whole_and_says_so(tiny_qwen, batch):
+    """Qwen's token counts follow the resolution: an image with fewer tokens than the budget keeps all of
+    them (one small image must not stop a benchmark), with a warning, and ``tokens_kept`` records it."""
+    inputs, _ = batch
+    counts = [h * w for h, w in merged_grids(inputs)]
+    budget = sorted(counts)[1]  # above the smallest image's count only
+    pruned = hivtp.attach(tiny_qwen[0], "random", budget=budget)
+    with pytest.warns(UserWarning, match=f"budget={budget} is more than an image's {min(counts)} merged tokens"):
+        pruned.generate(**inputs, max_new_tokens=1, do_sample=False)
+    assert [s["tokens_kept"] for s in pruned.last_stats] == [min(budget, n) for n in counts]
+
+
 @pytest.mark.parametrize("method", ["hivtp", "random", "divprune"])
 @pytest.mark.parametrize("keep", [0.1, 0.25, 0.5])
 def test_keep_ratio_budget(tiny_qwen, batch, method, keep):

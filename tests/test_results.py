@@ -214,6 +214,42 @@ def test_a_later_latency_run_supersedes_an_earlier_one_of_the_same_configuration
     assert t.loc[("none", "all"), "ttft ms"] == pytest.approx(200.0)  # the new run's, not a median of both
 
 
+def test_latency_rows_of_another_batch_or_backend_get_their_own_table_and_figure(tmp_path):
+    from hivtp.results.report import write_tables
+
+    batch8 = latency_frame().assign(batch=8, median_ms=lambda f: f["median_ms"] * 5)
+    eager = latency_frame().assign(backend="eager", median_ms=lambda f: f["median_ms"] * 3)
+    lat = pd.concat([latency_frame(), batch8, eager], ignore_index=True)
+    write_tables(accuracy_frame(), lat, tmp_path)
+    md = (tmp_path / "tables.md").read_text()
+    blocks = {b.split("\n", 1)[0]: b for b in md.split("## ")[1:]}
+    one = blocks["latency: offline / toy-llava / cpu / float32 / 1 / sdpa"]
+    assert "| none | all | 50.00 | 100.00 | 20.00 |" in one  # batch 1's own, not a median with batch 8's 500
+    assert "latency: offline / toy-llava / cpu / float32 / 8 / sdpa" in blocks
+    assert "latency: offline / toy-llava / cpu / float32 / 1 / eager" in blocks
+    from hivtp.results.figures import latency_vs_tokens
+
+    names = {p.name for p in latency_vs_tokens(lat, tmp_path / "figures")}
+    assert {"latency_vs_tokens_offline_toy-llava_cpu_float32_b1_sdpa.png", "latency_vs_tokens_offline_toy-llava_cpu_float32_b8_sdpa.png",
+            "latency_vs_tokens_offline_toy-llava_cpu_float32_b1_eager.png"} <= names
+
+
+def test_accuracy_cells_of_different_limits_never_share_a_table(tmp_path):
+    """A later `none` run at 20 questions supersedes the one at 200 (its cell's latest run); HIVTP's
+    cells stay at 200. One table would divide 200-question scores by a 20-question baseline."""
+    from hivtp.results.report import write_tables
+
+    acc = accuracy_frame().assign(limit=200, device="cpu", dtype="auto")
+    acc.loc[acc["method"] == "none", "limit"] = 20
+    write_tables(acc, latency_frame().iloc[:0], tmp_path)
+    titles = [line for line in (tmp_path / "tables.md").read_text().splitlines() if line.startswith("## ")]
+    assert titles == ["## accuracy: offline / toy-llava / limit 20 / device cpu / dtype auto",
+                      "## accuracy: offline / toy-llava / limit 200 / device cpu / dtype auto"]
+    assert (tmp_path / "tables" / "accuracy_offline_toy-llava_limit200_devicecpu_dtypeauto.tex").exists()
+    write_tables(accuracy_frame().assign(limit=200), latency_frame().iloc[:0], tmp_path / "one")
+    assert "## accuracy: offline / toy-llava\n" in (tmp_path / "one" / "tables.md").read_text()  # one setup: as before
+
+
 def test_accuracy_table_layout_and_numbers():
     t = accuracy_table(accuracy_frame())
     assert list(t.index) == [("none", "all"), ("random", "64"), ("hivtp", "64"), ("hivtp", "128")]
@@ -275,13 +311,24 @@ def test_ledger_keeps_offline_apart_and_computes_gains_at_the_rule():
     paper, offline = text.split("## Offline profile")
     assert "not measured" in paper and "60.0%" not in paper
     # TTFT 100 -> 55 ms at the rule; the best budget (64: 100 -> 40 ms) beside it
-    assert "45.0% at its rule (cpu float32 batch 1); best 60.0% (budget 64, cpu float32 batch 1)" in offline
+    assert "45.0% at its rule (toy-llava, cpu float32 batch 1); best 60.0% (budget 64, toy-llava, cpu float32 batch 1)" in offline
     assert "20.0% at its rule" in offline and "best 50.0% (budget 64" in offline  # 20 -> 24 / 30 tokens/s
     assert "ratio" not in offline and "50.0%" not in offline.replace("best 50.0% (budget 64", "")
     paper_text = ledger_markdown(accuracy_frame(), lat.assign(profile="paper")).split("## Offline profile")[0]
     assert "| 0.90 |" in paper_text  # the ratio is the rule's: 45.0 / 50.0
     without_rule = ledger_markdown(accuracy_frame(), latency_frame().assign(profile="paper")).split("## Offline")[0]
     assert "its rule not measured; best 60.0% (budget 64" in without_rule and "| 1.20 |" not in without_rule
+
+
+def test_ledger_takes_each_models_own_unpruned_latency_as_the_baseline():
+    """Two models of one family (LLaVA-NeXT's vicuna and mistral): each gain is over its own `none`,
+    never over a median pooled across them (which would give 60% and 0% here, not 40% and 25%)."""
+    rows = [lat_row("none", {}, "ttft", 100.0, 2880, model="llava-next-vicuna-7b"), lat_row("hivtp", {}, "ttft", 60.0, 1400, model="llava-next-vicuna-7b"),
+            lat_row("none", {}, "ttft", 200.0, 2880, model="llava-next-mistral-7b"), lat_row("hivtp", {}, "ttft", 150.0, 1400, model="llava-next-mistral-7b")]
+    lat = pd.DataFrame(rows, columns=latency_frame().columns).assign(profile="paper")
+    from hivtp.results.ledger import _gains
+
+    assert sorted(round(g, 6) for g, _, _ in _gains(lat, "ttft", "median_ms", False)) == [25.0, 40.0]
 
 
 def test_ledger_says_better_or_worse_only_where_the_paired_interval_excludes_zero():
@@ -310,6 +357,23 @@ def test_ledger_hallucination_from_stages_rows():
             acc_row("hivtp", {"budget": 144, "keep_ratio": 0.125, "regions": 2, "window": 2}, "hivtp_pope_adv", 0.7, tokens=144)]
     text = ledger_markdown(pd.DataFrame(rows, columns=ACCURACY_COLUMNS), latency_frame().iloc[:0])
     assert "global + local: hivtp_pope_adv 0.700; global only: hivtp_pope_adv 0.600 [0.500, 0.700]" in text
+
+
+def test_accuracy_figure_draws_one_curve_per_setting_and_leaves_ablations_out():
+    from hivtp.results.figures import accuracy_curves
+
+    main = accuracy_frame()
+    main["run"] = main["method"] + main["params"]
+    layers = acc_row("hivtp", {"budget": 128, "layers": "0-1-2"}, "pope", 0.99, metric="f1", tokens=128)
+    wide = [acc_row("hivtp", {"budget": 128, "regions": 3}, bench, 0.11, metric=metric, tokens=128)
+            for bench, metric in (("pope", "f1"), ("gqa", "accuracy"))]  # a sweep over every benchmark
+    extra = pd.DataFrame([layers, *wide], columns=ACCURACY_COLUMNS).assign(run=["layers012", "regions3", "regions3"])
+    curves = accuracy_curves(pd.concat([main, extra], ignore_index=True))[("offline", "toy-llava")]
+    pope = {label: points for _, label, points in curves["pope"]}
+    assert sorted(pope) == ["hivtp", "hivtp regions=3", "none", "random"]
+    assert list(pope["hivtp"]["value"]) == pytest.approx([0.72, 0.88])  # not (0.88 + 0.99) / 2 at 128 tokens
+    assert list(pope["hivtp regions=3"]["value"]) == pytest.approx([0.11])
+    assert 0.99 not in [v for points in pope.values() for v in points["value"]]
 
 
 def test_reports_render_every_figure_from_csvs(tmp_path):

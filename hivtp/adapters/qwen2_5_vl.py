@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+import warnings
 from typing import Any
 
 import torch
@@ -80,6 +81,7 @@ class Qwen2_5_VLAdapter(ModelAdapter):
             raise ConfigError(f"positions={positions!r}; choose 'original' (default, M-RoPE positions of the unpruned prompt) or 'contiguous'.")
         self.keep = keep
         self.positions = positions
+        self._warned_small = False  # crop_budgets warns once per model that a budget exceeded an image
 
     def _init_vision(self) -> None:
         visual = self.core.visual
@@ -146,6 +148,15 @@ class Qwen2_5_VLAdapter(ModelAdapter):
     def crop_budgets(self, layout: CropLayout, budget: int | None) -> list[int | None]:
         if self.keep is not None:
             return [keep_count(n, self.keep) for n in layout.tokens_per_image]
+        # An image with fewer merged tokens than the budget keeps them all (nothing to prune), unlike
+        # LLaVA's 576 / NeXT's 1,700+ where a larger budget is a mistake and refused: Qwen's counts follow
+        # the resolution, and one small image (ScienceQA has many) must not stop a benchmark run. Every
+        # method keeps the same count on it, so paired comparisons stay fair; tokens_kept records it.
+        if budget is not None and any(budget > n for n in layout.tokens_per_image) and not self._warned_small:
+            self._warned_small = True
+            small = min(layout.tokens_per_image)
+            warnings.warn(f"budget={budget} is more than an image's {small} merged tokens: such an image keeps all of "
+                          "its tokens (tokens_kept says so); pass keep=r for a share of every image.", stacklevel=2)
         return [None if budget is None else min(budget, n) for n in layout.tokens_per_image]
 
     # --- the tower -----------------------------------------------------------------------------

@@ -301,6 +301,8 @@ def tidy(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
 
 
 #: a latency measurement is one configuration on one device; a later run of it supersedes an earlier one
+#: one latency table (and figure): rows that differ in any of these are different measurements
+LATENCY_PROTOCOL = ["profile", "model", "device", "dtype", "batch", "backend"]
 LATENCY_KEY = IDENTITY + ["profile", "device", "dtype", "batch", "backend", "stage"]
 #: one accuracy table cell: a later run of it (another limit, device or dtype) supersedes an earlier one
 ACCURACY_KEY = IDENTITY + ["profile", "weights", "benchmark", "metric"]

@@ -14,7 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..methods import is_offline_only  # noqa: E402
-from .tables import method_label, primary_metric  # noqa: E402
+from .collect import LATENCY_PROTOCOL  # noqa: E402
+from .tables import method_label, primary_metric, split_ablations  # noqa: E402
 
 
 def save(fig: plt.Figure, out_dir: Path, name: str) -> list[Path]:
@@ -36,10 +37,46 @@ def _primary(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(keep) if keep else frame
 
 
+def _setting(params: object, drop: tuple[str, ...] = ("budget",)) -> str:
+    """A row's parameters without ``drop`` (the budget: points of one curve), as "k=v ..."; "" for none."""
+    p = json.loads(params) if isinstance(params, str) and params else {}
+    return " ".join(f"{k}={v}" for k, v in sorted(p.items()) if k not in drop)
+
+
+def _curves(rows: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(method, legend label, rows) per curve: one per method, or, where a method's runs have several
+    settings besides the budget (a sweep over every benchmark), one per setting, labelled with it.
+    Points of different settings are never averaged into one."""
+    rows = rows.assign(_setting=rows["params"].map(_setting))
+    out = []
+    for method, m in rows.groupby("method"):
+        settings = sorted(m["_setting"].unique())
+        for setting in settings:
+            label = method_label(method) + (f" {setting}" if len(settings) > 1 and setting else "")
+            out.append((method, label, m[m["_setting"] == setting]))
+    return out
+
+
 def _interval(rows: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     """(lower, upper) error-bar lengths from ci_low / ci_high (0 where a row has no interval)."""
     lo, hi = rows["ci_low"], rows["ci_high"]
     return (rows["value"] - lo).clip(lower=0).fillna(0), (hi - rows["value"]).clip(lower=0).fillna(0)
+
+
+def accuracy_curves(acc: pd.DataFrame) -> dict[tuple[str, str], dict[str, list[tuple[str, str, pd.DataFrame]]]]:
+    """What ``accuracy_vs_tokens`` draws: (profile, model) -> benchmark -> [(method, label, points)],
+    ``points`` one row per tokens-kept value (value, ci_low, ci_high). Only the main table's runs
+    (``split_ablations``): the score-layer and geometry ablations, run on one benchmark, are not
+    points of HIVTP's curve (they have their own figures)."""
+    acc = acc.assign(**{c: pd.to_numeric(acc[c], errors="coerce") for c in ("value", "ci_low", "ci_high")})
+    out: dict = {}
+    for (profile, model), rows in _primary(acc).groupby(["profile", "model"]):
+        rows = split_ablations(rows)[0]
+        for bench, sub in rows.groupby("benchmark"):
+            out.setdefault((profile, model), {})[bench] = [
+                (method, label, m.groupby("tokens_kept_mean", as_index=False)[["value", "ci_low", "ci_high"]].mean()
+                 .sort_values("tokens_kept_mean")) for method, label, m in _curves(sub)]
+    return out
 
 
 def accuracy_vs_tokens(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -47,23 +84,20 @@ def accuracy_vs_tokens(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
     band) are the 95% bootstrap intervals of the scores. The offline reference (``oracle``) is drawn
     as a black dashed line labelled as such."""
     written: list[Path] = []
-    acc = acc.assign(**{c: pd.to_numeric(acc[c], errors="coerce") for c in ("value", "ci_low", "ci_high")})
-    for (profile, model), rows in _primary(acc).groupby(["profile", "model"]):
-        benches = sorted(rows["benchmark"].unique())
-        fig, axes = plt.subplots(1, len(benches), figsize=(4 * len(benches), 3.4), squeeze=False)
-        for ax, bench in zip(axes[0], benches):
-            sub = rows[rows["benchmark"] == bench]
-            for method, m in sub.groupby("method"):
-                m = m.groupby("tokens_kept_mean", as_index=False)[["value", "ci_low", "ci_high"]].mean().sort_values("tokens_kept_mean")
+    for (profile, model), panels in accuracy_curves(acc).items():
+        fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
+        for ax, (bench, curves) in zip(axes[0], sorted(panels.items())):
+            for method, label, m in curves:
                 below, above = _interval(m)
                 if method == "none":
                     ax.axhline(m["value"].mean(), ls="--", color="grey", label="none (all tokens)")
                     ax.axhspan((m["value"] - below).mean(), (m["value"] + above).mean(), color="grey", alpha=0.15, lw=0)
                 else:
                     style = {"fmt": "--s", "color": "k"} if is_offline_only(method) else {"fmt": "-o"}
-                    ax.errorbar(m["tokens_kept_mean"], m["value"], yerr=[below, above], label=method_label(method),
+                    ax.errorbar(m["tokens_kept_mean"], m["value"], yerr=[below, above], label=label,
                                 ms=4, capsize=2, **style)
-            ax.set(title=f"{bench} ({sub['metric'].iloc[0]})", xlabel="visual tokens kept")
+            metric = _primary(acc[(acc["profile"] == profile) & (acc["model"] == model) & (acc["benchmark"] == bench)])["metric"].iloc[0]
+            ax.set(title=f"{bench} ({metric})", xlabel="visual tokens kept")
         axes[0][0].set_ylabel("score (95% CI)")
         axes[0][-1].legend(fontsize=7)
         fig.suptitle(f"{model} [{profile}]")
@@ -76,21 +110,28 @@ def _stage(lat: pd.DataFrame, word: str) -> pd.DataFrame:
 
 
 def latency_vs_tokens(lat: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """TTFT and decode throughput vs tokens kept, one figure per protocol (``LATENCY_PROTOCOL``: rows
+    of another device, dtype, batch or backend are never drawn on one line). The file is named by
+    profile and model, plus the rest of the protocol where a model has several."""
     written: list[Path] = []
     ttft, decode = _stage(lat, "ttft"), _stage(lat, "decode")
     if ttft.empty and decode.empty:
         return written
-    for (profile, model, device), _ in lat.groupby(["profile", "model", "device"]):
+    protocols = lat.groupby(LATENCY_PROTOCOL, dropna=False).size().index
+    for key in protocols:
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
         for ax, rows, col, label in ((axes[0], ttft, "median_ms", "TTFT (ms)"), (axes[1], decode, "tokens_per_s", "decode tokens/s")):
-            rows = rows[(rows["profile"] == profile) & (rows["model"] == model) & (rows["device"] == device)]
+            rows = rows[(rows[LATENCY_PROTOCOL].astype(str) == [str(k) for k in key]).all(axis=1)]
             for method, m in rows.groupby("method"):
                 pts = m.groupby("tokens_kept")[col].median().sort_index()
                 ax.plot(pts.index, pts.values, "o-" if len(pts) > 1 else "o", label=method, ms=4)
             ax.set(xlabel="visual tokens kept", ylabel=label)
         axes[1].legend(fontsize=7)
-        fig.suptitle(f"{model} on {device} [{profile}]")
-        written += save(fig, out_dir, f"latency_vs_tokens_{profile}_{model}")
+        profile, model, device, dtype, batch, backend = key
+        fig.suptitle(f"{model} on {device}, {dtype}, batch {batch}, {backend} [{profile}]")
+        several = sum(k[:2] == key[:2] for k in protocols) > 1
+        suffix = f"_{device}_{dtype}_b{batch}_{backend}".replace("/", "-") if several else ""
+        written += save(fig, out_dir, f"latency_vs_tokens_{profile}_{model}{suffix}")
     return written
 
 
@@ -116,10 +157,13 @@ def layer_ablation(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
     written: list[Path] = []
     for (profile, model), g in rows.groupby(["profile", "model"]):
         fig, ax = plt.subplots(figsize=(6, 3.4))
+        g = g.assign(_setting=g["params"].map(lambda p: _setting(p, drop=("layers",))))
+        settings = sorted(g["_setting"].unique())
         for n, label in ((3, "3-layer window (middle layer)"), (1, "single layer")):
-            pts = g[g["n"] == n].groupby("mid")["value"].mean().sort_index()
-            if len(pts):
-                ax.plot(pts.index, pts.values, "o-", label=label, ms=4)
+            for setting in settings:  # a budget or a geometry: runs at different ones are not averaged
+                pts = g[(g["n"] == n) & (g["_setting"] == setting)].groupby("mid")["value"].mean().sort_index()
+                if len(pts):
+                    ax.plot(pts.index, pts.values, "o-", label=f"{label}, {setting}" if len(settings) > 1 else label, ms=4)
         cls = acc[(acc["method"] == "fastervlm") & (acc["profile"] == profile) & (acc["model"] == model)
                   & acc["benchmark"].isin(g["benchmark"].unique()) & acc["budget"].isin(g["budget"].unique())]
         if len(cls):
@@ -131,8 +175,10 @@ def layer_ablation(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 
 def geometry_heatmap(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """regions x window -> mean primary score, one panel per keep_ratio."""
+    """regions x window -> mean primary score, one panel per keep_ratio: the runs that set the geometry
+    and nothing else (a run with a budget, or other score layers, measures something else)."""
     rows = _hivtp_rows_with(acc, ["regions", "window", "keep_ratio"])
+    rows = rows[rows["params"].map(lambda p: _setting(p, drop=("regions", "window", "keep_ratio")) == "")] if len(rows) else rows
     if rows.empty:
         return []
     written: list[Path] = []

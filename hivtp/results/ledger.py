@@ -56,10 +56,11 @@ def _stage_rows(frame: pd.DataFrame, word: str) -> pd.DataFrame:
 
 def _gains(frame: pd.DataFrame, word: str, column: str, higher_better: bool) -> list[tuple[float, str, bool]]:
     """(gain %, where, at the rule?) of every default-HIVTP row over `none` in one stage, per matched
-    protocol (device / dtype / batch / backend)."""
+    protocol: the same model and weights (a family holds several models: vicuna and mistral NeXT, or
+    toy and tiny offline, whose `none` must not be pooled), device, dtype, batch and backend."""
     rows = _stage_rows(frame, word)
     out = []
-    for key, group in rows.groupby(["device", "dtype", "batch", "backend"], dropna=False):
+    for key, group in rows.groupby(["model", "weights", "device", "dtype", "batch", "backend"], dropna=False):
         base = group[group["method"] == "none"][column].dropna()
         ours = _default_hivtp(group)
         if base.empty or ours.empty:
@@ -69,7 +70,7 @@ def _gains(frame: pd.DataFrame, word: str, column: str, higher_better: bool) -> 
             v = float(r[column])
             gain = (v / ref - 1) * 100 if higher_better else (1 - v / ref) * 100
             rule = _budget(r["budget"]) == "default"
-            protocol = f"{key[0]} {key[1]} batch {key[2]}"
+            protocol = f"{key[0]}, {key[2]} {key[3]} batch {key[4]}"
             out.append((gain, protocol if rule else f"budget {_budget(r['budget'])}, {protocol}", rule))
     return out
 

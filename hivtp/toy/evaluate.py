@@ -53,13 +53,21 @@ def held_out_items(seed: int, per_family: int, families: tuple[str, ...] = FAMIL
 @torch.no_grad()
 def evaluate(model, processor, images, items: list[QAItem], batch_size: int = 16, max_new_tokens: int = 4):
     """Greedy answers for ``items``; ``model`` is an HF LLaVA or a ``hivtp.attach`` wrapper.
-    Returns a list of (item, prediction, correct)."""
+    Returns a list of (item, prediction, correct).
+
+    A wrapper is told which question each row is (``sample_ids``: family / image index), so that a
+    method with randomness (``random``) draws one selection per question, the same in any batch. Without
+    it, ``random`` would key its draws on the batch slot and reuse the same ``batch_size`` draws for
+    every batch, leaving the selection's own variance out of the intervals."""
+    from ..pruned import PrunedModel
+
     out = []
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         texts = [chat_prompt(processor, it.prompt) for it in chunk]
         inputs = processor(images=[images[it.image] for it in chunk], text=texts, return_tensors="pt", padding=True)
-        seqs = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        ids = {"sample_ids": [f"{it.family}/{it.image}" for it in chunk]} if isinstance(model, PrunedModel) else {}
+        seqs = model.generate(**inputs, **ids, max_new_tokens=max_new_tokens, do_sample=False)
         answers = processor.batch_decode(seqs[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         out += [(it, a, is_correct(it.family, a, it.target)) for it, a in zip(chunk, answers)]
     return out
