@@ -261,6 +261,21 @@ def test_attach_none_matches_the_unwrapped_toy_model(toy):
     assert [a for _, a, _ in plain] == [a for _, a, _ in wrapped]
 
 
+def test_evaluate_draws_random_per_question_whatever_the_batch(toy, monkeypatch):
+    """``random`` is keyed on each question (sample_ids), so its answers do not depend on the batch
+    size; keyed on the batch slot instead, the same few draws would repeat in every batch."""
+    from hivtp.pruned import PrunedModel
+
+    model, processor = toy
+    images, items = held_out_items(seed=2, per_family=6)
+    pruned = hivtp.attach(model, method="random", budget=24)
+    answers = lambda bs: [a for _, a, _ in evaluate(pruned, processor, images, items, batch_size=bs)]  # noqa: E731
+    assert answers(4) == answers(9)
+    plain_generate = PrunedModel.generate
+    monkeypatch.setattr(PrunedModel, "generate", lambda self, *a, sample_ids=None, **k: plain_generate(self, *a, **k))
+    assert answers(4) != answers(9)  # the slot-keyed draws: the check above can fail
+
+
 # --- training-only parts: initialisation, auxiliary losses, curriculum ------------------------
 def test_conv_like_init_points_every_head_at_its_neighbour(untrained):
     """At initialisation head h of layer l attends most to the patch at OFFSETS[(h + l) % 4]."""
@@ -607,6 +622,53 @@ def test_retrieve_targets_score_each_named_objects_mass_and_bos(untrained):
         TrainConfig(retrieve_targets="all")
     with pytest.raises(ValueError, match=r"count_focus is a share of scenes, in \[0, 1\]; got 1.5"):
         TrainConfig(count_focus=1.5)
+
+
+def test_answerable_drops_exactly_the_questions_whose_named_object_lost_every_token():
+    from hivtp.toy.data import QAItem
+    from hivtp.toy.train import answerable
+    from hivtp.world import Obj, Scene
+
+    scene = Scene(336, 336, [Obj("red", "circle", "small", 60.0, 60.0, 32.0), Obj("blue", "circle", "large", 250.0, 250.0, 70.0),
+                             Obj("green", "square", "large", 80.0, 250.0, 70.0)])
+    labels = patch_labels(scene)  # [576]
+    red = KINDS.index(("red", "circle")) + 1
+    hidden = labels[labels != red]  # what a selection that dropped every red-circle token keeps
+    prompts = {  # prompt -> answerable once the red circle is hidden
+        "How many circles are there in the image?": False,  # names both circles
+        "How many squares are there in the image?": True,
+        "Is there a red circle in the image?": False,
+        "Is there a yellow triangle in the image?": True,  # names nothing that is there
+        "Is the green square on the left of the blue circle?": True,
+        "Is the red circle on the left of the blue circle?": False,
+        "What color is the square?\nA. red\nB. green\nC. blue": True,  # options are not what it asks about
+    }
+    items = [QAItem(0, "any", p, "x") for p in prompts]
+    assert answerable(items, [scene], labels.unsqueeze(0)) == items  # nothing hidden: every question stays
+    kept = answerable(items, [scene], hidden.unsqueeze(0))
+    assert [it.prompt for it in kept] == [p for p, ok in prompts.items() if ok]
+    partly = torch.cat([hidden, torch.tensor([red])])  # one red-circle token is enough evidence
+    assert answerable(items, [scene], partly.unsqueeze(0)) == items
+
+
+def test_batches_skip_hidden_answers_only_when_told_and_only_on_pruned_steps(untrained):
+    from hivtp.toy.train import batch_at
+
+    _, processor = untrained
+    truth, skip = TrainConfig(hidden_answers="truth"), TrainConfig(hidden_answers="skip")
+    skipped_any = False
+    for step in range(1300, 1306):
+        a, b = batch_at(truth, processor, step, 576), batch_at(skip, processor, step, 576)
+        assert (a.keep is None) == (b.keep is None) and (a.keep is None or torch.equal(a.keep, b.keep))
+        rows_a = [tuple(r[m.bool()].tolist()) for r, m in zip(a.input_ids, a.attention_mask)]
+        rows_b = [tuple(r[m.bool()].tolist()) for r, m in zip(b.input_ids, b.attention_mask)]
+        assert set(rows_b) <= set(rows_a)
+        if a.keep is None:
+            assert rows_a == rows_b  # nothing is hidden when every token is kept
+        skipped_any |= len(rows_b) < len(rows_a)
+    assert skipped_any
+    with pytest.raises(ValueError, match="hidden_answers must be one of truth, skip"):
+        TrainConfig(hidden_answers="mask")
 
 
 def test_count_focus_draws_shape_heavy_scenes_and_counts_their_commonest_shape():

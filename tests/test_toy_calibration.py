@@ -157,11 +157,10 @@ def test_calibration_table_is_printed(calibration, capsys):
     assert all(e.n >= PER_FAMILY for e in summary.accuracy["none"].values())
 
 
-# Measured on the shipped toy (v12; `make calibrate`, results/toy_calibration.json): the counting
-# family misses one target by one question (unpruned count 0.947 [0.920, 0.970], 284 of 300, < 0.95);
-# every other family and every other target is met. Recorded as a strict expected failure: the day a
-# toy meets it, this turns into a failure and the mark must go.
-KNOWN_MISSES = {"unpruned": "count family at 0.947 unpruned (284 of 300)"}
+# Targets a shipped toy is known to miss, as strict expected failures (the day a toy meets one, it turns
+# into a failure and the entry must go). v12 missed unpruned count by one question (0.947, 284 of 300);
+# v14 (`make calibrate`, results/toy_calibration.json) meets all five, so there are none.
+KNOWN_MISSES: dict[str, str] = {}
 
 
 @pytest.mark.slow

@@ -15,6 +15,11 @@ the objects by a random amount -- so that no one selection rule is the one the m
 read. Without this the language model only ever sees 576 contiguous image tokens and a shorter
 sequence alone costs it most of its accuracy, whichever tokens are kept (issue 19).
 
+**Answers the kept tokens cannot support.** A pattern may drop every token of an object a question
+names (11% of the questions on pruned steps). ``hidden_answers="skip"`` (v14 on) leaves such a
+question out of that step (``answerable``); ``"truth"`` (v9-v12) trained it on its scene's answer,
+which teaches the model to answer past what it sees ("2" circles when it sees one).
+
 A checkpoint (model, optimiser, step, config) is written every ``ckpt_every`` steps and on Ctrl-C;
 the run resumes from it, and refuses a state written by a different config. The per-step loss log is
 a JSONL file whose lines a re-run reproduces.
@@ -33,21 +38,22 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_open
-from ..world import FAMILIES
-from .data import Batch, encode_items, patch_labels, sample_items
+from ..world import FAMILIES, KINDS, Scene
+from .data import Batch, QAItem, encode_items, mentions_of, patch_labels, sample_items
 from .evaluate import evaluate, family_accuracy, held_out_items
 from .forward import SHAPE, build
 from .objectives import RETRIEVE_TARGETS, Objective, aux_heads, kind_word_ids, objectives, step_losses, weighted_total
 
-__all__ = ["TrainConfig", "build", "batch_at", "keep_at", "drop_pattern", "train"]
+__all__ = ["TrainConfig", "build", "batch_at", "keep_at", "answerable", "drop_pattern", "train"]
 
 DROP_STREAM = 7  # the drop draws' own random stream: (seed, step, DROP_STREAM)
 PATTERNS = ("uniform", "clustered", "objects")
 #: config fields that do not change what is computed (resuming with other values is fine)
 BOOKKEEPING = ("threads", "log_every", "ckpt_every", "eval_every", "eval_per_family", "eval_keep")
-#: fields added after toy v9 (shipped until v12) was trained, with the values that run (and any state
-#: saved before they existed) used
-ADDED_AFTER_V9 = {"retrieve_targets": "mention", "count_focus": 0.0}
+#: fields added after toy v9 was trained, with the values every run (and any state saved) before them
+#: used: v9 had none of them, v12 had all but ``hidden_answers``
+ADDED_AFTER_V9 = {"retrieve_targets": "mention", "count_focus": 0.0, "hidden_answers": "truth"}
+HIDDEN_ANSWERS = ("truth", "skip")
 
 
 @dataclass
@@ -73,6 +79,7 @@ class TrainConfig:
     bind_layer: int = 0  # ... and this layer's heads 1 / 2 bring an option's question noun / letter to its word
     retrieve_targets: str = "objects+bos"  # how retrieval scores a mention naming several objects (``objectives.RETRIEVE_TARGETS``)
     count_focus: float = 0.3  # this share of scenes is shape-heavy and counts its most common shape (``data.sample_items``)
+    hidden_answers: str = "skip"  # a question whose named object the kept tokens hide entirely: trained on ("truth") or not ("skip"); ``answerable``
     # the weight of each objective (``objectives``); 0 switches it off. The answer loss has weight 1.
     colour_weight: float = 0.5
     position_weight: float = 0.5
@@ -96,6 +103,8 @@ class TrainConfig:
             raise ValueError(f"retrieve_targets must be one of {', '.join(RETRIEVE_TARGETS)}, got {self.retrieve_targets!r}.")
         if not 0.0 <= self.count_focus <= 1.0:
             raise ValueError(f"count_focus is a share of scenes, in [0, 1]; got {self.count_focus}.")
+        if self.hidden_answers not in HIDDEN_ANSWERS:
+            raise ValueError(f"hidden_answers must be one of {', '.join(HIDDEN_ANSWERS)}, got {self.hidden_answers!r}.")
 
     def lr_at(self, step: int, language: bool = False) -> float:
         """Linear warm-up, then cosine decay to ``min_lr_ratio``. The language side (projector and
@@ -150,6 +159,20 @@ def keep_at(cfg: TrainConfig, step: int, labels: torch.Tensor) -> torch.Tensor |
     return torch.from_numpy(np.stack(rows)).long()
 
 
+def answerable(items: list[QAItem], scenes: list[Scene], seen_labels: torch.Tensor) -> list[QAItem]:
+    """The questions whose every named object keeps at least one token the language model sees
+    (``seen_labels`` [I, K]: the kept patches' labels). A question about an object that pruning hid
+    entirely has no evidence left; trained on its scene's answer ("two circles" when one is seen), the
+    model learns to guess past what it sees, which blurs both which tokens matter and what it counts."""
+    out = []
+    for item in items:
+        scene, seen = scenes[item.image], set(seen_labels[item.image].tolist())
+        named = {KINDS.index(o.kind) + 1 for m in mentions_of(item.prompt) if not m.option for o in scene.objects if m.matches(o.kind)}
+        if named <= seen:
+            out.append(item)
+    return out
+
+
 def objects_at(cfg: TrainConfig, step: int) -> tuple[int, int] | None:
     """The curriculum: crowded scenes for the encoder stage (many objects to learn shapes from per
     image encoded), then one object per scene, up to two, and the world's own 1-4 (None)."""
@@ -171,10 +194,12 @@ def batch_at(cfg: TrainConfig, processor, step: int, image_tokens: int) -> Batch
         count_focus=cfg.count_focus if questions else 0.0,
     )
     labels = torch.stack([patch_labels(s) for s in scenes])
-    if not items:  # the encoder stage: no language model
+    keep = keep_at(cfg, step, labels) if items else None
+    if items and cfg.hidden_answers == "skip":
+        items = answerable(items, scenes, labels if keep is None else labels.gather(1, keep))
+    if not items:  # the encoder stage, or every question lost its evidence: no language model this step
         pixels = processor.image_processor(images, return_tensors="pt").pixel_values
         return Batch(pixels, torch.zeros(0, dtype=torch.long), None, None, None, 0, labels)
-    keep = keep_at(cfg, step, labels)
     batch = encode_items(processor, images, items, image_tokens if keep is None else keep.shape[1])
     batch.patch_labels, batch.keep = labels, keep
     return batch
