@@ -462,7 +462,15 @@ def test_the_in_llm_note_states_what_the_shipped_toys_supervision_measurement_sh
     blind, fastv, without = (reads[k]["objects_in_top64"] for k in
                              ("content-blind (uniform / random)", "K=1 FastV (mean of heads)", "K=1 mean without head 0"))
     assert fastv["low"] > blind["high"]  # "the tokens it keeps hold far more object patches than random's"
-    assert without["high"] < fastv["low"]  # "part of that comes from the attention head ... (without that head ... fewer)"
+    assert without["low"] <= fastv["high"] and fastv["low"] <= without["high"]  # "keeps as many without that head"
+    heads = [reads[f"K=1 head {h}"]["objects_in_top64"] for h in (1, 2)]
+    assert all(h["low"] > blind["high"] for h in heads)  # "the toy's other layer-1 heads learned to look at objects too"
+    import pandas as pd
+
+    table = pd.read_csv(Path(__file__).parents[1] / "results" / "accuracy.csv")
+    sqa = table[(table["benchmark"] == "hivtp_scienceqa_img") & (table["budget"] == 64) & (table["metric"] == "exact_match")]
+    fastv_sqa, random_sqa = (sqa[sqa["method"] == m].iloc[0] for m in ("fastv", "random"))
+    assert fastv_sqa["ci_high"] < random_sqa["ci_low"]  # "far below random on SQA-IMG"
     k1, random, oracle = (acc[(name, "all")] for name in ("fastv@64 k_layer=1", "random@64", "oracle@64"))
     assert random["high"] < k1["low"] and k1["high"] < oracle["low"]  # "at K=1 and 64 tokens ... between random and the oracle"
     for budget in (64, 192):

@@ -11,7 +11,16 @@ from ..errors import ConfigError
 from .collect import ACCURACY_COLUMNS, LATENCY_COLUMNS, LATENCY_PROTOCOL, SETUP
 from .figures import all_figures
 from .ledger import ledger_markdown
-from .tables import ACCURACY_LEGEND, IN_LLM, OFFLINE_IN_LLM_NOTE, accuracy_text_table, latency_table, split_ablations, to_latex, to_markdown
+from .tables import (
+    ACCURACY_LEGEND,
+    IN_LLM,
+    OFFLINE_IN_LLM_NOTE,
+    accuracy_text_table,
+    latency_table,
+    split_ablations,
+    to_latex,
+    to_markdown,
+)
 
 
 def read_csv(path: Path, columns: list[str]) -> pd.DataFrame:

@@ -133,11 +133,12 @@ ACCURACY_LEGEND = (
 #: added under offline accuracy tables: what an in-LLM row measures on the toy (issue 19, item 7)
 OFFLINE_IN_LLM_NOTE = (
     "An \"" + IN_LLM + "\" row (FastV) drops image tokens inside the toy's 3-layer language model after layer K "
-    "(K=1 offline). On the toy the tokens it keeps hold far more object patches than random's, and part of that "
-    "comes from the attention head the toy was trained with to look at the objects a question names (without that "
-    "head its ranking keeps fewer). At K=1 and 64 tokens it scores between random and the oracle; at K=2 as well as "
-    "the unpruned model, whose last layer barely reads the image. Such a row measures the toy's supervised attention "
-    "and how it takes tokens dropped mid-model, not FastV on a pretrained LLM "
+    "(K=1 offline). On the toy the tokens it keeps hold far more object patches than random's; on the shipped toy "
+    "that is not owed to the attention head it was trained with to look at the objects a question names (its "
+    "ranking keeps as many without that head): the toy's other layer-1 heads learned to look at objects too. At K=1 "
+    "and 64 tokens it scores between random and the oracle overall, yet far below random on SQA-IMG (multiple "
+    "choice); at K=2 as well as the unpruned model, whose last layer barely reads the image. Such a row measures how "
+    "the toy's language model attends and takes tokens dropped mid-model, not FastV on a pretrained LLM "
     "(`scripts/toy_inllm_supervision.py`, results/toy_inllm_supervision.json; README, Offline results)."
 )
 
