@@ -376,6 +376,19 @@ def test_accuracy_figure_draws_one_curve_per_setting_and_leaves_ablations_out():
     assert 0.99 not in [v for points in pope.values() for v in points["value"]]
 
 
+def test_layer_figure_keeps_runs_of_different_budgets_on_different_lines():
+    from hivtp.results.figures import layer_curves
+
+    rows = [acc_row("hivtp", {"budget": b, "layers": "6-7-8"}, "pope", v, metric="f1", tokens=b) for b, v in ((64, 0.6), (128, 0.9))]
+    rows.append(acc_row("hivtp", {"budget": 128, "layers": "0-1-2"}, "pope", 0.8, metric="f1", tokens=128))
+    lines = dict(layer_curves(pd.DataFrame(rows, columns=ACCURACY_COLUMNS))[("offline", "toy-llava")])
+    assert sorted(lines) == ["3-layer window (middle layer), budget=128", "3-layer window (middle layer), budget=64"]
+    assert lines["3-layer window (middle layer), budget=128"].to_dict() == pytest.approx({1.0: 0.8, 7.0: 0.9})  # not (0.6 + 0.9) / 2
+    assert lines["3-layer window (middle layer), budget=64"].to_dict() == pytest.approx({7.0: 0.6})
+    one = dict(layer_curves(pd.DataFrame(rows[1:], columns=ACCURACY_COLUMNS))[("offline", "toy-llava")])
+    assert list(one) == ["3-layer window (middle layer)"]  # one setting: the plain label
+
+
 def test_reports_render_every_figure_from_csvs(tmp_path):
     acc = pd.concat([accuracy_frame(), sweep_frame()])
     acc.to_csv(tmp_path / "accuracy.csv", index=False)

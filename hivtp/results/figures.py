@@ -146,24 +146,37 @@ def _hivtp_rows_with(acc: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return rows.join(p[keys]).dropna(subset=keys)
 
 
+def layer_curves(acc: pd.DataFrame) -> dict[tuple[str, str], list[tuple[str, pd.Series]]]:
+    """What ``layer_ablation`` draws: (profile, model) -> [(label, mean score by middle layer)], one
+    line per window length (3-layer window, single layer) and per other setting (budget, geometry):
+    runs at different budgets are never averaged into one point."""
+    rows = _hivtp_rows_with(acc, ["layers"])
+    if rows.empty:
+        return {}
+    rows = rows.assign(layers=rows["layers"].map(lambda x: [int(v) for v in str(x).replace(",", "-").strip("[]").replace(" ", "").split("-") if v]))
+    rows = rows.assign(n=rows["layers"].map(len), mid=rows["layers"].map(lambda v: sum(v) / len(v)),
+                       _setting=rows["params"].map(lambda p: _setting(p, drop=("layers",))))
+    out: dict = {}
+    for (profile, model), g in rows.groupby(["profile", "model"]):
+        settings = sorted(g["_setting"].unique())
+        for n, label in ((3, "3-layer window (middle layer)"), (1, "single layer")):
+            for setting in settings:
+                pts = g[(g["n"] == n) & (g["_setting"] == setting)].groupby("mid")["value"].mean().sort_index()
+                if len(pts):
+                    out.setdefault((profile, model), []).append((f"{label}, {setting}" if len(settings) > 1 else label, pts))
+    return out
+
+
 def layer_ablation(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Score-layer window (its middle layer) -> mean primary score; single layers as a second line;
     [CLS] attention (fastervlm) on the same benchmarks and budgets as a reference line."""
-    rows = _hivtp_rows_with(acc, ["layers"])
-    if rows.empty:
-        return []
-    rows = rows.assign(layers=rows["layers"].map(lambda x: [int(v) for v in str(x).replace(",", "-").strip("[]").replace(" ", "").split("-") if v]))
-    rows = rows.assign(n=rows["layers"].map(len), mid=rows["layers"].map(lambda v: sum(v) / len(v)))
     written: list[Path] = []
-    for (profile, model), g in rows.groupby(["profile", "model"]):
+    rows = _hivtp_rows_with(acc, ["layers"])
+    for (profile, model), lines in layer_curves(acc).items():
         fig, ax = plt.subplots(figsize=(6, 3.4))
-        g = g.assign(_setting=g["params"].map(lambda p: _setting(p, drop=("layers",))))
-        settings = sorted(g["_setting"].unique())
-        for n, label in ((3, "3-layer window (middle layer)"), (1, "single layer")):
-            for setting in settings:  # a budget or a geometry: runs at different ones are not averaged
-                pts = g[(g["n"] == n) & (g["_setting"] == setting)].groupby("mid")["value"].mean().sort_index()
-                if len(pts):
-                    ax.plot(pts.index, pts.values, "o-", label=f"{label}, {setting}" if len(settings) > 1 else label, ms=4)
+        for label, pts in lines:
+            ax.plot(pts.index, pts.values, "o-", label=label, ms=4)
+        g = rows[(rows["profile"] == profile) & (rows["model"] == model)]
         cls = acc[(acc["method"] == "fastervlm") & (acc["profile"] == profile) & (acc["model"] == model)
                   & acc["benchmark"].isin(g["benchmark"].unique()) & acc["budget"].isin(g["budget"].unique())]
         if len(cls):
