@@ -18,6 +18,7 @@ import pandas as pd
 
 from ..claims import CLAIMS, Claim, family_of
 from ..methods import is_in_llm, is_offline_only
+from .collect import LATENCY_PROTOCOL
 from .stats import excludes_zero
 from .tables import OFFLINE_IN_LLM_NOTE, accuracy_table, method_label, primary_metric
 
@@ -56,11 +57,14 @@ def _stage_rows(frame: pd.DataFrame, word: str) -> pd.DataFrame:
 
 def _gains(frame: pd.DataFrame, word: str, column: str, higher_better: bool) -> list[tuple[float, str, bool]]:
     """(gain %, where, at the rule?) of every default-HIVTP row over `none` in one stage, per matched
-    protocol: the same model and weights (a family holds several models: vicuna and mistral NeXT, or
-    toy and tiny offline, whose `none` must not be pooled), device, dtype, batch and backend."""
+    protocol (``LATENCY_PROTOCOL``, the tables' own, plus the weights): the same model (a family holds
+    several: vicuna and mistral NeXT, or toy and tiny offline, whose `none` must not be pooled), device,
+    dtype, batch and backend."""
     rows = _stage_rows(frame, word)
     out = []
-    for key, group in rows.groupby(["model", "weights", "device", "dtype", "batch", "backend"], dropna=False):
+    protocol_columns = LATENCY_PROTOCOL + ["weights"]
+    for key, group in rows.groupby(protocol_columns, dropna=False):
+        where = dict(zip(protocol_columns, key))
         base = group[group["method"] == "none"][column].dropna()
         ours = _default_hivtp(group)
         if base.empty or ours.empty:
@@ -70,7 +74,7 @@ def _gains(frame: pd.DataFrame, word: str, column: str, higher_better: bool) -> 
             v = float(r[column])
             gain = (v / ref - 1) * 100 if higher_better else (1 - v / ref) * 100
             rule = _budget(r["budget"]) == "default"
-            protocol = f"{key[0]}, {key[2]} {key[3]} batch {key[4]}"
+            protocol = f"{where['model']}, {where['device']} {where['dtype']} batch {where['batch']}"
             out.append((gain, protocol if rule else f"budget {_budget(r['budget'])}, {protocol}", rule))
     return out
 
