@@ -14,7 +14,9 @@ scienceqa_img      lmms-lab/ScienceQA (ScienceQA-IMG)     test: image, question,
 =================  =====================================  ==========================================
 
 Every builder is deterministic in (size, seed): the same arguments give byte-identical images and rows.
-``size`` is the number of questions per split (MME: rounded down to whole yes/no pairs).
+``size`` is the number of questions per split (MME: rounded down to whole yes/no pairs). The scenes are
+drawn in ``hivtp.world.BENCHMARK_WORLD``; ``build_all`` records it per dataset folder
+(:mod:`hivtp.world.builds`), so that a folder from another world is rebuilt rather than read.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 from datasets import Dataset, DatasetDict, Features, Image, Sequence, Value
 
-from hivtp.world import POPE_STRATEGIES, Question, Scene, ask, draw_scene, render
+from hivtp.world import BENCHMARK_WORLD, POPE_STRATEGIES, Question, Scene, ask, draw_scene, render
+from hivtp.world.builds import record_worlds
 
 POPE_SPLITS = {"adversarial": "adversarial", "popular": "popular", "random": "random"}
 DATASETS = ("pope", "gqa_instructions", "gqa_images", "mme", "scienceqa_img")
@@ -46,7 +49,7 @@ def _scenes(seed: int, stream: str) -> Iterator[tuple[int, Scene, np.random.Gene
     rng = np.random.default_rng([seed, sum(map(ord, stream)), len(stream)])
     i = 0
     while True:
-        yield i, draw_scene(rng), rng
+        yield i, draw_scene(rng, world=BENCHMARK_WORLD), rng
         i += 1
 
 
@@ -166,4 +169,5 @@ def build_all(out_dir: str | Path, size: int, seed: int = 0, progress: Callable[
         paths[name] = out / name
         ds.save_to_disk(str(paths[name]))
         progress(f"wrote {paths[name]} ({', '.join(f'{k}={len(v)}' for k, v in ds.items())})")
+    record_worlds(out, list(built))
     return paths

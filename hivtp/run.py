@@ -69,11 +69,24 @@ def identity(cfg: dict[str, Any]) -> dict[str, Any]:
     mode = cfg.get("mode", "both")  # execute's default
     if mode in ("accuracy", "both"):
         ident["accuracy"] = accuracy_settings(cfg)
+        world = offline_world(cfg)
+        if world not in (None, "plain"):  # plain left out: runs from before worlds keep their identity
+            ident["accuracy"]["world"] = world
     if mode != "accuracy" and "latency" in cfg:
         ident["latency"] = cfg["latency"]
     if mode == "latency":
         ident.pop("benchmark", None)
     return ident
+
+
+def offline_world(cfg: dict[str, Any]) -> str | None:
+    """The world whose images an accuracy part's offline mini-benchmarks (``hivtp_*`` tasks) hold:
+    ``hivtp.world.BENCHMARK_WORLD`` (the runner refuses data from another); None for other tasks. A run
+    is part of the world it answered in, so changing the benchmarks' world redoes every offline run."""
+    from .world import BENCHMARK_WORLD
+
+    tasks = (cfg.get("benchmark") or {}).get("tasks") or []
+    return BENCHMARK_WORLD if any(str(t).startswith("hivtp_") for t in tasks) else None
 
 
 def accuracy_settings(cfg: dict[str, Any]) -> dict[str, str]:

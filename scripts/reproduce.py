@@ -143,8 +143,17 @@ OFFLINE_DATASETS = {"pope": "adversarial", "gqa_instructions": "testdev", "mme":
 
 
 def built_size(data: Path) -> int:
-    """Questions per benchmark in an offline data build (0 when missing or incomplete)."""
+    """Questions per benchmark in an offline data build (0 when missing, incomplete, or drawn in another
+    world than ``hivtp.world.BENCHMARK_WORLD``: its answers would hold, but not for today's images)."""
     from datasets import load_from_disk
+
+    from hivtp.world.builds import stale_worlds
+    from hivtp.world import BENCHMARK_WORLD
+
+    if stale_worlds(data):
+        print(f"[reproduce] {data} holds benchmarks drawn in another world than the benchmarks' ({BENCHMARK_WORLD}): "
+              f"{stale_worlds(data)}; rebuilding it", flush=True)
+        return 0
 
     try:
         return min(len(load_from_disk(str(data / name))[split]) for name, split in OFFLINE_DATASETS.items())

@@ -28,7 +28,8 @@ def _group(scene, q) -> str:
 def main() -> None:
     from hivtp.toy.data import QAItem
     from hivtp.toy.evaluate import evaluate
-    from hivtp.world import ask, draw_scene, prompt_text, render, target_text
+    from hivtp.toy.cli import trained_world
+    from hivtp.world import WORLDS, ask, draw_scene, prompt_text, render, target_text
     from hivtp.zoo import load_pretrained
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -37,7 +38,9 @@ def main() -> None:
     ap.add_argument("--model", default="toy-llava")
     ap.add_argument("--method", default="none", help="a registered method, applied with hivtp.attach")
     ap.add_argument("--budget", type=int, default=None, help="the method's token budget")
+    ap.add_argument("--world", default=None, choices=WORLDS, help="default: the world the model was trained on")
     args = ap.parse_args()
+    world = args.world or trained_world(args.model)
     torch.set_num_threads(1)
     model, processor = load_pretrained(args.model)
     if args.method != "none":
@@ -47,7 +50,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     images, items, groups = [], [], []
     for i in range(args.scenes):
-        scene = draw_scene(rng)
+        scene = draw_scene(rng, world=world)
         # count questions draw from their own stream, so the scenes and the other questions stay those
         # of the earlier, count-less breakdown (the README's v8 numbers)
         count = ask(scene, "count", np.random.default_rng([args.seed, i]))

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = measurement_parser(__doc__.splitlines()[0], per_family=100, batch_size=True)
     args = ap.parse_args(argv)
     model, processor, digest = load_model(ap, args)
-    images, items, scenes = held_out_items(args.seed, args.per_family, with_scenes=True)
+    images, items, scenes = held_out_items(args.seed, args.per_family, with_scenes=True, world=args.world)
     summary = accuracy_summary(model, processor, args, configurations(), ratios=[])
     values = attention_measurement(model, processor, images, items, scenes, args.batch_size, progress)
     text, stats = attention_table(values)

@@ -13,7 +13,7 @@ inside the language model, ``none`` keeps everything), at each budget, through `
 * ``spread``: the share of the 16 cells of a 4 x 4 partition of the patch grid that hold a kept token
   (how much of the scene a selection still sees).
 
-A patch is an object patch when ``hivtp.methods.oracle.coverage`` finds object pixels in it: known by
+A patch is an object patch when ``hivtp.methods.oracle.object_patches`` finds object pixels in it: known by
 construction from the pixels, never from a model. Methods whose tokens merge patches
 (``merges_tokens``: pool, VisionZip's contextual tokens) are read at the patch each token stands for,
 and marked: for pool, whose tokens stand for fixed grid cells, the measures say nothing about content. Every number is a mean over images with its 95% bootstrap interval
@@ -57,11 +57,11 @@ def projector_methods() -> list[str]:
 def measure(model, processor, images, methods, budgets) -> dict[str, dict[str, list[float]]]:
     """Per ``method@budget``: each measure's value per image."""
     import hivtp
-    from hivtp.methods.oracle import DEFAULT_THRESHOLD, coverage
+    from hivtp.methods.oracle import object_patches
 
     pixels = processor.image_processor(images=list(images), return_tensors="pt").pixel_values  # [N, 3, S, S]
     grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
-    objects = coverage(pixels, torch.ones(len(images), grid * grid, dtype=torch.bool), (grid, grid), DEFAULT_THRESHOLD) > 0
+    objects = object_patches(pixels, (grid, grid))
     out = {}
     for method in methods:
         for budget in budgets:
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budgets", type=int, nargs="+", default=[64, 192])
     args = ap.parse_args(argv)
     model, processor, digest = load_model(ap, args)
-    images, _ = held_out_items(args.seed, args.per_family)
+    images, _ = held_out_items(args.seed, args.per_family, world=args.world)
     methods = projector_methods()
     merges = {m for m in methods if METHODS[m].merges_tokens}
     text, stats = table(measure(model, processor, images, methods, args.budgets), merges)
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.out:
         write_measurement(args.out, args.model, digest, {
-            "seed": args.seed, "images": len(images), "budgets": args.budgets, "merged_tokens": sorted(merges),
+            "seed": args.seed, "world": args.world, "images": len(images), "budgets": args.budgets, "merged_tokens": sorted(merges),
             "selections": {name: {m: dict(zip(("mean", "low", "high"), v)) for m, v in s.items()} for name, s in stats.items()}})
     return 0
 

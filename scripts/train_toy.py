@@ -19,12 +19,13 @@ sys.path.insert(0, str(ROOT))
 
 from hivtp.toy.objectives import RETRIEVE_TARGETS  # noqa: E402
 from hivtp.toy.train import HIDDEN_ANSWERS, TrainConfig, train  # noqa: E402
+from hivtp.world import WORLDS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for f in fields(TrainConfig):
-        choices = {"retrieve_targets": RETRIEVE_TARGETS, "hidden_answers": HIDDEN_ANSWERS}.get(f.name)
+        choices = {"retrieve_targets": RETRIEVE_TARGETS, "hidden_answers": HIDDEN_ANSWERS, "world": WORLDS}.get(f.name)
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, choices=choices)
     parser.add_argument("--work-dir", default=str(ROOT / "artifacts" / "toy-train"), help="checkpoints and logs (resumed from)")
     parser.add_argument("--out", default=str(ROOT / "hivtp" / "zoo" / "trained" / "toy-llava"), help="final checkpoint")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from eval.builders import build_gqa, build_mme, build_pope, build_scienceqa_img
+from eval.builders import build_all, build_gqa, build_mme, build_pope, build_scienceqa_img
 
 SIZE = 8
 
@@ -99,7 +99,7 @@ def test_build_data_cli(tmp_path):
     out = subprocess.run([sys.executable, str(root / "scripts" / "build_data.py"), "--size", "3", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert {p.name for p in tmp_path.iterdir()} == {"pope", "gqa_instructions", "gqa_images", "mme", "scienceqa_img"}
+    assert {p.name for p in tmp_path.iterdir()} == {"pope", "gqa_instructions", "gqa_images", "mme", "scienceqa_img", "world.json"}
     bad = subprocess.run([sys.executable, str(root / "scripts" / "build_data.py"), "--size", "0", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "--size" in bad.stderr
@@ -130,3 +130,31 @@ def test_images_hold_the_rendered_scene_exactly(built):
     _, scene, _ = next(_scenes(0, "pope-adversarial"))
     stored = built["pope"]["adversarial"][0]["image"].convert("RGB")
     assert np.array_equal(np.asarray(stored), np.asarray(render(scene).convert("RGB")))
+
+
+def test_a_build_records_its_world_and_a_folder_from_another_world_is_rebuilt_or_refused(tmp_path):
+    """A dataset folder drawn in another world than the benchmarks' holds the right answers for other
+    images: the reproduce driver must rebuild it and the lmms-eval runner refuse it, never read it. A
+    partial build records only the folders it wrote; a folder from before worlds were recorded is plain."""
+    import json
+
+    from hivtp.lmms.runner import EvalRunError, _prepare
+    from hivtp.world import BENCHMARK_WORLD, WORLDS
+    from hivtp.world.builds import WORLD_FILE, built_worlds, stale_worlds
+    from test_configs import _reproduce
+
+    reproduce = _reproduce()
+    build_all(tmp_path, 2, progress=lambda _: None)
+    names = {"pope", "gqa_instructions", "gqa_images", "mme", "scienceqa_img"}
+    assert built_worlds(tmp_path) == dict.fromkeys(sorted(names), BENCHMARK_WORLD) and reproduce.built_size(tmp_path) == 2
+    _prepare(["hivtp_gqa"], tmp_path / "run", tmp_path, None)  # the benchmarks' own world: accepted
+    other = next(w for w in WORLDS if w != BENCHMARK_WORLD)
+    (tmp_path / WORLD_FILE).write_text(json.dumps({**dict.fromkeys(names, BENCHMARK_WORLD), "mme": other}))
+    assert stale_worlds(tmp_path) == {"mme": other} and reproduce.built_size(tmp_path) == 0
+    with pytest.raises(EvalRunError, match=f"another world.*mme.*{other}.*make data"):
+        _prepare(["hivtp_gqa"], tmp_path / "run", tmp_path, None)
+    build_all(tmp_path, 2, benchmarks=("mme",), progress=lambda _: None)  # rebuilding that one folder mends it
+    assert stale_worlds(tmp_path) == {} and reproduce.built_size(tmp_path) == 2
+    (tmp_path / WORLD_FILE).unlink()  # a build from before worlds were recorded
+    assert set(built_worlds(tmp_path).values()) == {"plain"}
+    assert reproduce.built_size(tmp_path) == (2 if BENCHMARK_WORLD == "plain" else 0)

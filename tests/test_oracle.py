@@ -27,7 +27,7 @@ from hivtp.results.tables import accuracy_text_table, to_latex
 from hivtp.run import REPO
 from hivtp.toy.data import chat_prompt, patch_labels
 from hivtp.vision import TowerOutput
-from hivtp.world import Scene, draw_scene, render
+from hivtp.world import COLOURS, Scene, draw_scene, render
 from hivtp.world.scene import BACKGROUND, Obj
 from hivtp.zoo import load_pretrained
 
@@ -64,9 +64,19 @@ def block(rows: range, cols: range) -> list[int]:
 
 def brute_force_covered(scene: Scene) -> list[int]:
     """Patches with any pixel whose colour differs from the world's background by more than the
-    noise (independent of the oracle: raw RGB, the known background, no normalisation, no median)."""
+    noise (independent of the oracle: raw RGB, the known background, no normalisation, no palette).
+    Plain world only; ``brute_force_palette`` is the cluttered world's."""
     rgb = np.asarray(render(scene), dtype=np.int64)  # [336, 336, 3]
     objects = (np.abs(rgb - np.array(BACKGROUND)) > 6).any(-1)
+    per_patch = objects.reshape(GRID, PATCH, GRID, PATCH).any(axis=(1, 3)).reshape(-1)
+    return np.flatnonzero(per_patch).tolist()
+
+
+def brute_force_palette(scene: Scene) -> list[int]:
+    """Patches with any pixel drawn exactly in a palette colour (raw RGB of a 336 px canvas, which the
+    processor neither resizes nor crops)."""
+    rgb = np.asarray(render(scene), dtype=np.int64)  # [336, 336, 3]
+    objects = (rgb[:, :, None, :] == np.array(list(COLOURS.values()))[None, None]).all(-1).any(-1)
     per_patch = objects.reshape(GRID, PATCH, GRID, PATCH).any(axis=(1, 3)).reshape(-1)
     return np.flatnonzero(per_patch).tolist()
 
@@ -117,17 +127,31 @@ def test_keeps_the_brute_force_object_patches_of_random_world_scenes(toy):
     """Unaligned circles, triangles and squares: at a budget equal to their patch count, the kept
     patches are exactly those holding any object pixel."""
     rng = np.random.default_rng(11)
-    scenes = [draw_scene(rng, size=(336, 336)) for _ in range(4)]
+    scenes = [draw_scene(rng, size=(336, 336), world="plain") for _ in range(4)]
     for scene in scenes:
         covered = brute_force_covered(scene)
         assert covered and kept(toy, [scene], budget=len(covered)) == [covered]
+
+
+def test_keeps_the_object_patches_among_texture_and_distractors(toy):
+    """The cluttered world (texture, bars and crosses in muted colours): the kept patches are still
+    exactly the objects'. A rule that takes whatever differs from the background (the oracle's rule
+    before the cluttered world) keeps distractor patches instead, which is what this test catches."""
+    rng = np.random.default_rng(14)
+    scenes = [draw_scene(rng, size=(336, 336), world="cluttered") for _ in range(4)]
+    for scene in scenes:
+        covered = brute_force_palette(scene)
+        assert len(scene.clutter) >= 3 and covered == brute_force_covered(Scene(336, 336, scene.objects, scene.seed_noise))
+        under_clutter = {int(d.y) // PATCH * GRID + int(d.x) // PATCH for d in scene.clutter}  # each distractor's centre patch
+        assert under_clutter <= set(brute_force_covered(scene)) - set(covered)  # a contrast rule would keep them
+        assert kept(toy, [scene], budget=len(covered)) == [covered]
 
 
 # --- budgets, batches ---------------------------------------------------------------------------------------
 def test_exact_budgets_below_at_and_above_the_covered_count(toy):
     rng = np.random.default_rng(12)
     scenes = [draw_scene(rng, size=(336, 336), num_objects=n) for n in (1, 4)]
-    covered = [len(brute_force_covered(s)) for s in scenes]
+    covered = [len(brute_force_palette(s)) for s in scenes]
     inputs = inputs_for(toy[1], scenes)
     for budget in (1, 8, 64, 192, 576):
         pruned = hivtp.attach(toy[0], "oracle", budget=budget)

@@ -491,3 +491,25 @@ def test_the_in_llm_note_states_what_the_shipped_toys_supervision_measurement_sh
         assert k2["low"] <= none["high"] and none["low"] <= k2["high"]  # "at K=2 as well as the unpruned model"
     k2_image, k1_image = (reads[k]["image"] for k in ("K=2 FastV (mean of heads)", "K=1 FastV (mean of heads)"))
     assert k2_image["high"] < 0.2 < k1_image["low"]  # "whose last layer barely reads the image" (its mass on image tokens)
+
+
+def test_ledger_never_counts_or_averages_rows_of_different_setups_together():
+    """The same model measured at two question limits (say a quick run at 20 beside the full one at 200):
+    each setup gets its own lines, its own % of unpruned and its own comparisons. Pooled, every
+    benchmark would be listed twice and the % of unpruned would mix the two setups' scores."""
+    from hivtp.results.ledger import prior_comparisons, unpruned_comparisons
+
+    full = with_intervals().assign(limit=200)
+    quick = with_intervals().assign(limit=20)
+    quick.loc[quick["method"] != "none", "value"] *= 0.5  # the quick run's pruned rows score half, its unpruned the same
+    found = unpruned_comparisons(pd.concat([full, quick], ignore_index=True))
+    labels = sorted({c["model"] for c in found})
+    assert labels == ["toy-llava (limit 20)", "toy-llava (limit 200)"]  # what sets the setups apart
+    for label, percent in zip(labels, ("42.5%", "85.0%")):  # (0.72 / 0.80 + 0.40 / 0.50) / 2, halved at limit 20
+        rows = {c["config"]: c for c in found if c["model"] == label}
+        assert rows["budget 64"]["percent"] == percent
+        assert len(rows["budget 64"]["worse"]) == 1 and len(rows["budget 64"]["apart"]) == 1  # not 2 and 2
+    prior = prior_comparisons(pd.concat([full, quick], ignore_index=True))
+    assert len(prior) == 2 and all(len(c["better"]) == 1 for c in prior)
+    alone = unpruned_comparisons(full)  # one setup: the model's own name
+    assert {c["model"] for c in alone} == {"toy-llava"}

@@ -15,7 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from hivtp.errors import ConfigError
-from hivtp.run import CONFIG_DIR, REPO, accuracy_weights, execute, plain, run_hash, write_atomic
+from hivtp.run import CONFIG_DIR, REPO, accuracy_weights, execute, identity, plain, run_hash, write_atomic
 
 FAKE = ["backend.accuracy=fake_backends:accuracy", "backend.latency=fake_backends:latency"]
 
@@ -53,6 +53,25 @@ def test_hash_ignores_non_identity_keys_and_null_params(tmp_path):
     # latency-only runs do not depend on how accuracy would run
     f = plain(cfg_of(["mode=latency"]))
     assert run_hash(f) == run_hash(plain(cfg_of(["mode=latency", "accuracy.dtype=float16", "benchmark.limit=3"])))
+
+
+def test_an_offline_run_is_part_of_the_world_its_benchmarks_were_drawn_in(monkeypatch):
+    """Changing the benchmarks' world (hivtp.world.BENCHMARK_WORLD) makes every offline accuracy run a new
+    run, so a finished one from the old world is never skipped as current; runs on other benchmarks and
+    latency-only runs keep their identity, and the plain world adds nothing (runs made before worlds
+    existed keep theirs)."""
+    import hivtp.world
+
+    offline = plain(cfg_of(["mode=accuracy"]))
+    assert any(t.startswith("hivtp_") for t in offline["benchmark"]["tasks"])
+    latency = plain(cfg_of(["mode=latency"]))
+    other = json.loads(json.dumps(offline))
+    other["benchmark"]["tasks"] = ["pope_adv"]
+    monkeypatch.setattr(hivtp.world, "BENCHMARK_WORLD", "plain")
+    hashes = [run_hash(c) for c in (offline, latency, other)]
+    assert "world" not in json.dumps(identity(offline))
+    monkeypatch.setattr(hivtp.world, "BENCHMARK_WORLD", "cluttered")
+    assert run_hash(offline) != hashes[0] and [run_hash(latency), run_hash(other)] == hashes[1:]
 
 
 def test_run_writes_rows_and_skips_when_finished(tmp_path, fake_log):

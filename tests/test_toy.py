@@ -671,6 +671,25 @@ def test_batches_skip_hidden_answers_only_when_told_and_only_on_pruned_steps(unt
         TrainConfig(hidden_answers="mask")
 
 
+def test_the_training_world_changes_the_pixels_and_nothing_else(untrained):
+    """A run on the cluttered world trains on the plain world's questions, answers, patch labels and
+    drop patterns; only the images differ (and differ in every one)."""
+    from hivtp.toy.train import batch_at
+
+    _, processor = untrained
+    plain, cluttered = TrainConfig(world="plain"), TrainConfig(world="cluttered")
+    for step in (0, 1300, 1301):
+        a, b = batch_at(plain, processor, step, 576), batch_at(cluttered, processor, step, 576)
+        assert torch.equal(a.patch_labels, b.patch_labels)
+        assert (a.keep is None) == (b.keep is None) and (a.keep is None or torch.equal(a.keep, b.keep))
+        assert (a.input_ids is None and b.input_ids is None) or torch.equal(a.input_ids, b.input_ids)
+        assert all(not torch.equal(x, y) for x, y in zip(a.pixel_values, b.pixel_values))
+    images, items = held_out_items(seed=1, per_family=2, world="cluttered")
+    assert [(i.prompt, i.target) for i in items] == [(i.prompt, i.target) for i in held_out_items(seed=1, per_family=2, world="plain")[1]]
+    with pytest.raises(ValueError, match="world must be one of plain, cluttered"):
+        TrainConfig(world="busy")
+
+
 def test_count_focus_draws_shape_heavy_scenes_and_counts_their_commonest_shape():
     from collections import Counter
 

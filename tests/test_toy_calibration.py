@@ -22,7 +22,7 @@ import hivtp
 from hivtp.toy import calibrate
 from hivtp.toy.calibrate import ALL, CONFIGURATIONS, TARGETS, Measurement, label, measure, summarise
 from hivtp.toy.evaluate import evaluate, held_out_items
-from hivtp.world import FAMILIES
+from hivtp.world import FAMILIES, render
 from hivtp.zoo import load_pretrained
 
 PER_FAMILY = 300  # the issue's minimum
@@ -275,3 +275,69 @@ def test_pool_probe_answers_with_every_configuration_and_writes_paired_ratios(tm
                                                   (("pool", "random"), ("pool", "cell-centres"), ("cell-centres", "random"))}
     assert doc["weights_sha256"] and doc["targets"] == []
     assert "cell-centres@144" in capsys.readouterr().out
+
+
+# --- the world change, before / after (scripts/toy_world_change.py, issue 19 item 2) ---------
+def test_salient_patches_by_hand_and_precision_falls_when_distractors_stand_out_too(toy):
+    """One red square on exactly 2 x 2 patches of a plain 336 px scene: salient = object = those 4
+    patches, precision 1. Add a grey bar on exactly 1 x 3 other patches: salient grows by those 3, the
+    objects do not, precision 4 / 7."""
+    from hivtp.world import Scene
+    from hivtp.world.scene import Distractor, Obj
+
+    script = _script("toy_world_change")
+    square = Obj("red", "square", "large", 14 * 3 + 13.5, 14 * 5 + 13.5, 27.0)  # rows 5-6, columns 3-4
+    bar = Distractor("bar", "grey", 14 * 10 + 20.5, 14 * 15 + 6.5, 41.0, 13.0)  # row 15, columns 10-12
+    plain = Scene(336, 336, [square], seed_noise=1)
+    cluttered = Scene(336, 336, [square], seed_noise=1, clutter=[bar])
+    pixels = toy[1].image_processor(images=[render(plain), render(cluttered)], return_tensors="pt").pixel_values
+    salient = script.salient_patches(pixels, 24)
+    objects = [5 * 24 + 3, 5 * 24 + 4, 6 * 24 + 3, 6 * 24 + 4]
+    assert salient[0].nonzero().flatten().tolist() == objects
+    assert salient[1].nonzero().flatten().tolist() == sorted(objects + [15 * 24 + 10, 15 * 24 + 11, 15 * 24 + 12])
+    measures = script.pixel_measures(toy[1], [render(plain), render(cluttered)], 24)
+    assert measures["precision"] == pytest.approx([1.0, 4 / 7])
+    assert measures["object share"] == pytest.approx([4 / 576, 4 / 576])
+
+
+def test_world_change_measures_both_worlds_on_the_same_questions(tmp_path, capsys):
+    script = _script("toy_world_change")
+    out = tmp_path / "world.json"
+    assert script.main(["--per-family", "1", "--after-model", "toy-llava", "--world", "plain", "--after-world", "cluttered",
+                        "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    before, after = doc["before"], doc["after"]
+    assert (before["world"], after["world"]) == ("plain", "cluttered")
+    labels = [c["label"] for c in before["configurations"]]
+    assert labels == [c["label"] for c in after["configurations"]] == [label(c) for c in script.configurations(64)]
+    assert {"hivtp@64", "divprune@64", "oracle@64", "random@288", "fastv@64 k_layer=1"} <= set(labels)
+    assert not any(name.startswith("pdrop") for name in labels)
+    assert {r["name"] for r in after["ratios"]} == {f"{name} / none" for name in labels[1:]}
+    assert len(before["targets"]) == len(after["targets"]) == len(TARGETS)
+    # the pixels differ, the questions and objects do not (object patches up to a fringe blended with the texture)
+    assert before["pixels"]["object share"]["mean"] == pytest.approx(after["pixels"]["object share"]["mean"], abs=0.005)
+    assert after["pixels"]["precision"]["mean"] < before["pixels"]["precision"]["mean"]
+    assert "what the pixels give away" in capsys.readouterr().out
+
+
+def test_a_toy_is_measured_in_the_world_it_was_trained_on_unless_told(tmp_path, capsys):
+    """--world unset: the checkpoint's own train_config.json says where it learned (none recorded: plain,
+    the only world before there were two); a checkpoint that is no trained toy gets the benchmarks'."""
+    import shutil
+
+    from hivtp.toy.cli import trained_world
+    from hivtp.world import BENCHMARK_WORLD
+    from hivtp.zoo import trained_dir
+
+    shipped = json.loads((trained_dir("toy-llava") / "train_config.json").read_text())
+    assert trained_world("toy-llava") == shipped.get("world", "plain")
+    copy = tmp_path / "toy"
+    shutil.copytree(trained_dir("toy-llava"), copy)
+    for world in ("plain", "cluttered"):
+        (copy / "train_config.json").write_text(json.dumps({**shipped, "world": world}))
+        assert trained_world(str(copy)) == world
+    (copy / "train_config.json").unlink()
+    assert trained_world(str(copy)) == BENCHMARK_WORLD
+    (copy / "train_config.json").write_text(json.dumps({**shipped, "world": "cluttered"}))
+    assert calibrate.main(["--per-family", "1", "--model", str(copy), "--resamples", "10"]) in (0, 1)
+    assert "trained on the cluttered world" in capsys.readouterr().err

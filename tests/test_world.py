@@ -4,15 +4,17 @@ POPE negative strategies, and prompts identical to lmms-eval's own doc_to_text."
 from __future__ import annotations
 
 import importlib.util
+import itertools
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from hivtp.world import COLOURS, FAMILIES, KINDS, ask, draw_scene, prompt_text, render, target_text
+from hivtp.world import CLUTTER_COLOURS, COLOURS, FAMILIES, KINDS, ask, draw_scene, prompt_text, render, target_text
 from hivtp.world.questions import MIN_DX
+from hivtp.world.scene import BACKGROUND, GAP
 
-SCENES = [draw_scene(np.random.default_rng([7, i])) for i in range(60)]
+SCENES = [draw_scene(np.random.default_rng([7, i]), world="plain") for i in range(60)]
 
 
 def test_same_seed_same_scene_image_and_questions():
@@ -103,6 +105,64 @@ def test_mme_pairs_one_true_one_false_and_choice_indices():
             colour, shape = q.meta["object"].split()
             assert q.choices[q.answer] == (colour if q.meta["asks"] == "color" else shape)
             assert len(set(q.choices)) == len(q.choices) == 3
+
+
+# --- the cluttered world (issue 19, item 2) ------------------------------------------------------------------
+CLUTTERED = [draw_scene(np.random.default_rng([7, i]), world="cluttered") for i in range(60)]
+
+
+def test_cluttered_world_has_the_plain_worlds_objects_and_questions():
+    """Same seed, same objects, same questions and answers: before/after measurements compare the very
+    same questions; only the pixels around the objects change."""
+    for i, (plain, cluttered) in enumerate(zip(SCENES, CLUTTERED)):
+        assert (plain.width, plain.height, plain.objects, plain.seed_noise) == \
+            (cluttered.width, cluttered.height, cluttered.objects, cluttered.seed_noise)
+        assert not plain.clutter and not plain.texture and plain.world == "plain"
+        assert cluttered.texture and cluttered.world == "cluttered"
+        for family in FAMILIES:
+            assert ask(plain, family, np.random.default_rng(i)) == ask(cluttered, family, np.random.default_rng(i))
+    assert sum(len(s.clutter) for s in CLUTTERED) >= 3 * len(CLUTTERED)
+    with pytest.raises(ValueError, match="world must be one of plain, cluttered"):
+        draw_scene(np.random.default_rng(0), world="busy")
+
+
+def test_distractors_stay_clear_of_every_object_and_objects_keep_their_pixels():
+    """No distractor box comes within GAP of an object's box (brute force over the rendered pixels: every
+    pixel of an object's box that the plain world draws in a palette colour is that colour here too)."""
+    for plain, cluttered in zip(SCENES[:20], CLUTTERED[:20]):
+        scale = min(cluttered.width, cluttered.height) / 336
+        for d in cluttered.clutter:
+            hx, hy = d.half_extent
+            for o in cluttered.objects:
+                assert abs(d.x - o.x) >= hx + o.side / 2 + GAP * scale or abs(d.y - o.y) >= hy + o.side / 2 + GAP * scale
+        a, b = np.asarray(render(plain)), np.asarray(render(cluttered))
+        palette = np.array(list(COLOURS.values()))
+        in_palette = (a[:, :, None, :] == palette[None, None]).all(-1).any(-1)  # [H, W]
+        assert in_palette.any() and np.array_equal(a[in_palette], b[in_palette])
+        assert not (b[~in_palette][:, None, :] == palette[None]).all(-1).any()  # nothing else is a palette colour
+        assert (a != b).any(-1).mean() > 0.5  # the texture changes most of the background
+
+
+def test_nothing_but_objects_comes_near_a_palette_colour():
+    """The oracle's object-pixel rule (within 24 levels of a palette colour) rests on these margins: a
+    distractor colour >= 80 levels from every palette colour on some channel, any blend of one with the
+    textured background >= 55, the background itself >= 90 (its extremes: texture +-30 per channel,
+    noise +-6 on all channels)."""
+    palette = np.array(list(COLOURS.values()), dtype=float)
+
+    def distance(low, high) -> float:
+        """The least, over every colour in the box [low, high] (per channel), of its distance to the
+        palette: per palette colour, the box's nearest point is found channel by channel."""
+        gap = np.maximum(np.maximum(low - palette, palette - high), 0)  # [K, 3] per channel
+        return float(gap.max(axis=1).min())
+
+    low, high = np.array(BACKGROUND) - 36.0, np.array(BACKGROUND) + 36.0  # every background colour
+    assert min(distance(np.array(c, float), np.array(c, float)) for c in CLUTTER_COLOURS.values()) >= 80
+    assert distance(low, high) >= 90
+    # a blend t * distractor + (1 - t) * background, over every background colour, is again a box
+    blends = [distance(t * np.array(c) + (1 - t) * low, t * np.array(c) + (1 - t) * high)
+              for c in CLUTTER_COLOURS.values() for t in np.linspace(0, 1, 201)]
+    assert min(blends) >= 55
 
 
 def test_unknown_family_is_a_clear_error():

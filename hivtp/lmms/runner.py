@@ -179,6 +179,20 @@ def _metric_rows(results: dict[str, Any], tasks: Sequence[str]) -> list[tuple[st
     return rows
 
 
+def _check_world(data: Path) -> None:
+    """Refuse offline data drawn in another world than the benchmarks' (``hivtp.world.BENCHMARK_WORLD``):
+    its answers hold for other images than the ones the toy is measured on."""
+    from ..world import BENCHMARK_WORLD
+    from ..world.builds import stale_worlds
+
+    stale = stale_worlds(data)
+    if stale:
+        raise EvalRunError(
+            f"the offline mini-benchmarks in {data} were drawn in another world than the benchmarks' "
+            f"({BENCHMARK_WORLD}): {stale}. Rebuild them: `make data` (or `python scripts/build_data.py --out {data}`)."
+        )
+
+
 def _prepare(tasks: Sequence[str], output_dir: Path | str, data_dir: Path | str | None,
              include_path: Path | str | None) -> tuple[list[str], Path, Path, Path]:
     """(tasks, output folder, data folder, include path) for one run; the output folder is emptied of an
@@ -199,6 +213,8 @@ def _prepare(tasks: Sequence[str], output_dir: Path | str, data_dir: Path | str 
                 f"the offline mini-benchmarks are not built: {data} does not exist (tasks {offline}). "
                 "Run `make data` (or `python scripts/build_data.py --out DIR` and pass data_dir=DIR)."
             )
+        if offline:
+            _check_world(data)
         include = render_tasks(TASKS_DIR, out / "tasks", data).resolve()  # kept with the run
     return tasks, out, data, include
 

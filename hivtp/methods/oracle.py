@@ -3,25 +3,25 @@
 It is a reference, not a bound: on the toy a selection that spreads its tokens over the scene can score
 above it (README, Offline results).
 
-Images of the procedural world (:mod:`hivtp.world`) are a flat background (``BACKGROUND`` =
-(60, 60, 64), with light noise of at most 6 levels, ``render.py``) and objects drawn in the palette
-``COLOURS``. Which patches hold the evidence is therefore known by construction; this method reads it
-off each crop's pixels (``CropBatch.pixels``, as the processor gives them), never off the model.
+Images of the procedural world (:mod:`hivtp.world`) draw their objects, and nothing else, in the palette
+``COLOURS``; the background (flat with light noise, or in the cluttered world textured, with
+distractors in muted ``CLUTTER_COLOURS``) never comes near a palette colour. Which patches hold the
+evidence is therefore known by construction; this method reads it off each crop's pixels
+(``CropBatch.pixels``, as the processor gives them), never off the model.
 
-**Object pixels.** A pixel is an object pixel when one of its channels differs from the crop's median
-colour by more than ``threshold`` intensity levels (of 0-255; default 24).
+**Object pixels.** A pixel is an object pixel when its colour is within ``threshold`` intensity levels
+(of 0-255, on every channel; default 24) of a palette colour.
 
-* The median (per channel, over the crop's valid pixels: LLaVA-NeXT's padded tile parts, which the
-  model unpads, are left out) is the background colour. Assumption: objects cover well under half of
-  every crop's valid pixels. In the world they do: the largest object is 76 px of a 336 px view, about
-  5% of it; a LLaVA-NeXT tile of a 672 px canvas sees an object of twice that side, about 20%.
-* The pixels come normalised, ``(x / 255 - mean) / std``; a difference of normalised values times
-  ``255 * std`` is a difference of intensity levels, whatever the mean. ``std`` is OpenAI CLIP's
-  (``transformers.utils.constants.OPENAI_CLIP_STD``), which every LLaVA-1.5 / LLaVA-NeXT processor
-  uses.
-* 24 levels is four times the background noise's amplitude and under a fifth of the smallest contrast
-  between an object colour and the background (green: 130 levels), so a pixel that resizing blends
-  with an object counts once a fifth of it or more is object (a little less for the stronger colours).
+* The pixels come normalised, ``(x / 255 - mean) / std`` with OpenAI CLIP's mean and std
+  (``transformers.utils.constants``), which every LLaVA-1.5 / LLaVA-NeXT processor uses; they are
+  mapped back to intensity levels first.
+* An object's interior is its palette colour exactly (PIL draws without anti-aliasing); where the
+  processor resizes (non-336 px canvases, LLaVA-NeXT tiles) an edge pixel blended with the background
+  counts once it is mostly object (within 24 levels). Every colour the world draws that is not an
+  object's is far from the palette on some channel (``tests/test_world.py``): a distractor at least 80
+  levels, any blend of one with the background at least 55, the background (texture included) at least 90.
+* Until issue 19's cluttered world the rule was "differs from the crop's median colour by more than
+  24 levels": exact on a flat background, but it takes texture and distractors for objects.
 
 **Coverage** of a patch: its number of object pixels (of ``p * p``, ``p`` = crop side / grid side).
 
@@ -47,9 +47,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers.utils.constants import OPENAI_CLIP_STD
+from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from ..errors import ConfigError
+from ..world import COLOURS
 from ._common import check_budget, crop_budgets, top_k_positions, valid_mask
 from .base import CropBatch, CropSelection, PruningMethod, register_method
 
@@ -62,36 +63,31 @@ def check_threshold(threshold: Any) -> float:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 255:
         raise ConfigError(
             f"threshold must be a number of intensity levels between 0 and 255 (exclusive), got {threshold!r}; "
-            f"the default {DEFAULT_THRESHOLD:g} separates the world's objects from its background noise."
+            f"the default {DEFAULT_THRESHOLD:g} tells the world's object colours from everything else it draws."
         )
     return float(threshold)
-
-
-def pixel_valid_mask(valid: torch.Tensor, grid: tuple[int, int], side: tuple[int, int]) -> torch.Tensor:
-    """[C, P] valid positions -> [C, Hs, Ws] valid pixels (each patch's pixels share its flag)."""
-    (h, w), (hs, ws) = grid, side
-    return valid.view(-1, h, w).repeat_interleave(hs // h, dim=1).repeat_interleave(ws // w, dim=2)
-
-
-def background_colour(pixels: torch.Tensor, valid_pixels: torch.Tensor) -> torch.Tensor:
-    """[C, 3]: each crop's median colour over its valid pixels (the background, see the module doc);
-    a crop without valid pixels has no patch to rank, so any colour does (zeros)."""
-    return torch.stack([crop[:, ok].median(dim=1).values if ok.any() else crop.new_zeros(crop.shape[0])
-                        for crop, ok in zip(pixels, valid_pixels)])
 
 
 def coverage(pixels: torch.Tensor, valid: torch.Tensor, grid: tuple[int, int], threshold: float) -> torch.Tensor:
     """[C, P] long: object pixels per patch (0 at invalid positions). ``pixels`` [C, 3, Hs, Ws] normalised."""
     c, _, hs, ws = pixels.shape
     h, w = grid
-    pixels = pixels.float()
-    valid = valid.to(pixels.device)
-    background = background_colour(pixels, pixel_valid_mask(valid, grid, (hs, ws)))  # [C, 3]
-    std = torch.tensor(OPENAI_CLIP_STD, dtype=torch.float32, device=pixels.device)
-    levels = (pixels - background[:, :, None, None]).abs() * (255 * std)[None, :, None, None]  # [C, 3, Hs, Ws]
-    objects = (levels > threshold).any(dim=1)  # [C, Hs, Ws]
+    mean = torch.tensor(OPENAI_CLIP_MEAN, dtype=torch.float32, device=pixels.device)[None, :, None, None]
+    std = torch.tensor(OPENAI_CLIP_STD, dtype=torch.float32, device=pixels.device)[None, :, None, None]
+    levels = (pixels.float() * std + mean) * 255  # [C, 3, Hs, Ws] intensity levels
+    palette = torch.tensor(list(COLOURS.values()), dtype=torch.float32, device=pixels.device)  # [K, 3]
+    objects = torch.zeros((c, hs, ws), dtype=torch.bool, device=pixels.device)
+    for colour in palette:  # a pixel within threshold of this colour on every channel
+        objects |= ((levels - colour[None, :, None, None]).abs() <= threshold).all(dim=1)
     counts = objects.view(c, h, hs // h, w, ws // w).sum(dim=(2, 4)).flatten(1)  # [C, P]
-    return counts.masked_fill(~valid, 0)
+    return counts.masked_fill(~valid.to(pixels.device), 0)
+
+
+def object_patches(pixels: torch.Tensor, grid: tuple[int, int], threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
+    """[C, P] bool: the patches that hold object pixels, every position valid (one crop per image, as
+    LLaVA-1.5 sees it); for diagnostics that ask what a selection keeps."""
+    valid = torch.ones(pixels.shape[0], grid[0] * grid[1], dtype=torch.bool, device=pixels.device)
+    return coverage(pixels, valid, grid, threshold) > 0
 
 
 def chebyshev(grid: tuple[int, int], device: torch.device) -> torch.Tensor:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..claims import CLAIMS, Claim, family_of
 from ..methods import is_in_llm, is_offline_only
-from .collect import LATENCY_PROTOCOL
+from .collect import LATENCY_PROTOCOL, SETUP
 from .stats import excludes_zero
 from .tables import OFFLINE_IN_LLM_NOTE, accuracy_table, method_label, primary_metric
 
@@ -139,15 +139,45 @@ def _percent_of_unpruned(table: pd.DataFrame, config: str, budget: object) -> st
     return f"{table.at[key, '% unpruned']:.1f}%"
 
 
-def unpruned_comparisons(acc: pd.DataFrame) -> list[dict]:
-    """Per (model, HIVTP configuration): tokens, % of unpruned, and the benchmarks where HIVTP is
-    better / worse than the unpruned model / not told apart."""
-    rows = _primary(_default_hivtp(acc)) if len(acc) else acc
+#: the columns that make two accuracy rows of one model comparable: the weights answered with and the
+#: setup (questions, device, dtype), as the paired differences (``collect``) pair them
+COMPARABLE = ["weights", *SETUP]
+
+
+def _setting(column: str, value: object) -> str:
+    """``limit 200``, ``weights 179005f1e765`` (a digest, shortened), ``weights unrecorded`` (NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return f"{column} unrecorded"
+    text = str(_budget(value))
+    return f"{column} {text[:12] if column == 'weights' else text}"
+
+
+def _setups(acc: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(label, rows) per model and setup (``COMPARABLE``): a model measured in one setup is labelled by
+    its name, one measured in several by its name and what sets each apart, so that rows of different
+    question limits, devices, dtypes or weights are never counted or averaged together."""
+    if acc.empty:
+        return []
     out = []
-    for model, group in rows.groupby("model") if len(rows) else []:
+    for model, own in acc.groupby("model", sort=True):
+        parts = list(own.groupby(COMPARABLE, dropna=False, sort=True))
+        differ = [i for i, c in enumerate(COMPARABLE) if len({str(key[i]) for key, _ in parts}) > 1]
+        for key, rows in parts:
+            setup = ", ".join(_setting(COMPARABLE[i], key[i]) for i in differ)
+            out.append((f"{model} ({setup})" if differ else model, rows))
+    return out
+
+
+def unpruned_comparisons(acc: pd.DataFrame) -> list[dict]:
+    """Per (model and setup, HIVTP configuration): tokens, % of unpruned, and the benchmarks where HIVTP
+    is better / worse than the unpruned model / not told apart."""
+    out = []
+    for model, own in _setups(acc):
+        group = _primary(_default_hivtp(own))
+        if group.empty:
+            continue
         # the unpruned rows and HIVTP's default-geometry rows only: one table row per budget, so that the
         # ablation runs at the same budget (other layers / geometry) neither relabel nor mix into it
-        own = acc[acc["model"] == model]
         table = accuracy_table(pd.concat([own[own["method"] == "none"], _default_hivtp(own)]))
         configs = group.apply(_configuration, axis=1)
         for config, g in sorted(group.groupby(configs), key=lambda kv: _config_rank(kv[0])):
@@ -172,18 +202,17 @@ def accuracy_vs_unpruned(acc: pd.DataFrame) -> list[str]:
 
 
 def prior_comparisons(acc: pd.DataFrame) -> list[dict]:
-    """Per (model, budget, prior method): the benchmarks where HIVTP (default geometry, same budget)
-    is better / worse than the method / not told apart. Offline-only methods (``oracle``, the upper
-    bound, which knows the objects by construction) are references, not prior methods: left out."""
-    if acc.empty:
-        return []
-    rows = _primary(acc[~acc["method"].isin(["none", "hivtp"]) & ~acc["method"].map(is_offline_only)])
+    """Per (model and setup, budget, prior method): the benchmarks where HIVTP (default geometry, same
+    budget) is better / worse than the method / not told apart. Offline-only methods (``oracle``, the
+    reference, which knows the objects by construction) are references, not prior methods: left out."""
     out = []
-    for (model, budget, method), g in rows.groupby(["model", rows["budget"].map(_budget), "method"]) if len(rows) else []:
-        better, worse, apart = _split(g, "hivtp", sign=-1)  # the column holds method - hivtp
-        if better or worse or apart:
-            out.append({"model": model, "budget": budget, "method": method, "better": better, "worse": worse,
-                        "apart": apart})
+    for model, own in _setups(acc):
+        rows = _primary(own[~own["method"].isin(["none", "hivtp"]) & ~own["method"].map(is_offline_only)])
+        for (budget, method), g in rows.groupby([rows["budget"].map(_budget), "method"]) if len(rows) else []:
+            better, worse, apart = _split(g, "hivtp", sign=-1)  # the column holds method - hivtp
+            if better or worse or apart:
+                out.append({"model": model, "budget": budget, "method": method, "better": better, "worse": worse,
+                            "apart": apart})
     return out
 
 

@@ -46,7 +46,7 @@ import numpy as np
 
 from ..bootstrap import LEVEL, RESAMPLES, SEED, bootstrap, interval
 from ..errors import ConfigError
-from ..world import FAMILIES
+from ..world import BENCHMARK_WORLD, FAMILIES
 from .evaluate import HELD_OUT_SEED
 
 __all__ = [
@@ -105,6 +105,7 @@ class Measurement:
     correct: dict[str, np.ndarray]  # label -> [U] bool
     seconds: float = 0.0
     tower_passes: int = 0  # vision-tower passes run (shared: one per batch)
+    world: str = BENCHMARK_WORLD  # the world the held-out questions' images were drawn in (``hivtp.world.WORLDS``)
 
 
 class _BatchProcessor:
@@ -136,8 +137,9 @@ def _say(progress: Callable[[str], None] | None, text: str) -> None:
 
 def measure(model, processor, configurations: Sequence[Configuration] = CONFIGURATIONS, per_family: int = 300,
             seed: int = HELD_OUT_SEED, batch_size: int = 16,
-            progress: Callable[[str], None] | None = None) -> Measurement:
-    """Answer ``per_family`` held-out questions of every family with every configuration (greedy)."""
+            progress: Callable[[str], None] | None = None, world: str = BENCHMARK_WORLD) -> Measurement:
+    """Answer ``per_family`` held-out questions of every family with every configuration (greedy), their
+    images drawn in ``world`` (the questions are the same in every world)."""
     from .. import attach
     from ..vision import TowerCache
     from .evaluate import evaluate, held_out_items
@@ -147,7 +149,7 @@ def measure(model, processor, configurations: Sequence[Configuration] = CONFIGUR
         raise ConfigError(f"configurations repeat: {labels}; give each (method, params) once.")
     if per_family < 1:
         raise ConfigError(f"per_family must be >= 1 (the targets need 300), got {per_family}.")
-    images, items = held_out_items(seed, per_family)
+    images, items = held_out_items(seed, per_family, world=world)
     # max_bytes=0 keeps one entry: the batch every configuration is answering now (see module docstring)
     cache = TowerCache(max_bytes=0)
     processor = _BatchProcessor(processor)
@@ -158,7 +160,7 @@ def measure(model, processor, configurations: Sequence[Configuration] = CONFIGUR
         attached.append(pruned)
     correct = {name: np.zeros(len(items), dtype=bool) for name in labels}
     t0, batches = time.perf_counter(), range(0, len(items), batch_size)
-    _say(progress, f"[calibrate] {len(items)} questions ({per_family} per family, seed {seed}) x "
+    _say(progress, f"[calibrate] {len(items)} questions ({per_family} per family, seed {seed}, {world} world) x "
                    f"{len(labels)} configurations: {', '.join(labels)}")
     for b, start in enumerate(batches, 1):
         chunk = items[start:start + batch_size]
@@ -168,7 +170,7 @@ def measure(model, processor, configurations: Sequence[Configuration] = CONFIGUR
         if b % 10 == 0 or b == len(batches):
             _say(progress, f"[calibrate] {start + len(chunk)}/{len(items)} questions, {time.perf_counter() - t0:.0f} s")
     return Measurement(seed, per_family, list(configurations), [it.family for it in items], correct,
-                       time.perf_counter() - t0, cache.misses)
+                       time.perf_counter() - t0, cache.misses, world)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -333,6 +335,7 @@ def as_json(summary: Summary, targets: bool = True) -> dict[str, Any]:
     return {
         "seed": m.seed,
         "per_family": m.per_family,
+        "world": m.world,
         "configurations": [{**dict(zip(("label", "method", "params"), (label(c), *described(c)))),
                             "registered": isinstance(c[0], str)} for c in m.configurations],
         "seconds": m.seconds,
@@ -351,8 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resamples", type=int, default=RESAMPLES)
     args = ap.parse_args(argv)
     model, processor, digest = load_model(ap, args)
-    summary = summarise(measure(model, processor, per_family=args.per_family, seed=args.seed,
-                                batch_size=args.batch_size, progress=progress), resamples=args.resamples)
+    summary = summarise(measure(model, processor, per_family=args.per_family, seed=args.seed, batch_size=args.batch_size,
+                                progress=progress, world=args.world), resamples=args.resamples)
     print(report(summary))
     if args.out:
         write_measurement(args.out, args.model, digest, as_json(summary))

@@ -10,20 +10,24 @@ import json
 import sys
 from typing import Any
 
-__all__ = ["accuracy_summary", "load_model", "measurement_parser", "progress", "write_measurement"]
+__all__ = ["accuracy_summary", "load_model", "measurement_parser", "progress", "trained_world", "write_measurement"]
 
 
 def measurement_parser(description: str, per_family: int, prog: str | None = None,
                        per_family_note: str = "", batch_size: bool = False) -> argparse.ArgumentParser:
     """A parser with ``--per-family`` (default ``per_family``; ``per_family_note`` is added to its help),
-    ``--seed``, ``--model``, ``--threads``, ``--out`` and (``batch_size``) ``--batch-size``; a script adds
+    ``--seed``, ``--model``, ``--world``, ``--threads``, ``--out`` and (``batch_size``) ``--batch-size``; a script adds
     its own options."""
+    from ..world import WORLDS
     from .evaluate import HELD_OUT_SEED
 
     ap = argparse.ArgumentParser(prog=prog, description=description)
     ap.add_argument("--per-family", type=int, default=per_family, help=f"held-out questions per family (default {per_family}{per_family_note})")
     ap.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="held-out scene stream")
     ap.add_argument("--model", default="toy-llava", help="checkpoint name or folder")
+    ap.add_argument("--world", default=None, choices=WORLDS,
+                    help="draw the held-out images in this world (the questions are the same in each; default: the "
+                         "world the model was trained on, trained_world)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--out", default=None, help="also write the measurement as JSON here (atomically)")
     if batch_size:
@@ -42,13 +46,29 @@ def accuracy_summary(model, processor, args: argparse.Namespace, configurations,
     from . import calibrate
 
     measurement = calibrate.measure(model, processor, configurations, per_family=args.per_family, seed=args.seed,
-                                    batch_size=args.batch_size, progress=progress)
+                                    batch_size=args.batch_size, progress=progress, world=args.world)
     return calibrate.summarise(measurement, ratios=ratios)
+
+
+def trained_world(model: str) -> str:
+    """The world a toy checkpoint was trained on, from its ``train_config.json`` (one trained before worlds
+    existed: ``plain``); a checkpoint without that record (not a trained toy): the benchmarks' world.
+    A toy is measured where it learned unless told otherwise."""
+    from pathlib import Path
+
+    from ..world import BENCHMARK_WORLD
+    from ..zoo import resolve_checkpoint
+
+    record = Path(resolve_checkpoint(model)) / "train_config.json"
+    if not record.is_file():
+        return BENCHMARK_WORLD
+    return json.loads(record.read_text()).get("world", "plain")
 
 
 def load_model(ap: argparse.ArgumentParser, args: argparse.Namespace):
     """Check the shared options, set torch's threads and load ``args.model``: (model, processor, the
-    weights' sha256). The digest is taken first, so a model that cannot be named fails before any work."""
+    weights' sha256). The digest is taken first, so a model that cannot be named fails before any work.
+    ``args.world`` unset becomes the world the model was trained on (:func:`trained_world`)."""
     import torch
 
     from ..zoo import load_pretrained, weights_digest
@@ -58,6 +78,9 @@ def load_model(ap: argparse.ArgumentParser, args: argparse.Namespace):
     if args.threads:
         torch.set_num_threads(args.threads)
     digest = weights_digest(args.model)
+    if getattr(args, "world", None) is None and hasattr(args, "world"):
+        args.world = trained_world(args.model)
+        progress(f"[world] {args.model} was trained on the {args.world} world: measuring there (--world to change)")
     return (*load_pretrained(args.model), digest)
 
 

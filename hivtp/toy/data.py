@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..world import COLOURS, FAMILIES, KIND_WEIGHTS, KINDS, POPE_STRATEGIES, SHAPES, Scene, ask, draw_scene, prompt_text, render, target_text
+from ..world import BENCHMARK_WORLD, COLOURS, FAMILIES, KIND_WEIGHTS, KINDS, POPE_STRATEGIES, SHAPES, Scene, ask, draw_scene, prompt_text, render, target_text
 
 __all__ = ["QAItem", "Batch", "Mention", "HELD_OUT", "sample_items", "mentions_of", "side_word_of", "chat_prompt", "encode_items", "patch_labels"]
 
@@ -108,6 +108,7 @@ def sample_items(
     with_scenes: bool = False,
     objects: tuple[int, int] | None = None,
     count_focus: float = 0.0,
+    world: str = BENCHMARK_WORLD,
 ):
     """``num_images`` fresh scenes and ``questions_per_image`` questions about each:
     (images, items), plus the scenes when ``with_scenes``. ``objects`` = (lo, hi) draws the objects
@@ -118,13 +119,16 @@ def sample_items(
     scenes is drawn *shape-heavy* (``shape_heavy_weights``) and its count questions count its most
     common shape. In the world's own stream three objects of one shape are rare (1.9% of training count
     questions in the 1-4-object stage; 4.9% with ``count_focus=0.3``), and v9, trained on it, got no
-    three-object count right."""
+    three-object count right.
+
+    ``world`` (``hivtp.world.WORLDS``): draws the scenes' clutter from its own stream, so the objects
+    and questions of a (seed, index) are the same in every world."""
     rng = np.random.default_rng([seed, index])
     images, items, scenes = [], [], []
     for _ in range(num_images):
         count = None if objects is None else int(rng.integers(objects[0], objects[1] + 1))
         focus = bool(count_focus) and rng.random() < count_focus
-        scene = draw_scene(rng, num_objects=count, kind_weights=shape_heavy_weights(rng) if focus else None)
+        scene = draw_scene(rng, num_objects=count, kind_weights=shape_heavy_weights(rng) if focus else None, world=world)
         count_shape = most_common_shape(scene, rng) if focus else None
         for _ in range(questions_per_image):
             q = _one_question(scene, rng, families, count_shape)

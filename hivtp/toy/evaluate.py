@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import torch
 
-from ..world import FAMILIES
+from ..world import BENCHMARK_WORLD, FAMILIES
 from .data import HELD_OUT, QAItem, chat_prompt, sample_items
 
 __all__ = ["HELD_OUT_SEED", "is_correct", "held_out_items", "evaluate", "family_accuracy"]
@@ -32,15 +32,16 @@ def is_correct(family: str, prediction: str, target: str) -> bool:
     return _norm(pred) == _norm(target)
 
 
-def held_out_items(seed: int, per_family: int, families: tuple[str, ...] = FAMILIES, with_scenes: bool = False):
+def held_out_items(seed: int, per_family: int, families: tuple[str, ...] = FAMILIES, with_scenes: bool = False,
+                   world: str = BENCHMARK_WORLD):
     """``per_family`` held-out questions of each family: (images, items), plus their scenes when
-    ``with_scenes``."""
+    ``with_scenes``. The questions are the same in every ``world``; only the images differ."""
     images, items, scenes = [], [], []
     for family in families:
         index, got = 0, 0
         while got < per_family:
             imgs, its, scs = sample_items(seed, HELD_OUT + FAMILIES.index(family) * 10**6 + index, 1, 1, (family,),
-                                          with_scenes=True)
+                                          with_scenes=True, world=world)
             index += 1
             if its:
                 items.append(QAItem(len(images), family, its[0].prompt, its[0].target))

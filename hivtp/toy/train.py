@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_open
-from ..world import FAMILIES, KINDS, Scene
+from ..world import BENCHMARK_WORLD, FAMILIES, KINDS, WORLDS, Scene
 from .data import Batch, QAItem, encode_items, mentions_of, patch_labels, sample_items
 from .evaluate import evaluate, family_accuracy, held_out_items
 from .forward import SHAPE, build
@@ -52,7 +52,7 @@ PATTERNS = ("uniform", "clustered", "objects")
 BOOKKEEPING = ("threads", "log_every", "ckpt_every", "eval_every", "eval_per_family", "eval_keep")
 #: fields added after toy v9 was trained, with the values every run (and any state saved) before them
 #: used: v9 had none of them, v12 had all but ``hidden_answers``
-ADDED_AFTER_V9 = {"retrieve_targets": "mention", "count_focus": 0.0, "hidden_answers": "truth"}
+ADDED_AFTER_V9 = {"retrieve_targets": "mention", "count_focus": 0.0, "hidden_answers": "truth", "world": "plain"}
 HIDDEN_ANSWERS = ("truth", "skip")
 
 
@@ -79,6 +79,7 @@ class TrainConfig:
     bind_layer: int = 0  # ... and this layer's heads 1 / 2 bring an option's question noun / letter to its word
     retrieve_targets: str = "objects+bos"  # how retrieval scores a mention naming several objects (``objectives.RETRIEVE_TARGETS``)
     count_focus: float = 0.3  # this share of scenes is shape-heavy and counts its most common shape (``data.sample_items``)
+    world: str = BENCHMARK_WORLD  # the scenes trained and evaluated on (``hivtp.world.WORLDS``): "cluttered" adds texture and distractors
     hidden_answers: str = "skip"  # a question whose named object the kept tokens hide entirely: trained on ("truth") or not ("skip"); ``answerable``
     # the weight of each objective (``objectives``); 0 switches it off. The answer loss has weight 1.
     colour_weight: float = 0.5
@@ -103,6 +104,8 @@ class TrainConfig:
             raise ValueError(f"retrieve_targets must be one of {', '.join(RETRIEVE_TARGETS)}, got {self.retrieve_targets!r}.")
         if not 0.0 <= self.count_focus <= 1.0:
             raise ValueError(f"count_focus is a share of scenes, in [0, 1]; got {self.count_focus}.")
+        if self.world not in WORLDS:
+            raise ValueError(f"world must be one of {', '.join(WORLDS)}, got {self.world!r}.")
         if self.hidden_answers not in HIDDEN_ANSWERS:
             raise ValueError(f"hidden_answers must be one of {', '.join(HIDDEN_ANSWERS)}, got {self.hidden_answers!r}.")
 
@@ -191,7 +194,7 @@ def batch_at(cfg: TrainConfig, processor, step: int, image_tokens: int) -> Batch
     questions = 0 if step < cfg.encoder_steps else cfg.questions_per_image
     images, items, scenes = sample_items(
         cfg.seed, step, cfg.images_per_step, questions, with_scenes=True, objects=objects_at(cfg, step),
-        count_focus=cfg.count_focus if questions else 0.0,
+        count_focus=cfg.count_focus if questions else 0.0, world=cfg.world,
     )
     labels = torch.stack([patch_labels(s) for s in scenes])
     keep = keep_at(cfg, step, labels) if items else None
@@ -335,7 +338,7 @@ def _report_progress(cfg: TrainConfig, terms: list[Objective], log: list[dict], 
 
 def _report_eval(model, processor, cfg: TrainConfig, step: int, work: Path) -> dict[str, float]:
     model.eval()
-    images, items = held_out_items(cfg.seed, cfg.eval_per_family)
+    images, items = held_out_items(cfg.seed, cfg.eval_per_family, world=cfg.world)
     acc = family_accuracy(evaluate(model, processor, images, items))
     line = {"step": step, **{k: round(v, 4) for k, v in acc.items()}}
     print("held-out accuracy " + "  ".join(f"{k} {v:.2f}" for k, v in acc.items()), flush=True)

@@ -1,4 +1,5 @@
-"""Scenes of the procedural world: a few coloured shapes on a plain background.
+"""Scenes of the procedural world: a few coloured shapes on a plain background, or (``world="cluttered"``)
+on a textured one among distractors that no question names.
 
 Everything is drawn from a ``numpy.random.Generator``, so a seed fixes a scene, its image and its
 questions. Objects are unique by (colour, shape) within a scene, so a phrase such as "the red circle"
@@ -7,6 +8,15 @@ always names exactly one object, and every answer is known by construction.
 Non-square images: LLaVA-1.5's processor resizes the short side to 336 px and centre-crops, so only
 the central square is ever seen. Objects are therefore placed inside the central square of every
 image (the margins stay background); LLaVA-NeXT sees the whole canvas, margins included.
+
+**Worlds** (``WORLDS``). ``"plain"`` (the benchmarks under ``eval/``): objects on a flat background with
+light noise. ``"cluttered"`` (issue 19, item 2): the same objects, questions and answers, drawn over a
+low-frequency texture (``Blob``) and among distractors (``Distractor``: bars and crosses in muted
+colours, ``CLUTTER_COLOURS``, anywhere on the canvas, never within ``GAP`` of an object; two may cross).
+No question names a distractor and none has a palette colour, so every answer stays known by construction.
+The clutter comes from its own random stream (``(seed_noise, CLUTTER_STREAM)``), drawn after the
+objects: a seed gives the same objects, and so the same questions, in both worlds -- before/after
+measurements compare the very same questions.
 """
 
 from __future__ import annotations
@@ -15,7 +25,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["COLOURS", "SHAPES", "KINDS", "KIND_WEIGHTS", "SIZES", "IMAGE_SIZES", "Obj", "Scene", "draw_scene"]
+__all__ = [
+    "COLOURS", "SHAPES", "KINDS", "KIND_WEIGHTS", "SIZES", "IMAGE_SIZES", "WORLDS", "BENCHMARK_WORLD", "CLUTTER_COLOURS",
+    "Obj", "Blob", "Distractor", "Scene", "draw_scene",
+]
 
 #: colour name -> RGB; far apart so that a small encoder separates them
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -37,6 +50,25 @@ BACKGROUND = (60, 60, 64)
 MIN_OBJECTS, MAX_OBJECTS = 1, 4
 GAP = 10  # minimum pixels between two objects' boxes (in the 336 px view)
 
+WORLDS: tuple[str, ...] = ("plain", "cluttered")
+#: the world of the offline benchmarks (``eval/``), and the default of everything else that draws scenes
+#: (held-out questions, the toy's training, token pictures): the shipped toy is trained on it
+#: (``tests/test_toy.py``), and a run records it (``hivtp.run.offline_world``)
+BENCHMARK_WORLD = "plain"
+#: muted colours of the distractors: each is at least 80 levels (of 0-255) from every palette colour on
+#: some channel, every blend of one with the (textured) background at least 55, and the background
+#: itself at least 90 (tested): no pixel of the clutter looks like a named colour
+CLUTTER_COLOURS: dict[str, tuple[int, int, int]] = {
+    "grey": (150, 150, 150),
+    "beige": (170, 150, 120),
+    "purple": (120, 80, 140),
+    "teal": (80, 140, 140),
+}
+CLUTTER_STREAM = 11  # the clutter's own random stream: (seed_noise, CLUTTER_STREAM)
+DISTRACTORS = (3, 8)  # distractors per canvas of a 336 px view (more on a larger canvas, by area)
+BLOBS = 6  # texture blobs per canvas
+TEXTURE_LEVELS = 28  # a blob's peak colour shift, intensity levels per channel (at most; they add up to +-30)
+
 
 @dataclass(frozen=True)
 class Obj:
@@ -56,12 +88,46 @@ class Obj:
         return f"{self.colour} {self.shape}"
 
 
+@dataclass(frozen=True)
+class Blob:
+    """A smooth colour shift of the background (the cluttered world's texture): a Gaussian bump."""
+
+    x: float
+    y: float
+    sigma: float  # pixels on the canvas
+    shift: tuple[int, int, int]  # peak change of each channel, intensity levels
+
+
+@dataclass(frozen=True)
+class Distractor:
+    """A bar or a cross in a ``CLUTTER_COLOURS`` colour: something to see that no question is about."""
+
+    form: str  # "bar" | "cross"
+    colour: str  # a CLUTTER_COLOURS key
+    x: float  # centre, pixels on the canvas
+    y: float
+    length: float  # pixels on the canvas
+    width: float
+    vertical: bool = False  # a bar's orientation
+
+    @property
+    def half_extent(self) -> tuple[float, float]:
+        """(half width, half height) of its bounding box."""
+        long, short = self.length / 2, self.width / 2
+        if self.form == "cross":
+            return long, long
+        return (short, long) if self.vertical else (long, short)
+
+
 @dataclass
 class Scene:
     width: int
     height: int
     objects: list[Obj] = field(default_factory=list)
     seed_noise: int = 0  # seeds the background texture
+    world: str = "plain"
+    texture: list[Blob] = field(default_factory=list)  # cluttered world only
+    clutter: list[Distractor] = field(default_factory=list)  # cluttered world only
 
     @property
     def kinds(self) -> set[tuple[str, str]]:
@@ -90,11 +156,15 @@ def draw_scene(
     size: tuple[int, int] | None = None,
     num_objects: int | None = None,
     kind_weights: np.ndarray | None = None,
+    world: str = BENCHMARK_WORLD,
 ) -> Scene:
     """A random scene: ``num_objects`` (default 1-4) distinct kinds, sizes small or large, placed
     without overlap inside the central square view. ``size`` is (W, H); default: one of IMAGE_SIZES.
     ``kind_weights`` (one per ``KINDS``, summing to 1) replaces ``KIND_WEIGHTS`` (the toy's training
-    uses it to see more objects of one shape; the benchmarks never do)."""
+    uses it to see more objects of one shape; the benchmarks never do). ``world``: one of ``WORLDS``
+    (see the module docstring; default the benchmarks'); it does not change what ``rng`` draws."""
+    if world not in WORLDS:
+        raise ValueError(f"world must be one of {', '.join(WORLDS)}, got {world!r}.")
     width, height = size if size is not None else IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]
     n = int(num_objects) if num_objects is not None else int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
     if not 0 <= n <= len(KINDS):
@@ -114,4 +184,33 @@ def draw_scene(
             if not _overlaps((x, y, side), scene.objects, GAP * scale):
                 scene.objects.append(Obj(colour, shape, label, float(x), float(y), side))
                 break
+    if world == "cluttered":
+        _add_clutter(scene, np.random.default_rng([scene.seed_noise, CLUTTER_STREAM]), scale)
     return scene
+
+
+def _add_clutter(scene: Scene, rng: np.random.Generator, scale: float) -> None:
+    """Texture blobs over the whole canvas, then distractors anywhere on it, ``GAP`` clear of every
+    object's box (rejection sampled; one that does not fit is left out)."""
+    w, h = scene.width, scene.height
+    scene.world = "cluttered"
+    for _ in range(BLOBS):
+        shift = tuple(int(v) for v in rng.integers(-TEXTURE_LEVELS, TEXTURE_LEVELS + 1, size=3))
+        scene.texture.append(Blob(float(rng.random() * w), float(rng.random() * h), float(rng.uniform(30, 90) * scale), shift))
+    lo, hi = DISTRACTORS
+    area = w * h / (336.0 * scale) ** 2  # canvas area in 336 px views
+    names = list(CLUTTER_COLOURS)
+    for _ in range(int(round(rng.integers(lo, hi + 1) * area))):
+        form = "bar" if rng.random() < 0.6 else "cross"
+        length = float(rng.uniform(18, 60) * scale)
+        width = float(rng.uniform(3, 7) * scale)
+        colour = names[int(rng.integers(len(names)))]
+        vertical = bool(rng.random() < 0.5)
+        for _ in range(50):
+            d = Distractor(form, colour, 0.0, 0.0, length, width, vertical)
+            hx, hy = d.half_extent
+            x, y = hx + rng.random() * (w - 2 * hx), hy + rng.random() * (h - 2 * hy)
+            gap = GAP * scale
+            if not any(abs(x - o.x) < hx + o.side / 2 + gap and abs(y - o.y) < hy + o.side / 2 + gap for o in scene.objects):
+                scene.clutter.append(Distractor(form, colour, float(x), float(y), length, width, vertical))
+                break
