@@ -58,11 +58,12 @@ def trained_world(model: str) -> str:
 
     from ..world import BENCHMARK_WORLD
     from ..zoo import resolve_checkpoint
+    from .train import ADDED_AFTER_V9
 
     record = Path(resolve_checkpoint(model)) / "train_config.json"
     if not record.is_file():
         return BENCHMARK_WORLD
-    return json.loads(record.read_text()).get("world", "plain")
+    return {**ADDED_AFTER_V9, **json.loads(record.read_text())}["world"]
 
 
 def load_model(ap: argparse.ArgumentParser, args: argparse.Namespace):

@@ -34,9 +34,7 @@ def _draw_distractor(draw: ImageDraw.ImageDraw, d: Distractor) -> None:
 
 
 def _texture(scene: Scene) -> np.ndarray:
-    """[H, W, 3] float: the sum of the scene's texture blobs, clipped to +-30 levels."""
-    if not scene.texture:
-        return np.zeros((scene.height, scene.width, 3), dtype=np.float32)
+    """[H, W, 3] float: the sum of the scene's (one or more) texture blobs, clipped to +-30 levels."""
     ys, xs = np.arange(scene.height, dtype=np.float32), np.arange(scene.width, dtype=np.float32)
     centre = np.array([(b.x, b.y) for b in scene.texture], dtype=np.float32)  # [B, 2]
     sigma = np.array([b.sigma for b in scene.texture], dtype=np.float32)[:, None]  # [B, 1]

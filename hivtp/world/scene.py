@@ -21,7 +21,7 @@ measurements compare the very same questions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -206,11 +206,11 @@ def _add_clutter(scene: Scene, rng: np.random.Generator, scale: float) -> None:
         width = float(rng.uniform(3, 7) * scale)
         colour = names[int(rng.integers(len(names)))]
         vertical = bool(rng.random() < 0.5)
+        shape = Distractor(form, colour, 0.0, 0.0, length, width, vertical)  # placed below
+        hx, hy = shape.half_extent
+        gap = GAP * scale
         for _ in range(50):
-            d = Distractor(form, colour, 0.0, 0.0, length, width, vertical)
-            hx, hy = d.half_extent
             x, y = hx + rng.random() * (w - 2 * hx), hy + rng.random() * (h - 2 * hy)
-            gap = GAP * scale
             if not any(abs(x - o.x) < hx + o.side / 2 + gap and abs(y - o.y) < hy + o.side / 2 + gap for o in scene.objects):
-                scene.clutter.append(Distractor(form, colour, float(x), float(y), length, width, vertical))
+                scene.clutter.append(replace(shape, x=float(x), y=float(y)))
                 break
