@@ -99,7 +99,7 @@ def report(worlds: list[tuple[str, str]], pixels: list[dict], summaries: list) -
     from hivtp.bootstrap import mean_interval
     from hivtp.toy.calibrate import ALL, label, ratio_name, target_lines
 
-    cell = lambda v, lo, hi: f"{v:.3f} [{lo:.3f}, {hi:.3f}]"  # noqa: E731
+    cell = lambda v, lo, hi: f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
     head = [f"{world} world, {model}" for model, world in worlds]
     lines = [f"what the pixels give away ({len(pixels[0]['precision'])} held-out images per world; mean [95% CI])",
              "| measure | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]

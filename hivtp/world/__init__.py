@@ -13,7 +13,19 @@ It feeds the offline mini-benchmarks (``eval/``) and the training of the small t
 from .prompts import TASK_OF_FAMILY, prompt_text, target_text
 from .questions import FAMILIES, POPE_STRATEGIES, Question, ask
 from .render import render
-from .scene import BENCHMARK_WORLD, CLUTTER_COLOURS, COLOURS, IMAGE_SIZES, KIND_WEIGHTS, KINDS, SHAPES, WORLDS, Obj, Scene, draw_scene
+from .scene import (
+    BENCHMARK_WORLD,
+    CLUTTER_COLOURS,
+    COLOURS,
+    IMAGE_SIZES,
+    KIND_WEIGHTS,
+    KINDS,
+    SHAPES,
+    WORLDS,
+    Obj,
+    Scene,
+    draw_scene,
+)
 
 __all__ = [
     "COLOURS", "CLUTTER_COLOURS", "SHAPES", "KINDS", "KIND_WEIGHTS", "IMAGE_SIZES", "WORLDS", "BENCHMARK_WORLD", "FAMILIES", "POPE_STRATEGIES", "TASK_OF_FAMILY",

@@ -200,7 +200,7 @@ def _add_clutter(scene: Scene, rng: np.random.Generator, scale: float) -> None:
     lo, hi = DISTRACTORS
     area = w * h / (336.0 * scale) ** 2  # canvas area in 336 px views
     names = list(CLUTTER_COLOURS)
-    for _ in range(int(round(rng.integers(lo, hi + 1) * area))):
+    for _ in range(round(rng.integers(lo, hi + 1) * area)):
         form = "bar" if rng.random() < 0.6 else "cross"
         length = float(rng.uniform(18, 60) * scale)
         width = float(rng.uniform(3, 7) * scale)
