@@ -243,9 +243,14 @@ def test_accuracy_cells_of_different_limits_never_share_a_table(tmp_path):
     acc.loc[acc["method"] == "none", "limit"] = 20
     write_tables(acc, latency_frame().iloc[:0], tmp_path)
     titles = [line for line in (tmp_path / "tables.md").read_text().splitlines() if line.startswith("## ")]
-    assert titles == ["## accuracy: offline / toy-llava / limit 20 / device cpu / dtype auto",
-                      "## accuracy: offline / toy-llava / limit 200 / device cpu / dtype auto"]
-    assert (tmp_path / "tables" / "accuracy_offline_toy-llava_limit200_devicecpu_dtypeauto.tex").exists()
+    assert titles == ["## accuracy: offline / toy-llava / limit 20",  # named by what sets them apart
+                      "## accuracy: offline / toy-llava / limit 200"]
+    assert (tmp_path / "tables" / "accuracy_offline_toy-llava_limit200.tex").exists()
+    weights = accuracy_frame().assign(weights="aaaa")
+    weights.loc[weights["method"] == "none", "weights"] = "bbbb"  # answered by other weights: another measurement
+    write_tables(weights, latency_frame().iloc[:0], tmp_path / "weights")
+    titles = [line for line in (tmp_path / "weights" / "tables.md").read_text().splitlines() if line.startswith("## ")]
+    assert titles == ["## accuracy: offline / toy-llava / weights aaaa", "## accuracy: offline / toy-llava / weights bbbb"]
     write_tables(accuracy_frame().assign(limit=200), latency_frame().iloc[:0], tmp_path / "one")
     assert "## accuracy: offline / toy-llava\n" in (tmp_path / "one" / "tables.md").read_text()  # one setup: as before
 
@@ -374,6 +379,23 @@ def test_accuracy_figure_draws_one_curve_per_setting_and_leaves_ablations_out():
     assert list(pope["hivtp"]["value"]) == pytest.approx([0.72, 0.88])  # not (0.88 + 0.99) / 2 at 128 tokens
     assert list(pope["hivtp regions=3"]["value"]) == pytest.approx([0.11])
     assert 0.99 not in [v for points in pope.values() for v in points["value"]]
+
+
+def test_accuracy_figure_draws_each_setup_apart(tmp_path):
+    """The same model at two question limits: one figure per limit, never points averaged across them
+    (pooled, HIVTP@64 on pope would be drawn at (0.72 + 0.36) / 2)."""
+    from hivtp.results.figures import accuracy_curves, accuracy_vs_tokens
+
+    full, quick = accuracy_frame().assign(limit=200), accuracy_frame().assign(limit=20)
+    quick.loc[quick["method"] != "none", "value"] *= 0.5
+    acc = pd.concat([full, quick], ignore_index=True)
+    curves = accuracy_curves(acc)
+    assert sorted(curves) == [("offline", "toy-llava", "limit 20"), ("offline", "toy-llava", "limit 200")]
+    for key, hivtp64 in ((("offline", "toy-llava", "limit 200"), 0.72), (("offline", "toy-llava", "limit 20"), 0.36)):
+        pope = {label: points for _, label, points in curves[key]["pope"]}
+        assert pope["hivtp"]["value"].iloc[0] == pytest.approx(hivtp64)
+    names = {p.name for p in accuracy_vs_tokens(acc, tmp_path)}
+    assert names == {f"accuracy_vs_tokens_offline_toy-llava_limit{n}.{ext}" for n in (20, 200) for ext in ("png", "pdf")}
 
 
 def test_layer_figure_keeps_runs_of_different_budgets_on_different_lines():

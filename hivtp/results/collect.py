@@ -57,10 +57,36 @@ DIFF_COLUMNS = [f"diff_vs_{ref}{end}" for ref in ("hivtp", "none") for end in ("
 SETUP = ["limit", "device", "dtype"]
 ACCURACY_COLUMNS = (IDENTITY + ["benchmark", "metric", "value", "n", "ci_low", "ci_high", "tokens_kept_mean",
                                 "tokens_kept_std"] + SETUP + TAIL + DIFF_COLUMNS)
+#: the columns that make two accuracy rows of one model comparable: the weights answered with and the
+#: setup (questions, device, dtype), as the paired differences pair them (``_reference_key``). Tables,
+#: figures and the ledger never pool rows across these (``setups``).
+COMPARABLE = ["weights", *SETUP]
 LATENCY_COLUMNS = IDENTITY + TAIL + [
     "stage", "batch", "dtype", "backend", "device", "median_ms", "p10_ms", "p90_ms", "repeats",
     "peak_mem_mb", "flops", "tokens_kept", "tokens_per_s",
 ]
+
+def _setup_value(column: str, value: object) -> str:
+    """``limit 200`` (CSV round trips make integers floats), ``weights 179005f1e765`` (a digest,
+    shortened), ``weights unrecorded`` (NaN or None)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return f"{column} unrecorded"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"{column} {str(value)[:12] if column == 'weights' else value}"
+
+
+def setups(rows: pd.DataFrame) -> list[tuple[list[str], pd.DataFrame]]:
+    """One model's accuracy rows split by setup (``COMPARABLE``): (what sets the part apart, its rows).
+    The list is ``[]`` where every row shares one setup (the usual case: the part is named by its model
+    alone) and names only the columns that differ otherwise (``["limit 20"]``), so that rows of other
+    question limits, devices, dtypes or weights are never counted, averaged or drawn together."""
+    if rows.empty:
+        return []
+    parts = list(rows.groupby(COMPARABLE, dropna=False, sort=True))
+    differ = [i for i, column in enumerate(COMPARABLE) if len({str(key[i]) for key, _ in parts}) > 1]
+    return [([_setup_value(COMPARABLE[i], key[i]) for i in differ], part) for key, part in parts]
+
 
 class BrokenRunsError(IncompleteRunError):
     """Finished runs (``DONE`` written) whose files no longer make a complete run; ``broken`` maps each

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..methods import is_offline_only  # noqa: E402
-from .collect import LATENCY_PROTOCOL  # noqa: E402
+from .collect import LATENCY_PROTOCOL, setups  # noqa: E402
 from .tables import method_label, primary_metric, split_ablations  # noqa: E402
 
 
@@ -63,19 +63,22 @@ def _interval(rows: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     return (rows["value"] - lo).clip(lower=0).fillna(0), (hi - rows["value"]).clip(lower=0).fillna(0)
 
 
-def accuracy_curves(acc: pd.DataFrame) -> dict[tuple[str, str], dict[str, list[tuple[str, str, pd.DataFrame]]]]:
-    """What ``accuracy_vs_tokens`` draws: (profile, model) -> benchmark -> [(method, label, points)],
-    ``points`` one row per tokens-kept value (value, ci_low, ci_high). Only the main table's runs
+def accuracy_curves(acc: pd.DataFrame) -> dict[tuple[str, ...], dict[str, list[tuple[str, str, pd.DataFrame]]]]:
+    """What ``accuracy_vs_tokens`` draws: (profile, model[, what sets the setup apart]) -> benchmark ->
+    [(method, label, points)], ``points`` one row per tokens-kept value (value, ci_low, ci_high). A
+    model measured in several setups (``collect.setups``: question limits, devices, dtypes, weights)
+    gets one figure per setup, never points averaged across them. Only the main table's runs
     (``split_ablations``): the score-layer and geometry ablations, run on one benchmark, are not
     points of HIVTP's curve (they have their own figures)."""
     acc = acc.assign(**{c: pd.to_numeric(acc[c], errors="coerce") for c in ("value", "ci_low", "ci_high")})
     out: dict = {}
-    for (profile, model), rows in _primary(acc).groupby(["profile", "model"]):
-        rows = split_ablations(rows)[0]
-        for bench, sub in rows.groupby("benchmark"):
-            out.setdefault((profile, model), {})[bench] = [
-                (method, label, m.groupby("tokens_kept_mean", as_index=False)[["value", "ci_low", "ci_high"]].mean()
-                 .sort_values("tokens_kept_mean")) for method, label, m in _curves(sub)]
+    for (profile, model), own in _primary(acc).groupby(["profile", "model"]):
+        for apart, rows in setups(own):
+            rows = split_ablations(rows)[0]
+            for bench, sub in rows.groupby("benchmark"):
+                out.setdefault((profile, model, *apart), {})[bench] = [
+                    (method, label, m.groupby("tokens_kept_mean", as_index=False)[["value", "ci_low", "ci_high"]].mean()
+                     .sort_values("tokens_kept_mean")) for method, label, m in _curves(sub)]
     return out
 
 
@@ -84,7 +87,7 @@ def accuracy_vs_tokens(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
     band) are the 95% bootstrap intervals of the scores. The offline reference (``oracle``) is drawn
     as a black dashed line labelled as such."""
     written: list[Path] = []
-    for (profile, model), panels in accuracy_curves(acc).items():
+    for (profile, model, *apart), panels in accuracy_curves(acc).items():
         fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
         for ax, (bench, curves) in zip(axes[0], sorted(panels.items())):
             for method, label, m in curves:
@@ -100,8 +103,9 @@ def accuracy_vs_tokens(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
             ax.set(title=f"{bench} ({metric})", xlabel="visual tokens kept")
         axes[0][0].set_ylabel("score (95% CI)")
         axes[0][-1].legend(fontsize=7)
-        fig.suptitle(f"{model} [{profile}]")
-        written += save(fig, out_dir, f"accuracy_vs_tokens_{profile}_{model}")
+        fig.suptitle(f"{model} [{profile}]" + (f" ({', '.join(apart)})" if apart else ""))
+        suffix = "".join("_" + a.replace(" ", "").replace("/", "-") for a in apart)  # a setup's figure: "_limit20"
+        written += save(fig, out_dir, f"accuracy_vs_tokens_{profile}_{model}{suffix}")
     return written
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..claims import CLAIMS, Claim, family_of
 from ..methods import is_in_llm, is_offline_only
-from .collect import LATENCY_PROTOCOL, SETUP
+from .collect import LATENCY_PROTOCOL, setups
 from .stats import excludes_zero
 from .tables import OFFLINE_IN_LLM_NOTE, accuracy_table, method_label, primary_metric
 
@@ -139,32 +139,13 @@ def _percent_of_unpruned(table: pd.DataFrame, config: str, budget: object) -> st
     return f"{table.at[key, '% unpruned']:.1f}%"
 
 
-#: the columns that make two accuracy rows of one model comparable: the weights answered with and the
-#: setup (questions, device, dtype), as the paired differences (``collect``) pair them
-COMPARABLE = ["weights", *SETUP]
-
-
-def _setting(column: str, value: object) -> str:
-    """``limit 200``, ``weights 179005f1e765`` (a digest, shortened), ``weights unrecorded`` (NaN)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return f"{column} unrecorded"
-    text = str(_budget(value))
-    return f"{column} {text[:12] if column == 'weights' else text}"
-
-
 def _setups(acc: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """(label, rows) per model and setup (``COMPARABLE``): a model measured in one setup is labelled by
-    its name, one measured in several by its name and what sets each apart, so that rows of different
-    question limits, devices, dtypes or weights are never counted or averaged together."""
-    if acc.empty:
-        return []
+    """(label, rows) per model and setup (``collect.setups``): a model measured in one setup is labelled
+    by its name, one measured in several by its name and what sets each apart ("toy-llava (limit 20)")."""
     out = []
-    for model, own in acc.groupby("model", sort=True):
-        parts = list(own.groupby(COMPARABLE, dropna=False, sort=True))
-        differ = [i for i, c in enumerate(COMPARABLE) if len({str(key[i]) for key, _ in parts}) > 1]
-        for key, rows in parts:
-            setup = ", ".join(_setting(COMPARABLE[i], key[i]) for i in differ)
-            out.append((f"{model} ({setup})" if differ else model, rows))
+    for model, own in acc.groupby("model", sort=True) if len(acc) else []:
+        for apart, rows in setups(own):
+            out.append((f"{model} ({', '.join(apart)})" if apart else model, rows))
     return out
 
 
