@@ -15,7 +15,7 @@ from hivtp.toy.evaluate import evaluate, family_accuracy, held_out_items
 from hivtp.toy.forward import build, loss_of, loss_of_full
 from hivtp.toy.train import TrainConfig, recipe, train
 from hivtp.world import FAMILIES, KINDS
-from hivtp.zoo import load_pretrained, trained_dir
+from hivtp.zoo import TRAINED, load_pretrained, trained_dir
 
 
 @pytest.fixture(scope="module")
@@ -236,6 +236,16 @@ def test_shipped_checkpoint_is_small_safetensors_with_its_training_log():
     assert size <= 25 * 2**20
     assert (SHIPPED / "model.safetensors").is_file() and (SHIPPED / "train_log.jsonl").is_file()
     assert json.loads((SHIPPED / "hivtp_build.json").read_text())["weights"] == "trained"
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_every_shipped_toy_names_the_world_it_was_trained_on(name):
+    """``hivtp_build.json`` says which world (``hivtp.world.WORLDS``) the weights learned, the same one
+    its training config records (a config from before there were worlds: plain)."""
+    from hivtp.toy.cli import trained_world
+
+    stamp = json.loads((trained_dir(name) / "hivtp_build.json").read_text())
+    assert stamp["world"] == trained_world(name)
 
 
 def test_shipped_weights_reproduce_their_logged_held_out_accuracy_through_attach(toy):

@@ -363,6 +363,7 @@ def save_checkpoint(model, processor, cfg: TrainConfig, work: Path, out: Path) -
         if (work / name).is_file():
             target = "train_config.json" if name == "config.json" else name
             (out / target).write_text((work / name).read_text())
-    stamp = {"shape": SHAPE, "seed": cfg.seed, "weights": "trained", "steps": cfg.steps, "families": list(FAMILIES)}
+    stamp = {"shape": SHAPE, "seed": cfg.seed, "weights": "trained", "steps": cfg.steps, "world": cfg.world,
+             "families": list(FAMILIES)}
     (out / "hivtp_build.json").write_text(json.dumps(stamp, indent=2) + "\n")
     return out
