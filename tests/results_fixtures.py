@@ -126,9 +126,10 @@ def pope_value(answers: list[str], truths: list[str], metric: str) -> float:
 
 def write_run(runs: Path, name: str, method: str, params: dict, samples: dict[str, list[dict]],
               rows: list[dict] | None = None, seal: bool = True, limit: int | None = None,
-              device: str = "cpu", date: str = "2026-01-01") -> Path:
+              device: str = "cpu", date: str = "2026-01-01", weights: str | None = None) -> Path:
     """A complete accuracy run folder as hivtp.run leaves it: config.json, accuracy.json with one row per
-    (task, metric) whose value the samples give, lmms-eval's logged samples, and the DONE manifest."""
+    (task, metric) whose value the samples give, lmms-eval's logged samples, and the DONE manifest
+    (naming ``weights``, the checkpoint's sha256, as hivtp.run does)."""
     folder = runs / name
     config = {"method": {"name": method, "params": params}, "benchmark": {"limit": limit},
               "accuracy": {"device": device, "dtype": "auto"}}
@@ -152,5 +153,5 @@ def write_run(runs: Path, name: str, method: str, params: dict, samples: dict[st
         write_text(folder / "lmms" / "accounting" / f"hivtp_samples_{task}.jsonl",
                    "".join(json.dumps({"doc_id": x["doc_id"], "tokens_kept": 64}) + "\n" for x in s))
     if seal:
-        write_manifest(folder, ["accuracy"])
+        write_manifest(folder, ["accuracy"], weights=weights)
     return folder

@@ -121,6 +121,28 @@ def test_runs_evaluated_otherwise_are_neither_mixed_nor_paired(tmp_path, capsys)
     assert cpu["diff_vs_none"] == pytest.approx(cpu["value"] - 1.0)  # paired with none at 200 (F1 1.0)
 
 
+def test_runs_answered_by_other_weights_are_neither_paired_nor_tabled_together(tmp_path):
+    """The toy retrained between two runs (same limit, device, dtype; the manifests name other sha256s):
+    hivtp on the new weights gets no difference to none on the old ones, and the tables split them."""
+    from hivtp.results.report import write_tables
+
+    runs = tmp_path / "runs"
+    old, new = "a" * 64, "b" * 64
+    write_run(runs, "none_old", "none", {}, {POPE_TASK: pope_samples(TRUTHS, TRUTHS)}, limit=200, weights=old)
+    write_run(runs, "hivtp_new", "hivtp", {"budget": 64}, {POPE_TASK: pope_samples(_flip(TRUTHS, 10), TRUTHS)},
+              limit=200, weights=new)
+    write_run(runs, "hivtp_old", "hivtp", {"budget": 128}, {POPE_TASK: pope_samples(_flip(TRUTHS, 4), TRUTHS)},
+              limit=200, weights=old)
+    acc = collect(runs, tmp_path / "results", resamples=200)["accuracy"]
+    f1 = acc[acc["metric"] == "pope_f1_score"].set_index("run")
+    assert f1.loc["none_old", "weights_digest"] == "a" * 12 and f1.loc["hivtp_new", "weights_digest"] == "b" * 12
+    assert math.isnan(f1.loc["hivtp_new", "diff_vs_none"])  # other weights: no difference rather than a mixed one
+    assert f1.loc["hivtp_old", "diff_vs_none"] == pytest.approx(f1.loc["hivtp_old", "value"] - 1.0)  # same weights: paired
+    write_tables(acc, latency_frame().iloc[:0], tmp_path / "out")
+    titles = [line for line in (tmp_path / "out" / "tables.md").read_text().splitlines() if line.startswith("## ")]
+    assert titles == [f"## accuracy: offline / toy-llava / weights_digest {d * 12}" for d in "ab"]
+
+
 def _rows_before_superseding(runs):
     from hivtp.results.collect import add_statistics, read_runs
 

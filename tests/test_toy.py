@@ -14,7 +14,7 @@ from hivtp.toy.data import chat_prompt, encode_items, patch_labels, sample_items
 from hivtp.toy.evaluate import evaluate, family_accuracy, held_out_items
 from hivtp.toy.forward import build, loss_of, loss_of_full
 from hivtp.toy.train import TrainConfig, recipe, train
-from hivtp.world import FAMILIES, KINDS
+from hivtp.world import FAMILIES, KINDS, WORLDS
 from hivtp.zoo import TRAINED, load_pretrained, trained_dir
 
 
@@ -89,6 +89,16 @@ def test_resuming_a_state_written_by_a_different_config_says_so(tmp_path):
     torch.save(state, tmp_path / "last.pt")
     with pytest.raises(ValueError, match=r"no recorded config"):
         train(cfg, tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_a_finished_run_writes_a_llava_checkpoint_that_names_its_world(tmp_path, world):
+    cfg = TrainConfig(steps=1, images_per_step=1, log_every=100, eval_every=0, world=world)
+    train(cfg, tmp_path / "work", out_dir=tmp_path / "out", progress=False)
+    stamp = json.loads((tmp_path / "out" / "hivtp_build.json").read_text())
+    assert (stamp["world"], stamp["seed"], stamp["weights"]) == (world, cfg.seed, "trained")
+    assert json.loads((tmp_path / "out" / "train_config.json").read_text())["world"] == world
+    assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
 def test_a_state_saved_before_the_new_fields_resumes_with_their_v9_values(tmp_path):

@@ -52,14 +52,18 @@ IDENTITY = ["model", "method", "params", "budget"]
 TAIL = ["profile", "weights", "commit", "date"]
 #: paired differences to a reference run on the same questions (reference name -> columns)
 DIFF_COLUMNS = [f"diff_vs_{ref}{end}" for ref in ("hivtp", "none") for end in ("", "_low", "_high")]
-#: what a run was evaluated on besides its identity columns (from its config.json): the question limit
-#: per task and the accuracy device and dtype; rows differing in these are different measurements
-SETUP = ["limit", "device", "dtype"]
+#: what a run was evaluated on besides its identity columns: the question limit per task and the accuracy
+#: device and dtype (from its config.json), and the first 12 hex digits of the sha256 of the checkpoint
+#: it answered with (from its manifest; empty for a hub id or a run sealed before manifests named it).
+#: Rows differing in these are different measurements: a retrained toy's rows are never compared with,
+#: or averaged into, those of the weights before it
+SETUP = ["limit", "device", "dtype", "weights_digest"]
 ACCURACY_COLUMNS = (IDENTITY + ["benchmark", "metric", "value", "n", "ci_low", "ci_high", "tokens_kept_mean",
                                 "tokens_kept_std"] + SETUP + TAIL + DIFF_COLUMNS)
-#: the columns that make two accuracy rows of one model comparable: the weights answered with and the
-#: setup (questions, device, dtype), as the paired differences pair them (``_reference_key``). Tables,
-#: figures and the ledger never pool rows across these (``setups``).
+#: the columns that make two accuracy rows of one model comparable: the kind of weights (``trained``,
+#: ``random``, ``pretrained``) and the setup (questions, device, dtype, weights digest), as the paired
+#: differences pair them (``_reference_key``). Tables, figures and the ledger never pool rows across
+#: these (``setups``).
 COMPARABLE = ["weights", *SETUP]
 LATENCY_COLUMNS = IDENTITY + TAIL + [
     "stage", "batch", "dtype", "backend", "device", "median_ms", "p10_ms", "p90_ms", "repeats",
@@ -67,20 +71,21 @@ LATENCY_COLUMNS = IDENTITY + TAIL + [
 ]
 
 def _setup_value(column: str, value: object) -> str:
-    """``limit 200`` (CSV round trips make integers floats), ``weights 179005f1e765`` (a digest,
-    shortened), ``weights unrecorded`` (NaN or None)."""
+    """``limit 200`` (CSV round trips make integers floats), ``weights_digest 179005f1e765``,
+    ``weights_digest unrecorded`` (NaN or None)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return f"{column} unrecorded"
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    return f"{column} {str(value)[:12] if column == 'weights' else value}"
+    return f"{column} {value}"
 
 
 def setups(rows: pd.DataFrame) -> list[tuple[list[str], pd.DataFrame]]:
-    """One model's accuracy rows split by setup (``COMPARABLE``): (what sets the part apart, its rows).
-    The list is ``[]`` where every row shares one setup (the usual case: the part is named by its model
-    alone) and names only the columns that differ otherwise (``["limit 20"]``), so that rows of other
-    question limits, devices, dtypes or weights are never counted, averaged or drawn together."""
+    """One model's accuracy rows split by setup (``COMPARABLE``): [(what sets the part apart, its rows)]
+    ([] for no rows). What sets a part apart is ``[]`` where every row shares one setup (the usual case:
+    the part is named by its model alone) and names only the columns that differ otherwise
+    (``["limit 20"]``), so that rows of other question limits, devices, dtypes or weights are never
+    counted, averaged or drawn together."""
     if rows.empty:
         return []
     parts = list(rows.groupby(COMPARABLE, dropna=False, sort=True))
@@ -178,11 +183,13 @@ def _accuracy_units(folder: Path, rows: list[dict[str, Any]], found: Collected) 
 
 def _accuracy_setup(folder: Path) -> dict[str, Any]:
     """The run's :data:`SETUP` from its resolved config (runs from before the ``accuracy`` config
-    section ran on the latency device in the checkpoint's dtype)."""
+    section ran on the latency device in the checkpoint's dtype) and its manifest (the weights' digest)."""
     cfg = json.loads((folder / "config.json").read_text())["config"]
     accuracy = cfg.get("accuracy") or {}
     device = accuracy.get("device") or (cfg.get("latency") or {}).get("device", "cpu")
-    return {"limit": (cfg.get("benchmark") or {}).get("limit"), "device": device, "dtype": accuracy.get("dtype", "auto")}
+    digest = read_manifest(folder).get("weights")
+    return {"limit": (cfg.get("benchmark") or {}).get("limit"), "device": device, "dtype": accuracy.get("dtype", "auto"),
+            "weights_digest": digest[:12] if digest else None}
 
 
 def read_runs(runs_root: Path) -> Collected:
