@@ -384,6 +384,11 @@ def test_ledger_hallucination_from_stages_rows():
             acc_row("hivtp", {"budget": 144, "keep_ratio": 0.125, "regions": 2, "window": 2}, "hivtp_pope_adv", 0.7, tokens=144)]
     text = ledger_markdown(pd.DataFrame(rows, columns=ACCURACY_COLUMNS), latency_frame().iloc[:0])
     assert "global + local: hivtp_pope_adv 0.700; global only: hivtp_pope_adv 0.600 [0.500, 0.700]" in text
+    quick = pd.DataFrame(rows, columns=ACCURACY_COLUMNS).assign(limit=20, value=[0.1, 0.2])
+    text = ledger_markdown(pd.concat([pd.DataFrame(rows, columns=ACCURACY_COLUMNS).assign(limit=200), quick]),
+                           latency_frame().iloc[:0])
+    assert ("toy-llava (limit 20): global + local: hivtp_pope_adv 0.200; global only: hivtp_pope_adv 0.100 [0.500, 0.700] | "
+            "toy-llava (limit 200): global + local: hivtp_pope_adv 0.700;") in text  # each setup its own arms
 
 
 def test_accuracy_figure_draws_one_curve_per_setting_and_leaves_ablations_out():
@@ -418,6 +423,26 @@ def test_accuracy_figure_draws_each_setup_apart(tmp_path):
         assert pope["hivtp"]["value"].iloc[0] == pytest.approx(hivtp64)
     names = {p.name for p in accuracy_vs_tokens(acc, tmp_path)}
     assert names == {f"accuracy_vs_tokens_offline_toy-llava_limit{n}.{ext}" for n in (20, 200) for ext in ("png", "pdf")}
+
+
+def test_layer_and_geometry_figures_draw_each_setup_apart(tmp_path):
+    """Ablations at two question limits: one layer figure and one heat map per limit, each point its own
+    limit's score (pooled, the 6-7-8 point would be (0.9 + 0.3) / 2), the [CLS] line its own limit's."""
+    from hivtp.results.figures import geometry_heatmap, layer_ablation, layer_curves
+
+    def rows(limit, scale):
+        return pd.DataFrame([acc_row("hivtp", {"budget": 128, "layers": "6-7-8"}, "pope", 0.9 * scale, metric="f1", tokens=128),
+                             acc_row("hivtp", {"budget": 128, "layers": "0-1-2"}, "pope", 0.8 * scale, metric="f1", tokens=128),
+                             acc_row("fastervlm", {"budget": 128}, "pope", 0.7 * scale, metric="f1", tokens=128),
+                             acc_row("hivtp", {"regions": 2, "window": 2, "keep_ratio": 0.25}, "pope", 0.6 * scale, metric="f1")],
+                            columns=ACCURACY_COLUMNS).assign(limit=limit)
+
+    acc = pd.concat([rows(200, 1.0), rows(20, 1 / 3)], ignore_index=True)
+    lines = layer_curves(acc)
+    assert sorted(lines) == [("offline", "toy-llava", "limit 20"), ("offline", "toy-llava", "limit 200")]
+    assert dict(lines[("offline", "toy-llava", "limit 20")])["3-layer window (middle layer)"].to_dict() == pytest.approx({1.0: 0.8 / 3, 7.0: 0.3})
+    names = {p.name for p in layer_ablation(acc, tmp_path) + geometry_heatmap(acc, tmp_path) if p.suffix == ".png"}
+    assert names == {f"{stem}_offline_toy-llava_limit{n}.png" for stem in ("layer_ablation", "geometry_heatmap") for n in (20, 200)}
 
 
 def test_layer_figure_keeps_runs_of_different_budgets_on_different_lines():

@@ -63,6 +63,26 @@ def _interval(rows: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     return (rows["value"] - lo).clip(lower=0).fillna(0), (hi - rows["value"]).clip(lower=0).fillna(0)
 
 
+def _per_setup(acc: pd.DataFrame) -> list[tuple[tuple[str, ...], pd.DataFrame]]:
+    """((profile, model, *what sets the setup apart), rows) per model and setup (``collect.setups``): a
+    figure never averages or draws together rows of other question limits, devices, dtypes or weights."""
+    out: list = []
+    for (profile, model), own in acc.groupby(["profile", "model"]) if len(acc) else []:
+        out += [((profile, model, *apart), rows) for apart, rows in setups(own)]
+    return out
+
+
+def _figure_name(stem: str, key: tuple[str, ...]) -> str:
+    """``stem_profile_model``, plus what sets the setup apart where a model has several (``_limit20``)."""
+    profile, model, *apart = key
+    return f"{stem}_{profile}_{model}" + "".join("_" + a.replace(" ", "").replace("/", "-") for a in apart)
+
+
+def _figure_title(key: tuple[str, ...]) -> str:
+    profile, model, *apart = key
+    return f"{model} [{profile}]" + (f" ({', '.join(apart)})" if apart else "")
+
+
 def accuracy_curves(acc: pd.DataFrame) -> dict[tuple[str, ...], dict[str, list[tuple[str, str, pd.DataFrame]]]]:
     """What ``accuracy_vs_tokens`` draws: (profile, model[, what sets the setup apart]) -> benchmark ->
     [(method, label, points)], ``points`` one row per tokens-kept value (value, ci_low, ci_high). A
@@ -72,13 +92,11 @@ def accuracy_curves(acc: pd.DataFrame) -> dict[tuple[str, ...], dict[str, list[t
     points of HIVTP's curve (they have their own figures)."""
     acc = acc.assign(**{c: pd.to_numeric(acc[c], errors="coerce") for c in ("value", "ci_low", "ci_high")})
     out: dict = {}
-    for (profile, model), own in _primary(acc).groupby(["profile", "model"]):
-        for apart, rows in setups(own):
-            rows = split_ablations(rows)[0]
-            for bench, sub in rows.groupby("benchmark"):
-                out.setdefault((profile, model, *apart), {})[bench] = [
-                    (method, label, m.groupby("tokens_kept_mean", as_index=False)[["value", "ci_low", "ci_high"]].mean()
-                     .sort_values("tokens_kept_mean")) for method, label, m in _curves(sub)]
+    for key, rows in _per_setup(_primary(acc)):
+        for bench, sub in split_ablations(rows)[0].groupby("benchmark"):
+            out.setdefault(key, {})[bench] = [
+                (method, label, m.groupby("tokens_kept_mean", as_index=False)[["value", "ci_low", "ci_high"]].mean()
+                 .sort_values("tokens_kept_mean")) for method, label, m in _curves(sub)]
     return out
 
 
@@ -87,7 +105,8 @@ def accuracy_vs_tokens(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
     band) are the 95% bootstrap intervals of the scores. The offline reference (``oracle``) is drawn
     as a black dashed line labelled as such."""
     written: list[Path] = []
-    for (profile, model, *apart), panels in accuracy_curves(acc).items():
+    for key, panels in accuracy_curves(acc).items():
+        profile, model = key[:2]
         fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
         for ax, (bench, curves) in zip(axes[0], sorted(panels.items())):
             for method, label, m in curves:
@@ -103,9 +122,8 @@ def accuracy_vs_tokens(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
             ax.set(title=f"{bench} ({metric})", xlabel="visual tokens kept")
         axes[0][0].set_ylabel("score (95% CI)")
         axes[0][-1].legend(fontsize=7)
-        fig.suptitle(f"{model} [{profile}]" + (f" ({', '.join(apart)})" if apart else ""))
-        suffix = "".join("_" + a.replace(" ", "").replace("/", "-") for a in apart)  # a setup's figure: "_limit20"
-        written += save(fig, out_dir, f"accuracy_vs_tokens_{profile}_{model}{suffix}")
+        fig.suptitle(_figure_title(key))
+        written += save(fig, out_dir, _figure_name("accuracy_vs_tokens", key))
     return written
 
 
@@ -150,24 +168,24 @@ def _hivtp_rows_with(acc: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return rows.join(p[keys]).dropna(subset=keys)
 
 
-def layer_curves(acc: pd.DataFrame) -> dict[tuple[str, str], list[tuple[str, pd.Series]]]:
-    """What ``layer_ablation`` draws: (profile, model) -> [(label, mean score by middle layer)], one
-    line per window length (3-layer window, single layer) and per other setting (budget, geometry):
-    runs at different budgets are never averaged into one point."""
-    rows = _hivtp_rows_with(acc, ["layers"])
-    if rows.empty:
-        return {}
-    rows = rows.assign(layers=rows["layers"].map(lambda x: [int(v) for v in str(x).replace(",", "-").strip("[]").replace(" ", "").split("-") if v]))
-    rows = rows.assign(n=rows["layers"].map(len), mid=rows["layers"].map(lambda v: sum(v) / len(v)),
-                       _setting=rows["params"].map(lambda p: _setting(p, drop=("layers",))))
+def layer_curves(acc: pd.DataFrame) -> dict[tuple[str, ...], list[tuple[str, pd.Series]]]:
+    """What ``layer_ablation`` draws: (profile, model[, what sets the setup apart]) -> [(label, mean
+    score by middle layer)], one line per window length (3-layer window, single layer) and per other
+    setting (budget, geometry): runs at different budgets or setups are never averaged into one point."""
     out: dict = {}
-    for (profile, model), g in rows.groupby(["profile", "model"]):
+    for key, part in _per_setup(acc):
+        g = _hivtp_rows_with(part, ["layers"])
+        if g.empty:
+            continue
+        g = g.assign(layers=g["layers"].map(lambda x: [int(v) for v in str(x).replace(",", "-").strip("[]").replace(" ", "").split("-") if v]))
+        g = g.assign(n=g["layers"].map(len), mid=g["layers"].map(lambda v: sum(v) / len(v)),
+                     _setting=g["params"].map(lambda p: _setting(p, drop=("layers",))))
         settings = sorted(g["_setting"].unique())
         for n, label in ((3, "3-layer window (middle layer)"), (1, "single layer")):
             for setting in settings:
                 pts = g[(g["n"] == n) & (g["_setting"] == setting)].groupby("mid")["value"].mean().sort_index()
                 if len(pts):
-                    out.setdefault((profile, model), []).append((f"{label}, {setting}" if len(settings) > 1 else label, pts))
+                    out.setdefault(key, []).append((f"{label}, {setting}" if len(settings) > 1 else label, pts))
     return out
 
 
@@ -175,31 +193,32 @@ def layer_ablation(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Score-layer window (its middle layer) -> mean primary score; single layers as a second line;
     [CLS] attention (fastervlm) on the same benchmarks and budgets as a reference line."""
     written: list[Path] = []
-    rows = _hivtp_rows_with(acc, ["layers"])
-    for (profile, model), lines in layer_curves(acc).items():
+    parts = dict(_per_setup(acc))
+    for key, lines in layer_curves(acc).items():
         fig, ax = plt.subplots(figsize=(6, 3.4))
         for label, pts in lines:
             ax.plot(pts.index, pts.values, "o-", label=label, ms=4)
-        g = rows[(rows["profile"] == profile) & (rows["model"] == model)]
-        cls = acc[(acc["method"] == "fastervlm") & (acc["profile"] == profile) & (acc["model"] == model)
-                  & acc["benchmark"].isin(g["benchmark"].unique()) & acc["budget"].isin(g["budget"].unique())]
+        part = parts[key]  # the reference line comes from the same setup as the curves
+        g = _hivtp_rows_with(part, ["layers"])
+        cls = part[(part["method"] == "fastervlm") & part["benchmark"].isin(g["benchmark"].unique())
+                   & part["budget"].isin(g["budget"].unique())]
         if len(cls):
             ax.axhline(_primary(cls)["value"].mean(), ls=":", color="k", label="[CLS] attention (fastervlm)")
-        ax.set(xlabel="0-based encoder layer", ylabel="mean score", title=f"score layers: {model} [{profile}]")
+        ax.set(xlabel="0-based encoder layer", ylabel="mean score", title=f"score layers: {_figure_title(key)}")
         ax.legend(fontsize=7)
-        written += save(fig, out_dir, f"layer_ablation_{profile}_{model}")
+        written += save(fig, out_dir, _figure_name("layer_ablation", key))
     return written
 
 
 def geometry_heatmap(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
     """regions x window -> mean primary score, one panel per keep_ratio: the runs that set the geometry
     and nothing else (a run with a budget, or other score layers, measures something else)."""
-    rows = _hivtp_rows_with(acc, ["regions", "window", "keep_ratio"])
-    rows = rows[rows["params"].map(lambda p: _setting(p, drop=("regions", "window", "keep_ratio")) == "")] if len(rows) else rows
-    if rows.empty:
-        return []
     written: list[Path] = []
-    for (profile, model), g in rows.groupby(["profile", "model"]):
+    for key, part in _per_setup(acc):
+        g = _hivtp_rows_with(part, ["regions", "window", "keep_ratio"])
+        g = g[g["params"].map(lambda p: _setting(p, drop=("regions", "window", "keep_ratio")) == "")] if len(g) else g
+        if g.empty:
+            continue
         ratios = sorted(g["keep_ratio"].unique())
         fig, axes = plt.subplots(1, len(ratios), figsize=(3.6 * len(ratios), 3.2), squeeze=False)
         for ax, r in zip(axes[0], ratios):
@@ -211,8 +230,8 @@ def geometry_heatmap(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
             for (i, j), v in pd.DataFrame(grid.values).stack().items():
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w", fontsize=7)
             fig.colorbar(im, ax=ax, fraction=0.046)
-        fig.suptitle(f"geometry: {model} [{profile}]")
-        written += save(fig, out_dir, f"geometry_heatmap_{profile}_{model}")
+        fig.suptitle(f"geometry: {_figure_title(key)}")
+        written += save(fig, out_dir, _figure_name("geometry_heatmap", key))
     return written
 
 

@@ -231,23 +231,31 @@ def _vs_prior(acc: pd.DataFrame) -> str:
     return f"HIVTP better in {wins}, worse in {losses} of {total} (method, budget, benchmark) comparisons (table below)"
 
 
-def _hallucination(acc: pd.DataFrame) -> str | None:
-    """The stages ablation on POPE at 144 tokens: global only vs global + local, each with its interval."""
+def _stage_arms(acc: pd.DataFrame) -> dict[str, list[str]]:
+    """The arms of configs/sweep/stages.yaml in ``acc`` (keep_ratio 0.001 keeps no global token), at
+    144 tokens: arm -> ["benchmark value [interval]"]."""
     pope = acc[(acc["method"] == "hivtp") & acc["benchmark"].astype(str).str.contains("pope")]
     pope = _primary(pope) if len(pope) else pope
     arms: dict[str, list[str]] = {}
     for _, r in pope.iterrows():
         p = _params(r["params"])
-        # the arms of configs/sweep/stages.yaml (keep_ratio 0.001 keeps no global token)
         name = {0.25: "global only", 0.125: "global + local", 0.001: "local only"}.get(p.get("keep_ratio"))
         if name and p.get("budget") == 144:
             lo, hi = _num(r.get("ci_low")), _num(r.get("ci_high"))
             ci = "" if math.isnan(lo) else f" [{lo:.3f}, {hi:.3f}]"
             arms.setdefault(name, []).append(f"{r['benchmark']} {float(r['value']):.3f}{ci}")
-    if len(arms) < 2:
+    return arms
+
+
+def _hallucination(acc: pd.DataFrame) -> str | None:
+    """The stages ablation on POPE at 144 tokens: global only vs global + local, each with its interval,
+    per model and setup (labelled where there are several)."""
+    found = [(label, arms) for label, own in _setups(acc) if len(arms := _stage_arms(own)) >= 2]
+    if not found:
         return None
-    return ("; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(arms.items()))
-            + " (144 tokens, 95% intervals; overlapping intervals do not tell the arms apart)")
+    text = " | ".join((f"{label}: " if len(found) > 1 else "") + "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(arms.items()))
+                      for label, arms in found)
+    return text + " (144 tokens, 95% intervals; overlapping intervals do not tell the arms apart)"
 
 
 def measured(claim: Claim, acc: pd.DataFrame, lat: pd.DataFrame) -> tuple[str, float | None]:
