@@ -425,6 +425,28 @@ def test_accuracy_figure_draws_each_setup_apart(tmp_path):
     assert names == {f"accuracy_vs_tokens_offline_toy-llava_limit{n}.{ext}" for n in (20, 200) for ext in ("png", "pdf")}
 
 
+def test_reports_remove_the_outputs_a_previous_call_wrote_and_this_one_did_not(tmp_path, capsys):
+    """A model measured at one limit, then at two: its unsuffixed table and figures go, the two setups'
+    suffixed ones come, and files the reports never write (the token picture) stay."""
+    from hivtp.results.report import write_reports
+
+    latency_frame().to_csv(tmp_path / "latency.csv", index=False)
+    accuracy_frame().assign(limit=200).to_csv(tmp_path / "accuracy.csv", index=False)
+    write_reports(tmp_path)
+    (tmp_path / "figures" / "token_picture_offline_toy-llava.png").write_bytes(b"not ours")
+    assert (tmp_path / "tables" / "accuracy_offline_toy-llava.tex").exists()
+    assert (tmp_path / "figures" / "accuracy_vs_tokens_offline_toy-llava.png").exists()
+    pd.concat([accuracy_frame().assign(limit=200), accuracy_frame().assign(limit=20)]).to_csv(tmp_path / "accuracy.csv", index=False)
+    write_reports(tmp_path)
+    tables = {p.name for p in (tmp_path / "tables").iterdir()}
+    figures = {p.name for p in (tmp_path / "figures").iterdir()}
+    assert "accuracy_offline_toy-llava.tex" not in tables and "accuracy_vs_tokens_offline_toy-llava.png" not in figures
+    assert {"accuracy_offline_toy-llava_limit20.tex", "accuracy_offline_toy-llava_limit200.tex"} <= tables
+    assert {"accuracy_vs_tokens_offline_toy-llava_limit20.png", "token_picture_offline_toy-llava.png"} <= figures
+    assert any(name.startswith("latency_") for name in tables)  # written again both times: kept
+    assert "removed" in capsys.readouterr().err
+
+
 def test_layer_and_geometry_figures_draw_each_setup_apart(tmp_path):
     """Ablations at two question limits: one layer figure and one heat map per limit, each point its own
     limit's score (pooled, the 6-7-8 point would be (0.9 + 0.3) / 2), the [CLS] line its own limit's."""

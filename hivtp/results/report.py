@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -68,12 +69,26 @@ def write_tables(acc: pd.DataFrame, lat: pd.DataFrame, out: Path) -> list[Path]:
     return [path] + written
 
 
+#: what ``write_reports`` writes under results/ (the token picture, drawn by ``make reproduce``, is not
+#: among them): a file of these names that a run did not write again is a previous run's
+GENERATED = ("tables/accuracy_*.tex", "tables/latency_*.tex",  # accuracy_* covers accuracy_ablations_*
+             *(f"figures/{stem}_*.{ext}" for stem in ("accuracy_vs_tokens", "latency_vs_tokens", "layer_ablation",
+                                                     "geometry_heatmap") for ext in ("png", "pdf")))
+
+
 def write_reports(results: Path) -> list[Path]:
+    """Every table, figure and the ledger from the CSVs; then removes the tables and figures an earlier
+    call wrote that this one did not (a model now measured in two setups gets two suffixed figures, and
+    its old unsuffixed one would otherwise stay beside them, looking current)."""
     results = Path(results)
     acc = read_csv(results / "accuracy.csv", ACCURACY_COLUMNS)
     lat = read_csv(results / "latency.csv", LATENCY_COLUMNS)
+    before = {path for pattern in GENERATED for path in results.glob(pattern)}
     written = write_tables(acc, lat, results)
     for paths in all_figures(acc, lat, results / "figures").values():
         written += paths
     write_text(results / "ledger.md", ledger_markdown(acc, lat))
+    for stale in sorted(before - {Path(p) for p in written}):
+        stale.unlink()
+        print(f"[hivtp.results] removed {stale}: no longer written from the CSVs", file=sys.stderr)
     return written + [results / "ledger.md"]
