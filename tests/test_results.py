@@ -447,6 +447,25 @@ def test_reports_remove_the_outputs_a_previous_call_wrote_and_this_one_did_not(t
     assert "removed" in capsys.readouterr().err
 
 
+def test_a_hub_model_id_names_its_tables_and_figures_without_opening_a_folder(tmp_path):
+    """A paper-profile model is a hub id with a ``/`` and a GPU device name has spaces: every table and
+    figure lands directly in tables/ and figures/, the table and the figure of one setup named alike."""
+    from hivtp.results.report import write_reports
+
+    hub = "llava-hf/llava-1.5-7b-hf"
+    latency_frame().assign(model=hub, device="NVIDIA H200").to_csv(tmp_path / "latency.csv", index=False)
+    acc = accuracy_frame().assign(model=hub)
+    pd.concat([acc.assign(limit=200), acc.assign(limit=20)]).to_csv(tmp_path / "accuracy.csv", index=False)
+    write_reports(tmp_path)
+    for folder in ("tables", "figures"):
+        assert all(p.is_file() for p in (tmp_path / folder).iterdir()), f"a subfolder under {folder}/"
+    tables = {p.stem for p in (tmp_path / "tables").iterdir()}
+    figures = {p.stem for p in (tmp_path / "figures").iterdir()}
+    assert {"accuracy_offline_llava-hf-llava-1.5-7b-hf_limit20", "accuracy_offline_llava-hf-llava-1.5-7b-hf_limit200"} <= tables
+    assert "accuracy_vs_tokens_offline_llava-hf-llava-1.5-7b-hf_limit20" in figures
+    assert any(t.startswith("latency_offline_llava-hf-llava-1.5-7b-hf_NVIDIAH200_") for t in tables)
+
+
 def test_layer_and_geometry_figures_draw_each_setup_apart(tmp_path):
     """Ablations at two question limits: one layer figure and one heat map per limit, each point its own
     limit's score (pooled, the 6-7-8 point would be (0.9 + 0.3) / 2), the [CLS] line its own limit's."""

@@ -93,6 +93,13 @@ def setups(rows: pd.DataFrame) -> list[tuple[list[str], pd.DataFrame]]:
     return [([_setup_value(COMPARABLE[i], key[i]) for i in differ], part) for key, part in parts]
 
 
+def file_stem(*parts) -> str:
+    """A file name from what names a table or figure (``accuracy``, ``offline``, ``toy-llava``, ``limit 20``):
+    parts joined by ``_``, spaces dropped and ``/`` made ``-`` so that no part opens a folder
+    (``accuracy_offline_toy-llava_limit20``). The one spelling every table and figure file uses."""
+    return "_".join(str(part).replace(" ", "").replace("/", "-") for part in parts)
+
+
 class BrokenRunsError(IncompleteRunError):
     """Finished runs (``DONE`` written) whose files no longer make a complete run; ``broken`` maps each
     run folder to its problems, each naming the broken file."""

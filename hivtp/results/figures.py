@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..methods import is_offline_only  # noqa: E402
-from .collect import LATENCY_PROTOCOL, setups  # noqa: E402
+from .collect import LATENCY_PROTOCOL, file_stem, setups  # noqa: E402
 from .tables import method_label, primary_metric, split_ablations  # noqa: E402
 
 
@@ -72,12 +72,6 @@ def _per_setup(acc: pd.DataFrame) -> list[tuple[tuple[str, ...], pd.DataFrame]]:
     return out
 
 
-def _figure_name(stem: str, key: tuple[str, ...]) -> str:
-    """``stem_profile_model``, plus what sets the setup apart where a model has several (``_limit20``)."""
-    profile, model, *apart = key
-    return f"{stem}_{profile}_{model}" + "".join("_" + a.replace(" ", "").replace("/", "-") for a in apart)
-
-
 def _figure_title(key: tuple[str, ...]) -> str:
     profile, model, *apart = key
     return f"{model} [{profile}]" + (f" ({', '.join(apart)})" if apart else "")
@@ -123,7 +117,7 @@ def accuracy_vs_tokens(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
         axes[0][0].set_ylabel("score (95% CI)")
         axes[0][-1].legend(fontsize=7)
         fig.suptitle(_figure_title(key))
-        written += save(fig, out_dir, _figure_name("accuracy_vs_tokens", key))
+        written += save(fig, out_dir, file_stem("accuracy_vs_tokens", *key))
     return written
 
 
@@ -152,8 +146,8 @@ def latency_vs_tokens(lat: pd.DataFrame, out_dir: Path) -> list[Path]:
         profile, model, device, dtype, batch, backend = key
         fig.suptitle(f"{model} on {device}, {dtype}, batch {batch}, {backend} [{profile}]")
         several = sum(k[:2] == key[:2] for k in protocols) > 1
-        suffix = f"_{device}_{dtype}_b{batch}_{backend}".replace("/", "-") if several else ""
-        written += save(fig, out_dir, f"latency_vs_tokens_{profile}_{model}{suffix}")
+        apart = (device, dtype, f"b{batch}", backend) if several else ()
+        written += save(fig, out_dir, file_stem("latency_vs_tokens", profile, model, *apart))
     return written
 
 
@@ -206,7 +200,7 @@ def layer_ablation(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
             ax.axhline(_primary(cls)["value"].mean(), ls=":", color="k", label="[CLS] attention (fastervlm)")
         ax.set(xlabel="0-based encoder layer", ylabel="mean score", title=f"score layers: {_figure_title(key)}")
         ax.legend(fontsize=7)
-        written += save(fig, out_dir, _figure_name("layer_ablation", key))
+        written += save(fig, out_dir, file_stem("layer_ablation", *key))
     return written
 
 
@@ -231,7 +225,7 @@ def geometry_heatmap(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w", fontsize=7)
             fig.colorbar(im, ax=ax, fraction=0.046)
         fig.suptitle(f"geometry: {_figure_title(key)}")
-        written += save(fig, out_dir, _figure_name("geometry_heatmap", key))
+        written += save(fig, out_dir, file_stem("geometry_heatmap", *key))
     return written
 
 

@@ -79,7 +79,7 @@ def load_model(ap: argparse.ArgumentParser, args: argparse.Namespace):
     if args.threads:
         torch.set_num_threads(args.threads)
     digest = weights_digest(args.model)
-    if getattr(args, "world", None) is None and hasattr(args, "world"):
+    if hasattr(args, "world") and args.world is None:  # a command with --world, left unset
         args.world = trained_world(args.model)
         progress(f"[world] {args.model} was trained on the {args.world} world: measuring there (--world to change)")
     return (*load_pretrained(args.model), digest)
