@@ -10,10 +10,11 @@ the stock class's ordering (its ``Collator`` over the same requests). With ``dev
 ``device_map``, the model loads with ``device_map=cpu`` (the stock default ``auto`` moves inputs to CUDA).
 
 ``--model_args``: the stock class's arguments (``pretrained``, ``device``, ``device_map``, ``batch_size``,
-``min_pixels``, ``max_pixels``, ``attn_implementation`` ...), ``method`` (default ``none``), and the
-method's / adapter's parameters (``budget``, ``keep``, ``keep_ratio``, ``layers=15`` or ``layers=7-15``,
-``positions=contiguous`` ...). ``pretrained`` may name an offline shape (``tiny-qwen2.5-vl``, built by
-``make models``). On CPU pass ``device=cpu,device_map=cpu``.
+``min_pixels``, ``max_pixels``, ``attn_implementation`` ...; those its chat path never reads for images,
+``system_prompt``, ``reasoning_prompt``, ``interleave_visuals``, ``max_num_frames`` and ``fps``, are refused),
+``method`` (default ``none``), and the method's / adapter's parameters (``budget``, ``keep``, ``keep_ratio``,
+``layers=15`` or ``layers=7-15``, ``positions=contiguous`` ...). ``pretrained`` may name an offline shape
+(``tiny-qwen2.5-vl``, built by ``make models``). On CPU pass ``device=cpu,device_map=cpu``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..errors import ConfigError, HivtpError
 from ..pruned import PrunedModel
 from ..zoo import resolve_checkpoint
 from .accounting import AccountingWriter, default_directory
-from .args import split_args
+from .args import QWEN_UNREAD, split_args
 
 __all__ = ["MODEL_NAME", "HivtpQwen2_5_VL", "manifest", "split_qwen_args"]
 
@@ -46,8 +47,9 @@ def manifest():
 
 
 def split_qwen_args(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """``kwargs`` -> (the stock class's loader kwargs, plugin kwargs, method + adapter params)."""
-    return split_args(kwargs, set(inspect.signature(Qwen2_5_VLChat.__init__).parameters) - {"self", "kwargs"})
+    """``kwargs`` -> (the stock class's loader kwargs, plugin kwargs, method + adapter params); the stock
+    arguments its chat path never reads (:data:`hivtp.lmms.args.QWEN_UNREAD`) are refused."""
+    return split_args(kwargs, set(inspect.signature(Qwen2_5_VLChat.__init__).parameters) - {"self", "kwargs"}, QWEN_UNREAD)
 
 
 class _RecordingModel:
