@@ -26,6 +26,7 @@ from results_fixtures import (
 from hivtp.atomic import write_json
 from hivtp.errors import ConfigError
 from hivtp.results import ACCURACY_COLUMNS, BrokenRunsError, collect, ledger_markdown
+from hivtp.results.collect import LATENCY_COLUMNS
 from hivtp.results.report import write_reports
 from hivtp.results.stats import bootstrap_ci, paired_ci, scores_from_samples
 from hivtp.results.tables import (
@@ -486,6 +487,33 @@ def test_layer_and_geometry_figures_draw_each_setup_apart(tmp_path):
     assert names == {f"{stem}_offline_toy-llava_limit{n}.png" for stem in ("layer_ablation", "geometry_heatmap") for n in (20, 200)}
 
 
+def test_layer_and_geometry_figures_average_percent_of_unpruned_not_raw_scores_of_other_scales(tmp_path):
+    """MME (0-800) beside POPE (0-1): layers 2-3-4 beat 6-7-8 on both, so they must score higher; a raw
+    mean ranks 6-7-8 first (its MME is 40 points higher, its POPE 0.3 lower). Each point is the mean of
+    value / unpruned value; the [CLS] line and the heat map on the same scale; a setup without the
+    unpruned rows and with scores of other scales draws nothing."""
+    from hivtp.results.figures import comparable_scores, geometry_heatmap, layer_curves
+
+    def run(method, params, pope, mme, tokens=128):
+        return [acc_row(method, params, "pope", pope, metric="f1", tokens=tokens),
+                acc_row(method, params, "mme", mme, metric="mme_perception_score", tokens=tokens)]
+
+    rows = (run("none", {}, 1.0, 800.0, 576) + run("hivtp", {"budget": 128, "layers": "2-3-4"}, 0.9, 700.0)
+            + run("hivtp", {"budget": 128, "layers": "6-7-8"}, 0.6, 680.0) + run("fastervlm", {"budget": 128}, 0.8, 400.0)
+            + run("hivtp", {"regions": 2, "window": 2, "keep_ratio": 0.25}, 0.5, 600.0, 270))
+    acc = pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
+    line = dict(layer_curves(acc)[("offline", "toy-llava")])["3-layer window (middle layer)"]
+    assert line.to_dict() == pytest.approx({3.0: (90 + 87.5) / 2, 7.0: (60 + 85) / 2})
+    assert line[3.0] > line[7.0]
+    cls = acc[acc["method"] == "fastervlm"]
+    values, label = comparable_scores(cls, acc)
+    assert label.startswith("% of unpruned") and values.mean() == pytest.approx((80 + 50) / 2)
+    assert geometry_heatmap(acc, tmp_path)
+    no_reference = acc[acc["method"] != "none"]
+    assert comparable_scores(no_reference[no_reference["method"] == "fastervlm"], no_reference) is None
+    assert layer_curves(no_reference) == {} and geometry_heatmap(no_reference, tmp_path / "none") == []
+
+
 def test_layer_figure_keeps_runs_of_different_budgets_on_different_lines():
     from hivtp.results.figures import layer_curves
 
@@ -623,3 +651,59 @@ def test_ledger_never_counts_or_averages_rows_of_different_setups_together():
     assert len(prior) == 2 and all(len(c["better"]) == 1 for c in prior)
     alone = unpruned_comparisons(full)  # one setup: the model's own name
     assert {c["model"] for c in alone} == {"toy-llava"}
+
+
+def test_latency_rows_of_one_method_in_two_settings_are_two_rows_and_two_lines(tmp_path):
+    """HIVTP timed on its fast and on the release's eager scoring (``--faithful``) share a protocol: the
+    table gives each its own row (pooled, the cell would be the median of 40 and 90) and the figure its
+    own line."""
+    from hivtp.results.figures import _curves, _stage
+    from hivtp.results.tables import latency_table
+
+    rows = [lat_row("none", {}, "ttft", 100.0, 576), lat_row("hivtp", {}, "ttft", 40.0, 270),
+            lat_row("hivtp", {"backend": "eager"}, "ttft", 90.0, 270)]
+    lat = pd.DataFrame(rows, columns=LATENCY_COLUMNS)
+    table = latency_table(lat)
+    hivtp = table.xs("hivtp", level="method")["ttft ms"]
+    assert sorted(hivtp.tolist()) == [40.0, 90.0]
+    assert sorted(label for _, label, _ in _curves(_stage(lat, "ttft"))) == ["hivtp", "hivtp backend=eager", "none"]
+
+
+def test_latency_of_two_machines_or_decode_lengths_is_never_one_table_or_one_ratio(tmp_path):
+    """none and HIVTP timed together on one GPU, HIVTP timed later alone on a faster one: each machine gets
+    its own table and the ledger's ratio pairs HIVTP with the none of its own machine (20%, not 60%)."""
+    def on(device_name, rows):
+        return [dict(r, device_name=device_name, new_tokens=32, prompt_tokens=60, device="cuda", profile="paper",
+                     model="llava-1.5-7b", dtype="float16") for r in rows]
+
+    runs = tmp_path / "runs"
+    write_json(runs / "a" / "latency.json", on("NVIDIA A100", [lat_row("none", {}, "ttft", 100.0, 576, date="2026-01-01"),
+                                                              lat_row("hivtp", {}, "ttft", 80.0, 270, date="2026-01-01")]))
+    write_manifest(runs / "a", ["latency"])
+    write_json(runs / "b" / "latency.json", on("NVIDIA H100", [lat_row("hivtp", {}, "ttft", 40.0, 270, date="2026-02-01")]))
+    write_manifest(runs / "b", ["latency"])
+    frames = collect(runs, tmp_path / "results")
+    assert len(frames["latency"]) == 3  # the H100 row does not supersede the A100 one
+    ttft = next(line for line in ledger_markdown(frames["accuracy"], frames["latency"]).splitlines() if "LLaVA-v1.5-7B: TTFT reduced by" in line)
+    assert "20.0% at its rule" in ttft and "60.0" not in ttft
+    write_reports(tmp_path / "results")
+    tables = sorted(p.stem for p in (tmp_path / "results" / "tables").iterdir())
+    assert tables == ["latency_paper_llava-1.5-7b_cuda_float16_1_sdpa_device_nameNVIDIAA100",
+                      "latency_paper_llava-1.5-7b_cuda_float16_1_sdpa_device_nameNVIDIAH100"]
+
+
+def test_ledger_gives_each_keep_ratio_its_own_line_and_percent():
+    """Qwen2.5-VL runs set a keep ratio, not a budget: the rule and each ratio are separate configurations
+    (filed under the rule, keep=0.1's loss would be listed as the rule's and the tokens averaged)."""
+    from hivtp.results.ledger import unpruned_comparisons
+
+    qwen = {"model": "qwen2.5-vl-7b", "profile": "paper"}
+    rows = [acc_row("none", {}, "gqa", 0.60, tokens=576, **qwen)]
+    for params, value, tokens, diff in (({}, 0.60, 288, (0.0, -0.01, 0.01)), ({"keep": 0.1}, 0.30, 57, (-0.30, -0.35, -0.25)),
+                                        ({"keep": 0.5}, 0.59, 288, (-0.01, -0.03, 0.01))):
+        rows.append(acc_row("hivtp", params, "gqa", value, tokens=tokens, diff_vs_none=diff[0], diff_vs_none_low=diff[1],
+                            diff_vs_none_high=diff[2], **qwen))
+    found = {c["config"]: c for c in unpruned_comparisons(pd.DataFrame(rows, columns=ACCURACY_COLUMNS))}
+    assert sorted(found) == ["keep=0.1", "keep=0.5", "rule (no budget)"]
+    assert (found["keep=0.1"]["tokens"], found["keep=0.1"]["percent"]) == (57, "50.0%")
+    assert found["rule (no budget)"]["worse"] == [] and found["keep=0.1"]["worse"]

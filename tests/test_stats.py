@@ -176,3 +176,51 @@ def test_bad_samples_are_clear_errors(tmp_path):
     path.write_text('{"doc_id": 0, "exact_match": 1.0}\n{"doc_id": 1, "exa')
     with pytest.raises(StatsError, match=f"{path}: line 2 .*truncated"):
         read_logged_samples(path)
+
+
+@pytest.mark.parametrize("metric", ["pope_f1_score", "pope_accuracy", "exact_match"])
+def test_image_units_resample_an_images_questions_together(metric):
+    """With each question's image named, a unit is an image: a resample drawing an image k times scores as
+    lmms-eval scores the list holding each of that image's questions k times; the full sample's score is
+    unchanged; a run that named no images keeps question units."""
+    from lmms_eval.tasks.pope.utils import pope_aggregate_accuracy, pope_aggregate_f1_score
+
+    rng = random.Random(5)
+    truths, answers, _, _ = _some_runs(rng, n=90)
+    samples = (mean_samples([a == t for a, t in zip(answers, truths)]) if metric == "exact_match"
+               else pope_samples(answers, truths))
+    image_of = {s["doc_id"]: f"img{s['doc_id'] // 3}" for s in samples}  # three questions per image
+    flat = scores_from_samples(metric, samples)
+    scores = scores_from_samples(metric, samples, image_of)
+    assert (flat.unit, scores.unit) == ("question", "image")
+    assert len(scores.keys) == 30 and scores.n == 90 and scores.point() == pytest.approx(flat.point(), abs=1e-12)
+    aggregate = {"pope_f1_score": pope_aggregate_f1_score, "pope_accuracy": pope_aggregate_accuracy,
+                 "exact_match": lambda v: sum(v) / len(v)}[metric]
+    for w in resample_weights(scores.strata, 5, np.random.default_rng(0)):
+        count = dict(zip(scores.keys, w))
+        drawn = [s[metric] for s in samples for _ in range(int(count[image_of[s["doc_id"]]]))]
+        assert scores.value(w[None, :])[0] == pytest.approx(aggregate(drawn), abs=1e-12)
+    partly = {**image_of, samples[0]["doc_id"]: None}  # one question without its image: questions
+    assert scores_from_samples(metric, samples, partly).unit == "question"
+
+
+def test_image_units_widen_the_interval_of_questions_that_fail_together():
+    """Two questions per image, answered right or wrong together: resampled as questions the interval is
+    about 1/sqrt(2) as wide as resampled as images, the honest one."""
+    right = [i // 2 % 10 < 7 for i in range(1000)]
+    samples = mean_samples(right)
+    image_of = {s["doc_id"]: f"img{s['doc_id'] // 2}" for s in samples}
+    lo_q, hi_q = bootstrap_ci(scores_from_samples("exact_match", samples), resamples=4000, seed=1)
+    lo_i, hi_i = bootstrap_ci(scores_from_samples("exact_match", samples, image_of), resamples=4000, seed=1)
+    assert (hi_i - lo_i) / (hi_q - lo_q) == pytest.approx(math.sqrt(2), rel=0.1)
+
+
+def test_a_run_with_image_units_pairs_with_one_without_by_question():
+    truths = ["yes", "no"] * 100
+    worse = [("no" if t == "yes" else "yes") if i % 4 == 0 else t for i, t in enumerate(truths)]
+    good, bad = pope_samples(truths, truths), pope_samples(worse, truths)
+    image_of = {s["doc_id"]: f"img{s['doc_id'] // 2}" for s in good}
+    a, b = scores_from_samples("pope_f1_score", bad, image_of), scores_from_samples("pope_f1_score", good)
+    d, lo, hi = paired_ci(a, b, resamples=500)
+    assert (d, lo, hi) == paired_ci(scores_from_samples("pope_f1_score", bad), b, resamples=500)
+    assert d < 0 and hi < 0

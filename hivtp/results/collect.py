@@ -6,6 +6,8 @@ be backed by lmms-eval's logged samples for its task, from which the row's score
 (:mod:`hivtp.results.stats`) and must equal the reported one. Each accuracy row then gets:
 
 - ``n`` (questions scored), ``ci_low`` / ``ci_high``: the 95% bootstrap interval of its score;
+  ``ci_unit``: what the bootstrap resampled (``image`` where the run recorded each question's image,
+  MME always; else ``question``): several questions of one image are not independent draws;
 - ``diff_vs_hivtp`` (+ ``_low`` / ``_high``): this row minus HIVTP (default geometry) at the same
   budget on the same questions, with a paired-bootstrap interval; empty where there is no such run;
 - ``diff_vs_none`` (+ ``_low`` / ``_high``): this row minus the unpruned model, paired likewise.
@@ -58,16 +60,18 @@ DIFF_COLUMNS = [f"diff_vs_{ref}{end}" for ref in ("hivtp", "none") for end in ("
 #: Rows differing in these are different measurements: a retrained toy's rows are never compared with,
 #: or averaged into, those of the weights before it
 SETUP = ["limit", "device", "dtype", "weights_digest"]
-ACCURACY_COLUMNS = (IDENTITY + ["benchmark", "metric", "value", "n", "ci_low", "ci_high", "tokens_kept_mean",
+ACCURACY_COLUMNS = (IDENTITY + ["benchmark", "metric", "value", "n", "ci_low", "ci_high", "ci_unit", "tokens_kept_mean",
                                 "tokens_kept_std"] + SETUP + TAIL + DIFF_COLUMNS)
 #: the columns that make two accuracy rows of one model comparable: the kind of weights (``trained``,
 #: ``random``, ``pretrained``) and the setup (questions, device, dtype, weights digest), as the paired
 #: differences pair them (``_reference_key``). Tables, figures and the ledger never pool rows across
 #: these (``setups``).
 COMPARABLE = ["weights", *SETUP]
+#: latency columns besides device/dtype/batch/backend that make rows other measurements (``LATENCY_PROTOCOL``)
+LATENCY_MACHINE = ["device_name", "new_tokens", "prompt_tokens"]
 LATENCY_COLUMNS = IDENTITY + TAIL + [
     "stage", "batch", "dtype", "backend", "device", "median_ms", "p10_ms", "p90_ms", "repeats",
-    "peak_mem_mb", "flops", "tokens_kept", "tokens_per_s",
+    "peak_mem_mb", "flops", "tokens_kept", "tokens_per_s", *LATENCY_MACHINE,
 ]
 
 def _setup_value(column: str, value: object) -> str:
@@ -160,16 +164,27 @@ def _is_lmms_log(path: Path) -> bool:
         return True  # lmms-eval's, but broken: read_logged_samples names the line
 
 
+def image_keys(folder: Path, task: str) -> dict[int, str | None]:
+    """doc_id -> the image its question asks about (``image`` in the plugin's accounting files under the
+    run folder; :func:`hivtp.lmms.accounting.image_key`); {} where no accounting file names them."""
+    from ..lmms.accounting import read_samples
+
+    folders = {p.parent for p in folder.glob(f"**/hivtp_samples_{task}*.jsonl") if not _is_lmms_log(p)}
+    return {row["doc_id"]: row.get("image") for d in sorted(folders) for row in read_samples(d, task)}
+
+
 def _accuracy_units(folder: Path, rows: list[dict[str, Any]], found: Collected) -> list[Scores | None]:
     """Each row's resampling units, its score checked against the samples; StatsError when broken."""
     samples: dict[str, list[dict[str, Any]]] = {}
+    images: dict[str, dict[int, str | None]] = {}
     out: list[Scores | None] = []
     for row in rows:
         task, metric = str(row["benchmark"]), str(row["metric"])
         if task not in samples:
             samples[task] = read_logged_samples(logged_samples_file(folder, task))
+            images[task] = image_keys(folder, task)
         try:
-            scores = scores_from_samples(metric, samples[task])
+            scores = scores_from_samples(metric, samples[task], images[task])
         except UnknownAggregationError as e:  # a paper task scored by a judge etc.: a row without interval
             found.no_interval.append(f"{task} {metric} ({folder.name}): {e}")
             out.append(None)
@@ -252,11 +267,13 @@ def _params(row: dict[str, Any]) -> dict[str, Any]:
     return json.loads(p) if isinstance(p, str) and p else dict(p or {})
 
 
-def _budget(row: dict[str, Any]) -> Any:
-    """The row's budget axis: ``budget``, or ``keep=r`` for a keep ratio; None at a method's default."""
+def budget_axis(row: dict[str, Any]) -> Any:
+    """The row's budget axis: ``budget``, or ``keep=r`` for a keep ratio (Qwen2.5-VL); None at a
+    method's default (HIVTP's rule). Tables, differences and the ledger all read it from here."""
     p = _params(row)
     if p.get("budget") is not None:
-        return p["budget"]
+        b = p["budget"]
+        return int(b) if isinstance(b, float) and b.is_integer() else b
     return None if p.get("keep") is None else f"keep={p['keep']}"
 
 
@@ -269,8 +286,8 @@ def _references(rows: list[dict[str, Any]], scores: list[Scores | None]) -> dict
             continue
         if row["method"] == "none" and not _params(row):
             name, key = "none", _reference_key(row)
-        elif _is_default_hivtp(row) and _budget(row) is not None:
-            name, key = "hivtp", _reference_key(row) + (str(_budget(row)),)
+        elif _is_default_hivtp(row) and budget_axis(row) is not None:
+            name, key = "hivtp", _reference_key(row) + (str(budget_axis(row)),)
         else:
             continue
         j = refs[name].get(key)
@@ -301,20 +318,25 @@ def add_statistics(rows: list[dict[str, Any]], scores: list[Scores | None], resa
         row.pop("n_samples", None)
         if sc is None:
             continue
+        row["ci_unit"] = sc.unit
         group = groups.setdefault(sc.keys, _Group(sc.strata))
         group.statistics.append(sc.value)
         group.targets.append((i, "ci", None))
         for name in ("hivtp", "none"):
-            j = refs[name].get(_reference_key(row) + ((str(_budget(row)),) if name == "hivtp" else ()))
+            j = refs[name].get(_reference_key(row) + ((str(budget_axis(row)),) if name == "hivtp" else ()))
             if j is None or j == i:
                 continue
+            a, ref = sc, scores[j]
+            if a.unit != ref.unit:  # one run named its questions' images, the other not: pair the questions
+                a, ref = a.per_question or a, ref.per_question or ref
             try:
-                ref = scores[j].aligned_to(sc.keys)
+                ref = ref.aligned_to(a.keys)
             except StatsError as e:
                 unpaired.append(f"{row['method']} {row['params']} {row['benchmark']} vs {name}: {e}")
                 continue
-            group.statistics.append(lambda w, a=sc, b=ref: a.value(w) - b.value(w))
-            group.targets.append((i, f"diff_vs_{name}", sc.point() - ref.point()))
+            pair = groups.setdefault(a.keys, _Group(a.strata))
+            pair.statistics.append(lambda w, a=a, b=ref: a.value(w) - b.value(w))
+            pair.targets.append((i, f"diff_vs_{name}", a.point() - ref.point()))
     for group in groups.values():
         values = bootstrap(group.statistics, group.strata, resamples, seed)  # [statistics, resamples]
         for (i, prefix, point), v in zip(group.targets, values):
@@ -341,11 +363,28 @@ def tidy(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
 
 
 #: a latency measurement is one configuration on one device; a later run of it supersedes an earlier one
-#: one latency table (and figure): rows that differ in any of these are different measurements
-LATENCY_PROTOCOL = ["profile", "model", "device", "dtype", "batch", "backend"]
-LATENCY_KEY = IDENTITY + ["profile", "device", "dtype", "batch", "backend", "stage"]
+#: one latency table (and figure): rows that differ in any of these are different measurements (the
+#: machine by name: ``device`` says only cpu or cuda; the tokens generated and the prompt's text tokens)
+LATENCY_PROTOCOL = ["profile", "model", "device", "dtype", "batch", "backend", *LATENCY_MACHINE]
+LATENCY_KEY = IDENTITY + ["profile", "device", "dtype", "batch", "backend", *LATENCY_MACHINE, "stage"]
 #: one accuracy table cell: a later run of it (another limit, device or dtype) supersedes an earlier one
 ACCURACY_KEY = IDENTITY + ["profile", "weights", "benchmark", "metric"]
+
+
+def latency_protocols(lat: pd.DataFrame) -> list[tuple[tuple[str, ...], pd.DataFrame]]:
+    """Latency rows split by ``LATENCY_PROTOCOL``: [(its name, its rows)]. A name is (profile, model,
+    device, dtype, batch, backend), plus ``device_name ...`` / ``new_tokens ...`` / ``prompt_tokens ...``
+    where the model's protocols differ in it (two GPUs, two decode lengths), as ``setups`` names accuracy's."""
+    if lat.empty:
+        return []
+    parts = [(tuple(str(v) for v in key), rows) for key, rows in lat.groupby(LATENCY_PROTOCOL, dropna=False, sort=True)]
+    base = len(LATENCY_PROTOCOL) - len(LATENCY_MACHINE)
+    out = []
+    for key, rows in parts:
+        same_model = [k for k, _ in parts if k[:2] == key[:2]]
+        differ = [i for i in range(base, len(key)) if len({k[i] for k in same_model}) > 1]
+        out.append((key[:base] + tuple(_setup_value(LATENCY_PROTOCOL[i], rows[LATENCY_PROTOCOL[i]].iloc[0]) for i in differ), rows))
+    return out
 
 
 def latest_measurements(frame: pd.DataFrame, key: list[str] = LATENCY_KEY) -> pd.DataFrame:

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..methods import is_offline_only  # noqa: E402
-from .collect import LATENCY_PROTOCOL, file_stem, setups  # noqa: E402
+from .collect import file_stem, latency_protocols, setups  # noqa: E402
 from .tables import method_label, primary_metric, split_ablations  # noqa: E402
 
 
@@ -126,29 +126,43 @@ def _stage(lat: pd.DataFrame, word: str) -> pd.DataFrame:
 
 
 def latency_vs_tokens(lat: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """TTFT and decode throughput vs tokens kept, one figure per protocol (``LATENCY_PROTOCOL``: rows
-    of another device, dtype, batch or backend are never drawn on one line). The file is named by
+    """TTFT and decode throughput vs tokens kept, one figure per protocol (``collect.latency_protocols``:
+    rows of another device, dtype, batch, backend, machine or decode length are never drawn on one line),
+    one line per method and setting (HIVTP's eager scoring is not its fast one). The file is named by
     profile and model, plus the rest of the protocol where a model has several."""
     written: list[Path] = []
     ttft, decode = _stage(lat, "ttft"), _stage(lat, "decode")
     if ttft.empty and decode.empty:
         return written
-    protocols = lat.groupby(LATENCY_PROTOCOL, dropna=False).size().index
-    for key in protocols:
+    protocols = latency_protocols(lat)
+    for name, part in protocols:
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-        for ax, rows, col, label in ((axes[0], ttft, "median_ms", "TTFT (ms)"), (axes[1], decode, "tokens_per_s", "decode tokens/s")):
-            rows = rows[(rows[LATENCY_PROTOCOL].astype(str) == [str(k) for k in key]).all(axis=1)]
-            for method, m in rows.groupby("method"):
+        for ax, word, col, label in ((axes[0], "ttft", "median_ms", "TTFT (ms)"), (axes[1], "decode", "tokens_per_s", "decode tokens/s")):
+            for _method, curve_label, m in _curves(_stage(part, word)):  # one line per method and setting (eager HIVTP apart)
                 pts = m.groupby("tokens_kept")[col].median().sort_index()
-                ax.plot(pts.index, pts.values, "o-" if len(pts) > 1 else "o", label=method, ms=4)
+                ax.plot(pts.index, pts.values, "o-" if len(pts) > 1 else "o", label=curve_label, ms=4)
             ax.set(xlabel="visual tokens kept", ylabel=label)
         axes[1].legend(fontsize=7)
-        profile, model, device, dtype, batch, backend = key
-        fig.suptitle(f"{model} on {device}, {dtype}, batch {batch}, {backend} [{profile}]")
-        several = sum(k[:2] == key[:2] for k in protocols) > 1
-        apart = (device, dtype, f"b{batch}", backend) if several else ()
+        profile, model, device, dtype, batch, backend, *machine = name
+        fig.suptitle(f"{model} on {device}, {dtype}, batch {batch}, {backend} [{profile}]" + (f" ({', '.join(machine)})" if machine else ""))
+        several = sum(k[:2] == name[:2] for k, _ in protocols) > 1
+        apart = (device, dtype, f"b{batch}", backend, *machine) if several else ()
         written += save(fig, out_dir, file_stem("latency_vs_tokens", profile, model, *apart))
     return written
+
+
+def comparable_scores(rows: pd.DataFrame, setup: pd.DataFrame) -> tuple[pd.Series, str] | None:
+    """Primary-metric ``rows`` of one setup as numbers that may be averaged across benchmarks, with the
+    axis label: each value as % of the unpruned model's on its benchmark (``setup``'s ``none`` rows)
+    where every benchmark has one, else the plain score where every value is a 0-1 score, else None
+    (MME's 0-800 scale would swamp a mean of raw scores, as ``accuracy_table``'s Avg avoids too)."""
+    base = _primary(setup[setup["method"] == "none"]) if len(setup) else setup
+    base = base.groupby("benchmark")["value"].mean() if len(base) else pd.Series(dtype=float)
+    if len(rows) and rows["benchmark"].isin(base.index).all():
+        return rows["value"] / rows["benchmark"].map(base) * 100, "% of unpruned (mean over benchmarks)"
+    if (rows["value"].abs() <= 1).all():
+        return rows["value"], "mean score"
+    return None
 
 
 def _hivtp_rows_with(acc: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -165,13 +179,16 @@ def _hivtp_rows_with(acc: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 def layer_curves(acc: pd.DataFrame) -> dict[tuple[str, ...], list[tuple[str, pd.Series]]]:
     """What ``layer_ablation`` draws: (profile, model[, what sets the setup apart]) -> [(label, mean
     score by middle layer)], one line per window length (3-layer window, single layer) and per other
-    setting (budget, geometry): runs at different budgets or setups are never averaged into one point."""
+    setting (budget, geometry): runs at different budgets or setups are never averaged into one point.
+    The mean is over benchmarks of :func:`comparable_scores` (% of unpruned where the setup has the
+    unpruned rows); a setup whose scores cannot be averaged is left out."""
     out: dict = {}
     for key, part in _per_setup(acc):
         g = _hivtp_rows_with(part, ["layers"])
-        if g.empty:
+        scores = comparable_scores(g, part) if len(g) else None
+        if scores is None:
             continue
-        g = g.assign(layers=g["layers"].map(lambda x: [int(v) for v in str(x).replace(",", "-").strip("[]").replace(" ", "").split("-") if v]))
+        g = g.assign(value=scores[0], layers=g["layers"].map(lambda x: [int(v) for v in str(x).replace(",", "-").strip("[]").replace(" ", "").split("-") if v]))
         g = g.assign(n=g["layers"].map(len), mid=g["layers"].map(lambda v: sum(v) / len(v)),
                      _setting=g["params"].map(lambda p: _setting(p, drop=("layers",))))
         settings = sorted(g["_setting"].unique())
@@ -184,7 +201,7 @@ def layer_curves(acc: pd.DataFrame) -> dict[tuple[str, ...], list[tuple[str, pd.
 
 
 def layer_ablation(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Score-layer window (its middle layer) -> mean primary score; single layers as a second line;
+    """Score-layer window (its middle layer) -> mean score (:func:`layer_curves`); single layers as a second line;
     [CLS] attention (fastervlm) on the same benchmarks and budgets as a reference line."""
     written: list[Path] = []
     parts = dict(_per_setup(acc))
@@ -194,25 +211,29 @@ def layer_ablation(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
             ax.plot(pts.index, pts.values, "o-", label=label, ms=4)
         part = parts[key]  # the reference line comes from the same setup as the curves
         g = _hivtp_rows_with(part, ["layers"])
+        ylabel = comparable_scores(g, part)[1]
         cls = part[(part["method"] == "fastervlm") & part["benchmark"].isin(g["benchmark"].unique())
                    & part["budget"].isin(g["budget"].unique())]
-        if len(cls):
-            ax.axhline(_primary(cls)["value"].mean(), ls=":", color="k", label="[CLS] attention (fastervlm)")
-        ax.set(xlabel="0-based encoder layer", ylabel="mean score", title=f"score layers: {_figure_title(key)}")
+        cls_scores = comparable_scores(_primary(cls), part) if len(cls) else None
+        if cls_scores is not None and cls_scores[1] == ylabel:
+            ax.axhline(cls_scores[0].mean(), ls=":", color="k", label="[CLS] attention (fastervlm)")
+        ax.set(xlabel="0-based encoder layer", ylabel=ylabel, title=f"score layers: {_figure_title(key)}")
         ax.legend(fontsize=7)
         written += save(fig, out_dir, file_stem("layer_ablation", *key))
     return written
 
 
 def geometry_heatmap(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """regions x window -> mean primary score, one panel per keep_ratio: the runs that set the geometry
+    """regions x window -> mean score (:func:`comparable_scores`), one panel per keep_ratio: the runs that set the geometry
     and nothing else (a run with a budget, or other score layers, measures something else)."""
     written: list[Path] = []
     for key, part in _per_setup(acc):
         g = _hivtp_rows_with(part, ["regions", "window", "keep_ratio"])
         g = g[g["params"].map(lambda p: _setting(p, drop=("regions", "window", "keep_ratio")) == "")] if len(g) else g
-        if g.empty:
+        scores = comparable_scores(g, part) if len(g) else None
+        if scores is None:
             continue
+        g = g.assign(value=scores[0])
         ratios = sorted(g["keep_ratio"].unique())
         fig, axes = plt.subplots(1, len(ratios), figsize=(3.6 * len(ratios), 3.2), squeeze=False)
         for ax, r in zip(axes[0], ratios):
@@ -222,9 +243,9 @@ def geometry_heatmap(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
                    yticks=range(len(grid.index)), yticklabels=[int(i) for i in grid.index],
                    xlabel="window", ylabel="regions", title=f"keep_ratio {r:g}")
             for (i, j), v in pd.DataFrame(grid.values).stack().items():
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w", fontsize=7)
+                ax.text(j, i, f"{v:.1f}" if abs(v) > 1 else f"{v:.2f}", ha="center", va="center", color="w", fontsize=7)
             fig.colorbar(im, ax=ax, fraction=0.046)
-        fig.suptitle(f"geometry: {_figure_title(key)}")
+        fig.suptitle(f"geometry: {_figure_title(key)}; {scores[1]}")
         written += save(fig, out_dir, file_stem("geometry_heatmap", *key))
     return written
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..claims import CLAIMS, Claim, family_of
 from ..methods import is_in_llm, is_offline_only
-from .collect import LATENCY_PROTOCOL, setups
+from .collect import LATENCY_PROTOCOL, budget_axis, setups
 from .stats import excludes_zero
 from .tables import OFFLINE_IN_LLM_NOTE, accuracy_table, method_label, primary_metric
 
@@ -29,12 +29,10 @@ def _params(p: object) -> dict:
     return json.loads(p) if isinstance(p, str) and p else {}
 
 
-def _budget(x: object) -> object:
-    """64.0 -> 64 (CSV round trips turn integer budgets into floats); no budget (NaN, None: the
-    method's own default geometry) -> "default", as the tables write it."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "default"
-    return int(x) if isinstance(x, float) and x.is_integer() else x
+def _axis(row: pd.Series) -> object:
+    """The row's budget axis (``collect.budget_axis``: 64, ``keep=0.25``), "default" at HIVTP's rule."""
+    axis = budget_axis(row.to_dict())
+    return "default" if axis is None else axis
 
 
 def _default_hivtp(frame: pd.DataFrame) -> pd.DataFrame:
@@ -46,8 +44,8 @@ def _default_hivtp(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _configuration(row: pd.Series) -> str:
-    b = _budget(row["budget"])
-    return RULE if b == "default" else f"budget {b}"
+    b = _axis(row)
+    return RULE if b == "default" else f"budget {b}" if isinstance(b, int) else str(b)
 
 
 # ----------------------------------------------------------------------------- speed
@@ -73,9 +71,9 @@ def _gains(frame: pd.DataFrame, word: str, column: str, higher_better: bool) -> 
         for _, r in ours.iterrows():
             v = float(r[column])
             gain = (v / ref - 1) * 100 if higher_better else (1 - v / ref) * 100
-            rule = _budget(r["budget"]) == "default"
+            rule = _axis(r) == "default"
             protocol = f"{where['model']}, {where['device']} {where['dtype']} batch {where['batch']}"
-            out.append((gain, protocol if rule else f"budget {_budget(r['budget'])}, {protocol}", rule))
+            out.append((gain, protocol if rule else f"{_configuration(r)}, {protocol}", rule))
     return out
 
 
@@ -132,11 +130,13 @@ def _config_rank(config: str) -> tuple[int, int]:
     return (0, 0) if config == RULE else (1, int(last) if last.isdigit() else 0)
 
 
-def _percent_of_unpruned(table: pd.DataFrame, config: str, budget: object) -> str:
-    key = ("hivtp", "default" if config == RULE else str(_budget(budget)))
-    if table.empty or "% unpruned" not in table or key not in table.index or math.isnan(table.at[key, "% unpruned"]):
+def _percent_of_unpruned(unpruned: pd.DataFrame, rows: pd.DataFrame) -> str:
+    """The tables' "% unpruned" of one HIVTP configuration's ``rows`` against the ``unpruned`` rows."""
+    table = accuracy_table(pd.concat([unpruned, rows]))
+    if table.empty or "% unpruned" not in table:
         return "-"
-    return f"{table.at[key, '% unpruned']:.1f}%"
+    value = table.xs("hivtp", level="method")["% unpruned"].iloc[0]
+    return "-" if math.isnan(value) else f"{value:.1f}%"
 
 
 def _setups(acc: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
@@ -157,14 +157,15 @@ def unpruned_comparisons(acc: pd.DataFrame) -> list[dict]:
         group = _primary(_default_hivtp(own))
         if group.empty:
             continue
-        # the unpruned rows and HIVTP's default-geometry rows only: one table row per budget, so that the
-        # ablation runs at the same budget (other layers / geometry) neither relabel nor mix into it
-        table = accuracy_table(pd.concat([own[own["method"] == "none"], _default_hivtp(own)]))
+        # the unpruned rows and this configuration's default-geometry rows only: the ablation runs at the
+        # same budget (other layers / geometry) neither relabel nor mix into it
+        unpruned, hivtp = own[own["method"] == "none"], _default_hivtp(own)
+        hivtp_configs = hivtp.apply(_configuration, axis=1)
         configs = group.apply(_configuration, axis=1)
         for config, g in sorted(group.groupby(configs), key=lambda kv: _config_rank(kv[0])):
             better, worse, apart = _split(g, "none")
             out.append({"model": model, "config": config, "tokens": g["tokens_kept_mean"].map(_num).mean(),
-                        "percent": _percent_of_unpruned(table, config, g.iloc[0]["budget"]),
+                        "percent": _percent_of_unpruned(unpruned, hivtp[hivtp_configs == config]),
                         "better": better, "worse": worse, "apart": apart})
     return out
 
@@ -189,7 +190,7 @@ def prior_comparisons(acc: pd.DataFrame) -> list[dict]:
     out = []
     for model, own in _setups(acc):
         rows = _primary(own[~own["method"].isin(["none", "hivtp"]) & ~own["method"].map(is_offline_only)])
-        for (budget, method), g in rows.groupby([rows["budget"].map(_budget), "method"]) if len(rows) else []:
+        for (budget, method), g in rows.groupby([rows.apply(_axis, axis=1).astype(str), "method"]) if len(rows) else []:
             better, worse, apart = _split(g, "hivtp", sign=-1)  # the column holds method - hivtp
             if better or worse or apart:
                 out.append({"model": model, "budget": budget, "method": method, "better": better, "worse": worse,

@@ -9,12 +9,16 @@ with those counts as weights. So one matrix product scores B resamples at once.
 
 Units and aggregation, per benchmark (lmms_eval/tasks/*/utils.py, lmms-eval 0.7.3):
 
-- mean metrics (GQA and ScienceQA ``exact_match``, any metric aggregated by ``mean``): one unit per
-  question; score = sum(w x) / sum(w).
-- POPE: one unit per question; precision, recall and F1 are recomputed from the resample's counts
-  of true positives, false positives and false negatives (F1 is not a mean of per-question values).
-  As in lmms-eval, a false negative is an answer of exactly "no" to a "yes" question; yes_ratio is the
-  share of "yes" *ground truths*.
+- mean metrics (GQA and ScienceQA ``exact_match``, any metric aggregated by ``mean``): score =
+  sum(w x) / sum(w n) over units holding n questions each.
+- POPE: precision, recall and F1 are recomputed from the resample's counts of true positives, false
+  positives and false negatives (F1 is not a mean of per-question values). As in lmms-eval, a false
+  negative is an answer of exactly "no" to a "yes" question; yes_ratio is the share of "yes" *ground truths*.
+- The unit of these two is the **image** where the run recorded which image each question asks about
+  (the plugin's accounting: ``image``): POPE asks several questions of one image and GQA many, and such
+  questions are not independent draws, so resampling them one by one gives intervals too narrow. Each
+  unit then holds its image's sums (true positives, questions, ...). Without that record (another
+  plugin's run, a run made before it was recorded) the unit is the question (``Scores.unit``).
 - MME: one unit per image (its two questions: accuracy + accuracy+ of the pair, 0/50/100 + 0/100);
   a category's score is the mean over its images; the total is the sum over categories. Images are
   resampled within their category, so every resample scores every category (resampling across
@@ -80,7 +84,8 @@ class Scores:
 
     ``keys`` [U] name the units (question or image) so that two runs can be paired; ``strata`` [U]
     are resampled separately (MME categories; all 0 elsewhere); ``columns`` hold per-unit values [U];
-    ``statistic`` turns weights [R, U] into R scores; ``n`` is the number of questions scored.
+    ``statistic`` turns weights [R, U] into R scores; ``n`` is the number of questions scored;
+    ``unit`` what one unit is (``question`` or ``image``).
     """
 
     metric: str
@@ -89,6 +94,9 @@ class Scores:
     columns: dict[str, np.ndarray]
     statistic: Statistic
     n: int
+    unit: str = "question"
+    #: for image units: the same run's question units (a run paired with one that named no images falls back to them)
+    per_question: Scores | None = None
 
     def value(self, weights: np.ndarray) -> np.ndarray:
         return self.statistic(weights, self.columns)
@@ -108,7 +116,22 @@ class Scores:
                              "pair runs made with the same benchmark and limit.")
         order = _order(self.keys, keys)
         return Scores(self.metric, keys, self.strata[order], {k: v[order] for k, v in self.columns.items()},
-                      self.statistic, self.n)
+                      self.statistic, self.n, self.unit)
+
+    def by_image(self, images: dict[str, str | None]) -> Scores:
+        """These question units gathered into one unit per image (``images``: question key -> image key),
+        each holding the sums of its questions' columns; unchanged unless every question names its image."""
+        if self.unit != "question" or any(images.get(k) is None for k in self.keys):
+            return self
+        owners = [images[k] for k in self.keys]
+        keys = tuple(dict.fromkeys(owners))  # first-appearance order
+        where = {k: i for i, k in enumerate(keys)}
+        index = np.array([where[o] for o in owners])
+        columns = {}
+        for name, values in self.columns.items():
+            columns[name] = np.zeros(len(keys))
+            np.add.at(columns[name], index, values)
+        return Scores(self.metric, keys, np.zeros(len(keys), dtype=int), columns, self.statistic, self.n, "image", self)
 
 
 def _order(have: tuple[str, ...], want: tuple[str, ...]) -> np.ndarray:
@@ -118,7 +141,7 @@ def _order(have: tuple[str, ...], want: tuple[str, ...]) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- statistics
 def _mean(w: np.ndarray, c: dict[str, np.ndarray]) -> np.ndarray:
-    return (w @ c["x"]) / w.sum(axis=1)
+    return (w @ c["x"]) / (w @ c["count"])
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -149,7 +172,7 @@ def _pope_yes_ratio(w, c):
 
 
 def _pope_accuracy(w, c):
-    return (w @ c["score"]) / w.sum(axis=1)
+    return (w @ c["score"]) / (w @ c["count"])
 
 
 _POPE = dict(zip(POPE_METRICS, (_pope_accuracy, _pope_precision, _pope_recall, _pope_f1, _pope_yes_ratio)))
@@ -190,12 +213,21 @@ def _per_sample(samples: list[dict[str, Any]], metric: str) -> list[Any]:
     return values
 
 
-def scores_from_samples(metric: str, samples: list[dict[str, Any]]) -> Scores:
-    """Units for ``metric`` from one task's logged samples (:func:`read_logged_samples`)."""
+def scores_from_samples(metric: str, samples: list[dict[str, Any]], images: dict[int, str | None] | None = None) -> Scores:
+    """Units for ``metric`` from one task's logged samples (:func:`read_logged_samples`): one per image
+    where ``images`` (doc_id -> image key) names every question's image, else one per question
+    (MME: one per image pair, always)."""
     if not samples:
         raise StatsError(f"no logged samples for metric {metric!r}.")
     if metric in MME_METRICS:
         return _mme_scores(metric, samples)
+    scores = _question_scores(metric, samples)
+    if images:
+        scores = scores.by_image({str(s.get("doc_id", i)): images.get(s.get("doc_id", i)) for i, s in enumerate(samples)})
+    return scores
+
+
+def _question_scores(metric: str, samples: list[dict[str, Any]]) -> Scores:
     values = _per_sample(samples, metric)
     keys = tuple(str(s.get("doc_id", i)) for i, s in enumerate(samples))
     if len(set(keys)) != len(keys):  # units pair two runs by doc_id: each must be one question
@@ -212,13 +244,14 @@ def scores_from_samples(metric: str, samples: list[dict[str, Any]]) -> Scores:
             "gt_yes": np.array([g == "yes" for g in gt], dtype=float),
             "gt_no": np.array([g == "no" for g in gt], dtype=float),
             "score": np.array([float(v["score"]) for v in values]),
+            "count": np.ones(len(values)),
         }
         return Scores(metric, keys, strata, columns, _POPE[metric], len(samples))
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         kind = type(next(v for v in values if not isinstance(v, (int, float)))).__name__
         raise UnknownAggregationError(f"metric {metric!r} logs {kind} values per sample, and hivtp.results.stats knows no "
                          "aggregation for it; add a metric-from-samples function there.")
-    return Scores(metric, keys, strata, {"x": np.array(values, dtype=float)}, _mean, len(samples))
+    return Scores(metric, keys, strata, {"x": np.array(values, dtype=float), "count": np.ones(len(values))}, _mean, len(samples))
 
 
 def _mme_scores(metric: str, samples: list[dict[str, Any]]) -> Scores:
@@ -240,7 +273,7 @@ def _mme_scores(metric: str, samples: list[dict[str, Any]]) -> Scores:
     strata = np.array([categories.index(c) for c, _ in pairs])
     keys = tuple(f"{c}/{q}" for c, q in pairs)
     return Scores(metric, keys, strata, {"pair": pair, "stratum": strata}, _mme_statistic(len(categories)),
-                  sum(len(v) for v in pairs.values()))
+                  sum(len(v) for v in pairs.values()), "image")
 
 
 # ----------------------------------------------------------------------------- bootstrap
@@ -255,6 +288,8 @@ def paired_ci(a: Scores, b: Scores, resamples: int = RESAMPLES, seed: int = SEED
     """(a - b on the full sample, interval low, high): both runs resampled with the same draws."""
     if a.metric != b.metric:
         raise StatsError(f"cannot pair {a.metric!r} with {b.metric!r}.")
+    if a.unit != b.unit:  # one run named its questions' images, the other not: pair the questions
+        a, b = a.per_question or a, b.per_question or b
     b = b.aligned_to(a.keys)
     diff = a.point() - b.point()
     values = bootstrap([lambda w: a.value(w) - b.value(w)], a.strata, resamples, seed)[0]

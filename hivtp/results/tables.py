@@ -80,8 +80,12 @@ def _primary_rows(frame: pd.DataFrame) -> pd.DataFrame:
     keep = []
     for bench, group in frame.groupby("benchmark", sort=True):
         keep.append(group[group["metric"] == primary_metric(list(group["metric"].unique()))])
-    frame = pd.concat(keep)
-    # Several runs with the same method/budget (e.g. a layers sweep) are told apart by params.
+    return _told_apart(pd.concat(keep))
+
+
+def _told_apart(frame: pd.DataFrame) -> pd.DataFrame:
+    """Several runs with the same method and budget (a layers sweep, HIVTP's eager scoring beside its fast
+    one) get their params in ``budget_label``: one table row each, never one cell pooling them."""
     dup = frame.groupby(["method", "budget_label"])["params"].transform("nunique") > 1
     frame.loc[dup, "budget_label"] = frame.loc[dup, "budget_label"] + " " + frame.loc[dup, "params"]
     return frame
@@ -122,8 +126,9 @@ def accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:
 #: marks after a score whose paired 95% CI against HIVTP at the same budget excludes zero
 BETTER, WORSE = "↑", "↓"
 ACCURACY_LEGEND = (
-    "Scores are the value ± half the width of its 95% bootstrap interval over questions (MME: over image "
-    f"pairs). {BETTER} / {WORSE}: the paired 95% interval of (row − HIVTP with default geometry at the same "
+    "Scores are the value ± half the width of its 95% bootstrap interval over images (the questions of one image "
+    "resampled together; over questions for a run that did not record its images: the ci_unit column). "
+    f"{BETTER} / {WORSE}: the paired 95% interval of (row − HIVTP with default geometry at the same "
     "budget, same questions) lies above / below zero; without a mark the two are not told apart. "
     "Avg and % unpruned carry no interval. A row marked \"" + OFFLINE_REFERENCE + "\" (oracle: keeps the patches "
     "the scene's objects cover, known by construction) is the offline testbed's reference, not a competing "
@@ -183,6 +188,7 @@ def latency_table(frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     frame = frame.copy()
     frame["budget_label"] = frame.apply(_budget_label, axis=1)
+    frame = _told_apart(frame)
     table = frame.pivot_table(index=["method", "budget_label"], columns="stage", values="median_ms", aggfunc="median")
     table = table.rename(columns=lambda s: f"{s} ms")
     if "tokens_per_s" in frame and frame["tokens_per_s"].notna().any():
