@@ -13,6 +13,11 @@ every file it names is there with its checksum; anything else is redone. A kille
 that finished and redoes only what did not; a forced re-run (``force=true``), or the redo of a
 damaged finished run, is made in a fresh folder and swapped in at the end, so killing it leaves the
 old run as it was.
+What a run answered on is recorded too, beside the identity (which holds names, not contents): the
+digests of the checkpoint's weights, of its other files (config, processor, tokenizer, chat template)
+and of the benchmark's local data (:data:`hivtp.runfolder.INPUTS`). A finished run whose digests differ
+from the current ones (retrained weights, an edited config.json, data rebuilt with other questions), or
+that recorded none, is redone like a damaged one, so its rows never mix with rows on other inputs.
 The backends are the contract APIs (``hivtp.lmms.runner.run_accuracy``, ``hivtp.latency.measure``),
 named in ``cfg.backend`` as ``module:attr`` so that tests can swap them.
 
@@ -271,18 +276,114 @@ def accuracy_weights(cfg: dict[str, Any]) -> str | None:
     return local_weights_digest(cfg["model"]["pretrained"])
 
 
-def _weights_changed(folder: Path, weights: str | None) -> str | None:
+def run_inputs(cfg: dict[str, Any]) -> dict[str, str | None]:
+    """What a run answers on besides the weights and its identity, as digests (:data:`runfolder.INPUTS`):
+    the checkpoint's other files (:func:`checkpoint_files_digest`) and the benchmark's data
+    (:func:`data_digest`). Names are in the identity; these say whether the contents behind them changed."""
+    return {runfolder.CHECKPOINT_FILES: checkpoint_files_digest(cfg), runfolder.DATA: data_digest(cfg)}
+
+
+def checkpoint_files_digest(cfg: dict[str, Any]) -> str | None:
+    """The digest of the non-weight files (:func:`hivtp.zoo.checkpoint_files`) of the local checkpoints the
+    run loads: the accuracy part's ``model.pretrained``, and the latency part's ``latency_model`` unless
+    it times random weights (built from a shipped shape: code, covered by the commit). A latency part
+    depends on the config (the architecture it times), never on the weights' values. One checkpoint gives
+    its own digest; two different ones, the digest of both. None when neither is local (a hub id: its
+    name is the run's identity and its files are not here to read)."""
+    from .zoo import local_checkpoint_files_digest
+
+    mode, model = cfg.get("mode", "both"), cfg["model"]
+    names = [model["pretrained"]] if mode != "latency" else []
+    if mode != "accuracy" and not model.get("latency_random_weights", True):
+        names.append(model["latency_model"])
+    digests = list(dict.fromkeys(d for d in map(local_checkpoint_files_digest, names) if d))
+    if len(digests) > 1:
+        return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+    return digests[0] if digests else None
+
+
+def data_folder(cfg: dict[str, Any]) -> Path | None:
+    """The local folder the accuracy part's benchmark reads: ``benchmark.data_dir``, or (null) the
+    runner's default ``artifacts/data`` when an offline (``hivtp_*``) task runs. None for a latency-only
+    run (synthetic prompts and images) and for hub datasets (lmms-eval's own tasks)."""
+    bench = cfg.get("benchmark") or {}
+    if cfg.get("mode", "both") == "latency":
+        return None
+    if bench.get("data_dir"):
+        return Path(bench["data_dir"]).expanduser()
+    if not any(str(t).startswith("hivtp_") for t in bench.get("tasks") or []):
+        return None
+    from .lmms.runner import DATA_DIR
+
+    return DATA_DIR
+
+
+def data_digest(cfg: dict[str, Any]) -> str | None:
+    """The digest of every file under :func:`data_folder` (relative names and contents; hidden files,
+    byte-code and ``datasets``' derived ``cache-*.arrow`` / ``*.lock`` files left out: a run may write
+    those, and they hold nothing the data does not); None when there is no such folder (the runner then
+    says how to build it)."""
+    folder = data_folder(cfg)
+    if folder is None or not folder.is_dir():
+        return None
+    return runfolder.files_digest(folder, _data_files(folder))
+
+
+def _data_files(folder: Path) -> list[str]:
+    """The relative names :func:`data_digest` covers (see there for what is left out and why)."""
+    out = []
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder)
+        if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
+            continue
+        if path.name.endswith(".lock") or (path.name.startswith("cache-") and path.suffix == ".arrow"):
+            continue
+        if path.is_file():
+            out.append(rel.as_posix())
+    return out
+
+
+def _stale(folder: Path, cfg: dict[str, Any], weights: str | None, inputs: dict[str, str | None]) -> str | None:
+    """Why a finished run no longer holds (what it ran on changed), or None."""
+    manifest = runfolder.read_manifest(folder)
+    why = [_weights_changed(manifest, weights), _inputs_changed(manifest, inputs, cfg)]
+    return "; ".join(w for w in why if w) or None
+
+
+def _weights_changed(manifest: dict[str, Any], weights: str | None) -> str | None:
     """Why a finished run's accuracy no longer holds (the checkpoint's weights changed), or None."""
-    recorded = runfolder.read_manifest(folder).get("weights")
+    recorded = manifest.get(runfolder.WEIGHTS)
     if weights is None or recorded == weights:
         return None
     was = f"weights {recorded[:12]}" if recorded else "weights it did not record (made before runs recorded them)"
     return f"its accuracy was measured on {was}; the checkpoint now holds {weights[:12]}"
 
 
+def _inputs_changed(manifest: dict[str, Any], inputs: dict[str, str | None], cfg: dict[str, Any]) -> str | None:
+    """Why a finished run's numbers no longer hold (the checkpoint's other files or the data changed), or
+    None. An input that is not here now (None) is not compared, as weights are not."""
+    current = {k: v for k, v in inputs.items() if v is not None}
+    if not current:
+        return None
+    if not all(k in manifest for k in runfolder.INPUTS):
+        return "it was made before runs recorded their inputs (checkpoint files, benchmark data)"
+    why = []
+    if runfolder.CHECKPOINT_FILES in current and manifest[runfolder.CHECKPOINT_FILES] != current[runfolder.CHECKPOINT_FILES]:
+        why.append("its checkpoint's files besides the weights (config.json, processor, tokenizer, chat template) "
+                   f"changed: {_short(manifest[runfolder.CHECKPOINT_FILES])} -> {_short(current[runfolder.CHECKPOINT_FILES])}")
+    if runfolder.DATA in current and manifest[runfolder.DATA] != current[runfolder.DATA]:
+        why.append(f"its benchmark data in {data_folder(cfg)} changed: {_short(manifest[runfolder.DATA])} -> "
+                   f"{_short(current[runfolder.DATA])}")
+    return "; ".join(why) or None
+
+
+def _short(digest: str | None) -> str:
+    return digest[:12] if digest else "none"
+
+
 def execute(cfg_in: Any) -> Path:
     """Run one resolved config; return its run folder. Skips finished runs, keeps finished parts of
-    a killed one, redoes a damaged one or one whose model's weights changed."""
+    a killed one, redoes a damaged one or one whose inputs changed (weights, other checkpoint files, data)."""
     cfg = plain(cfg_in)
     mode = cfg.get("mode", "both")
     if mode not in ("accuracy", "latency", "both"):
@@ -290,10 +391,10 @@ def execute(cfg_in: Any) -> Path:
     final = Path(cfg["runs_root"]) / run_hash(cfg)
     commit = git_commit()
     force = bool(cfg.get("force", False))
-    weights = accuracy_weights(cfg)
+    weights, inputs = accuracy_weights(cfg), run_inputs(cfg)
     stale = None
     if not force and runfolder.is_complete(final):
-        stale = _weights_changed(final, weights)
+        stale = _stale(final, cfg, weights, inputs)
         if stale is None:
             _skip(final, commit)
             return final
@@ -304,11 +405,11 @@ def execute(cfg_in: Any) -> Path:
     if damaged:
         _say(f"redo {final.name}: {'; '.join(damaged)}")
     if not (force or damaged or stale):
-        _run_into(cfg, final, mode, commit, invalid, keep_parts=True, weights=weights)
+        _run_into(cfg, final, mode, commit, invalid, keep_parts=True, weights=weights, inputs=inputs)
         return final
     fresh = runfolder.fresh_folder(final)
     try:
-        _run_into(cfg, fresh, mode, commit, invalid, keep_parts=False, weights=weights)
+        _run_into(cfg, fresh, mode, commit, invalid, keep_parts=False, weights=weights, inputs=inputs)
     except BaseException:
         _say(f"{final.name}: the re-run did not finish; its files are in {fresh}, {final} is unchanged")
         raise
@@ -329,19 +430,21 @@ def _invalid_reason(cfg: dict[str, Any]) -> str | None:
 
 
 def _run_into(cfg: dict[str, Any], folder: Path, mode: str, commit: str, invalid: str | None, keep_parts: bool,
-              weights: str | None = None) -> None:
-    """Run ``cfg`` in ``folder`` and seal it with the manifest (which records ``weights``). ``keep_parts``:
-    a part whose rows file is there and readable finished before a kill, on the same weights; keep it."""
+              weights: str | None = None, inputs: dict[str, str | None] | None = None) -> None:
+    """Run ``cfg`` in ``folder`` and seal it with the manifest (which records ``weights`` and ``inputs``).
+    ``keep_parts``: a part whose rows file is there and readable finished before a kill, on the same
+    weights and inputs; keep it."""
     name = run_hash(cfg)
+    inputs = {key: (inputs or {}).get(key) for key in runfolder.INPUTS}
     folder.mkdir(parents=True, exist_ok=True)
-    if keep_parts and _started_on(folder) != weights:
-        keep_parts = False  # a killed run's finished parts answered with other weights: gone, so that a
-        for part in ("accuracy", "latency"):  # second kill cannot leave them to be sealed as this run's
+    if keep_parts and _started_on(folder) != (weights, inputs):
+        keep_parts = False  # a killed run's finished parts answered on other weights or inputs: gone, so that
+        for part in ("accuracy", "latency"):  # a second kill cannot leave them to be sealed as this run's
             (folder / f"{part}.json").unlink(missing_ok=True)
-    write_json(folder / "config.json", {"identity": identity(cfg), "config": cfg, "weights": weights})
+    write_json(folder / "config.json", {"identity": identity(cfg), "config": cfg, runfolder.WEIGHTS: weights, **inputs})
     if invalid is not None:
         write_text(folder / "INVALID", f"{invalid}\n")
-        runfolder.write_manifest(folder, parts=[], status="invalid", commit=commit, weights=weights)
+        runfolder.write_manifest(folder, parts=[], status="invalid", commit=commit, weights=weights, inputs=inputs)
         _say(f"invalid {name}: {invalid}")
         return
     parts = [p for p in ("accuracy", "latency") if mode in (p, "both")]
@@ -355,13 +458,15 @@ def _run_into(cfg: dict[str, Any], folder: Path, mode: str, commit: str, invalid
         rows = stamp(fn(cfg, folder), cfg, part, commit)
         write_json(target, rows)
         _say(f"{name}: {part} done, {len(rows)} rows, {time.perf_counter() - start:.1f} s")
-    runfolder.write_manifest(folder, parts=parts, status="done", commit=commit, weights=weights)
+    runfolder.write_manifest(folder, parts=parts, status="done", commit=commit, weights=weights, inputs=inputs)
 
 
-def _started_on(folder: Path) -> str | None:
-    """The weights a (killed) run in ``folder`` started with, from its config.json; None if unknown."""
+def _started_on(folder: Path) -> tuple[str | None, dict[str, str | None]] | None:
+    """(weights, inputs) a (killed) run in ``folder`` started with, from its config.json (a key it lacks
+    reads as None); None if there is none to read."""
     try:
-        return json.loads((folder / "config.json").read_text()).get("weights")
+        started = json.loads((folder / "config.json").read_text())
+        return started.get(runfolder.WEIGHTS), {key: started.get(key) for key in runfolder.INPUTS}
     except (OSError, ValueError, AttributeError):
         return None
 

@@ -4,7 +4,9 @@ A run folder (``<runs_root>/<hash>/``, see :mod:`hivtp.run`) holds ``config.json
 part (``accuracy.json``, ``latency.json``), the accuracy backend's own output under ``lmms/`` and, for
 a config hivtp rejected under ``skip_invalid``, ``INVALID``. When every part has finished, the runner
 writes ``DONE``: a JSON manifest naming every file of the folder with its sha256, the parts the run
-needed, its status (``done`` or ``invalid``) and the commit it ran at. ``DONE`` is written last and
+needed, its status (``done`` or ``invalid``), the commit it ran at and what it ran on (:data:`WEIGHTS`,
+:data:`CHECKPOINT_FILES`, :data:`DATA`: digests of the checkpoint and the benchmark data, so that a run
+whose inputs changed is redone instead of skipped; see :mod:`hivtp.run`). ``DONE`` is written last and
 atomically, so its presence alone says that the run got to the end; :func:`verify_run` then checks
 that every file it names is still there with the same content, so that a file deleted, truncated or
 edited later turns the run back into an incomplete one instead of a silent hole or a wrong number.
@@ -21,6 +23,7 @@ import json
 import os
 import secrets
 import shutil
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -28,15 +31,22 @@ from .atomic import write_json
 from .errors import HivtpError
 
 __all__ = [
+    "CHECKPOINT_FILES",
+    "DATA",
     "INCOMING",
+    "INPUTS",
     "MANIFEST",
+    "WEIGHTS",
     "IncompleteRunError",
     "check_run",
+    "files_digest",
     "fresh_folder",
     "is_complete",
     "read_manifest",
     "read_part",
     "readable_rows",
+    "recorded_data",
+    "recorded_inputs",
     "swap_in",
     "verify_run",
     "write_manifest",
@@ -48,6 +58,16 @@ MANIFEST = "DONE"
 INCOMING = "_incoming"
 FORMAT = 1
 STATUSES = ("done", "invalid")
+# What a run ran on, as the manifest (and the run's config.json) records it: one place for the key names.
+#: sha256 of the checkpoint's weights (``hivtp.zoo.local_weights_digest``); None: not a local checkpoint
+WEIGHTS = "weights"
+#: sha256 of the checkpoint's other files that change its answers (config, processor, tokenizer, chat
+#: template: ``hivtp.zoo.local_checkpoint_files_digest``); None: no local checkpoint is loaded
+CHECKPOINT_FILES = "checkpoint_files"
+#: sha256 of the accuracy benchmark's local data folder (every file, by relative name); None: no local data
+DATA = "data"
+#: the inputs besides the weights; a manifest without these keys was written before runs recorded them
+INPUTS = (CHECKPOINT_FILES, DATA)
 
 
 class IncompleteRunError(HivtpError, RuntimeError):
@@ -77,6 +97,27 @@ def _is_temporary(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
 
 
+@lru_cache(maxsize=4096)
+def _sha256_of(path: str, state: tuple) -> str:  # ``state`` keys the cache: a rewritten file, a new digest
+    return _sha256(Path(path))
+
+
+def files_digest(root: str | os.PathLike, names: Iterable[str]) -> str:
+    """The sha256 over the files ``names`` (paths relative to ``root``): each one's relative POSIX name, size
+    and content, in sorted order, so that a file renamed, added, removed or edited changes it, and a copy of
+    the folder elsewhere does not. Each file's digest is remembered per process by its state (size, inode,
+    mtime, ctime: any write changes the ctime), so a sweep reads each file once (the 1.27 GB of
+    ``make data``: 1-2 s on two busy cores, then 10 ms per run)."""
+    root = Path(root)
+    digest = hashlib.sha256()
+    for rel in sorted(Path(n).as_posix() for n in names):
+        path = (root / rel).resolve()
+        st = path.stat()
+        state = (st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+        digest.update(f"{rel}\0{st.st_size}\0{_sha256_of(str(path), state)}\n".encode())
+    return digest.hexdigest()
+
+
 def _files(folder: Path) -> list[str]:
     """Every regular file under ``folder`` (relative POSIX paths, sorted), without the manifest and
     without Python's byte-code caches (importing a rendered task module may rewrite them any time)."""
@@ -92,10 +133,13 @@ def _files(folder: Path) -> list[str]:
 
 
 def write_manifest(folder: str | os.PathLike, parts: Iterable[str], status: str = "done",
-                   commit: str | None = None, weights: str | None = None) -> dict[str, Any]:
+                   commit: str | None = None, weights: str | None = None,
+                   inputs: dict[str, str | None] | None = None) -> dict[str, Any]:
     """Seal a finished run: checksum every file in ``folder`` and write ``DONE`` (last, atomically).
     ``parts`` are the rows files the run needed (``accuracy``, ``latency``); each must be there.
-    ``weights``: the sha256 of the checkpoint the accuracy part answered with (``hivtp.run``)."""
+    ``weights``: the sha256 of the checkpoint the accuracy part answered with (``hivtp.run``);
+    ``inputs``: the digests of :data:`INPUTS` (every key recorded, None included); without it the
+    manifest records no inputs, as the ones written before they existed."""
     folder = Path(folder)
     parts = sorted(parts)
     if status not in STATUSES:
@@ -108,7 +152,8 @@ def write_manifest(folder: str | os.PathLike, parts: Iterable[str], status: str 
         "status": status,
         "parts": parts,
         "commit": commit,
-        "weights": weights,
+        WEIGHTS: weights,
+        **({key: inputs.get(key) for key in INPUTS} if inputs is not None else {}),
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "files": {rel: _sha256(folder / rel) for rel in _files(folder)},
     }
@@ -138,6 +183,20 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     if manifest is None:
         raise IncompleteRunError(folder, problems)
     return manifest
+
+
+def recorded_inputs(folder: str | os.PathLike) -> dict[str, str | None] | None:
+    """The :data:`INPUTS` digests a finished run recorded; None for a run sealed before runs recorded them."""
+    manifest = read_manifest(folder)
+    if not all(key in manifest for key in INPUTS):
+        return None
+    return {key: manifest[key] for key in INPUTS}
+
+
+def recorded_data(folder: str | os.PathLike) -> str | None:
+    """The digest of the benchmark data a finished run answered on (:data:`DATA`); None when it had no
+    local data (a latency-only run, hub datasets) or was sealed before runs recorded it."""
+    return read_manifest(folder).get(DATA)
 
 
 def _file_problems(folder: Path, manifest: dict[str, Any]) -> list[tuple[str, str]]:

@@ -15,7 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from hivtp.errors import ConfigError
-from hivtp.run import CONFIG_DIR, REPO, accuracy_weights, execute, identity, plain, run_hash, write_atomic
+from hivtp.run import CONFIG_DIR, REPO, accuracy_weights, execute, identity, plain, run_hash, run_inputs, write_atomic
 
 FAKE = ["backend.accuracy=fake_backends:accuracy", "backend.latency=fake_backends:latency"]
 
@@ -91,16 +91,51 @@ def test_run_writes_rows_and_skips_when_finished(tmp_path, fake_log):
     assert len(calls(fake_log)) == 4
 
 
+def _killed(folder: Path, started_on: dict) -> None:
+    """A folder as a killed run leaves it: its config (with what it answered on) written first, the
+    accuracy part finished, then the process died."""
+    write_atomic(folder / "config.json", json.dumps(started_on))
+    write_atomic(folder / "accuracy.json", '[{"benchmark": "x", "value": 1.0}]\n')
+
+
 def test_part_finished_before_a_kill_is_kept(tmp_path, fake_log):
     cfg = cfg_of([f"runs_root={tmp_path}", *FAKE])
     folder = tmp_path / run_hash(plain(cfg))
-    # as a killed run leaves its folder: its config (with the weights it answered with) written first,
-    # the accuracy part finished, then the process died
-    write_atomic(folder / "config.json", json.dumps({"weights": accuracy_weights(plain(cfg))}))
-    write_atomic(folder / "accuracy.json", '[{"benchmark": "x", "value": 1.0}]\n')
+    _killed(folder, {"weights": accuracy_weights(plain(cfg)), **run_inputs(plain(cfg))})
     execute(cfg)
     assert [c["kind"] for c in calls(fake_log)] == ["latency"]
     assert (folder / "DONE").exists()
+
+
+def test_part_finished_on_other_inputs_is_redone(tmp_path, fake_log):
+    """A killed run's part is kept only when it answered on this run's weights and inputs: one that
+    started on other data (or before runs recorded their inputs) is redone."""
+    data = tmp_path / "data"
+    (data / "pope").mkdir(parents=True)
+    (data / "pope" / "dataset_dict.json").write_text("{}\n")
+    cfg = cfg_of([f"runs_root={tmp_path / 'runs'}", f"benchmark.data_dir={data}", *FAKE])
+    folder = tmp_path / "runs" / run_hash(plain(cfg))
+    started_on = {"weights": accuracy_weights(plain(cfg)), **run_inputs(plain(cfg))}
+    assert started_on["data"]
+    for other in ({**started_on, "data": "0" * 64}, {"weights": started_on["weights"]}):
+        _killed(folder, other)
+        (folder / "DONE").unlink(missing_ok=True)
+        before = len(calls(fake_log))
+        execute(cfg)
+        assert [c["kind"] for c in calls(fake_log)[before:]] == ["accuracy", "latency"]
+
+
+def test_the_data_a_run_answers_on_is_the_folder_its_benchmark_reads(tmp_path):
+    """benchmark.data_dir, or the runner's default (artifacts/data) for the offline tasks; none for hub
+    datasets and for latency-only runs (synthetic prompts and images)."""
+    from hivtp.lmms.runner import DATA_DIR
+    from hivtp.run import data_digest, data_folder
+
+    assert data_folder(plain(cfg_of([]))) == DATA_DIR
+    assert data_folder(plain(cfg_of([f"benchmark.data_dir={tmp_path}"]))) == tmp_path
+    assert data_folder(plain(cfg_of(["benchmark=paper"]))) is None
+    assert data_folder(plain(cfg_of(["mode=latency"]))) is None
+    assert data_digest(plain(cfg_of([f"benchmark.data_dir={tmp_path / 'not-built'}"]))) is None
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):

@@ -279,3 +279,131 @@ def test_a_part_from_other_weights_is_gone_before_a_second_kill_can_seal_it(tmp_
     folder = execute(cfg_of(runs, f"model.pretrained={model}", "mode=both"))
     assert n_calls(env) == 3  # A's accuracy, then B's accuracy and latency: A's part was not sealed as B's
     assert is_complete(folder)
+
+
+# ---------------------------------------------------------------------------- inputs besides the weights
+def _data(folder: Path, questions: int = 20) -> Path:
+    """An offline data folder laid out as ``make data`` lays it out; ``questions`` changes its content
+    (the test backends read none of it: what matters is what the runner records)."""
+    split = folder / "gqa_instructions" / "testdev"
+    split.mkdir(parents=True, exist_ok=True)
+    (split / "data-00000-of-00001.arrow").write_text("".join(f"question {i}\n" for i in range(questions)))
+    (folder / "gqa_instructions" / "dataset_dict.json").write_text('{"splits": ["testdev"]}\n')
+    return folder
+
+
+def _done(folder: Path) -> dict:
+    return json.loads((folder / "DONE").read_text())
+
+
+def _edit_json(path: Path, **changes) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}, indent=2) + "\n")
+
+
+def test_a_finished_run_is_redone_when_its_benchmark_data_changes(tmp_path, env, capsys):
+    """Data rebuilt at the same path with other questions (or sizes) keeps the run's hash: the run records
+    the data's digest and is redone, so that its rows never sit beside rows on the new questions."""
+    data = _data(tmp_path / "data", questions=20)
+    cfg = cfg_of(tmp_path / "runs", f"benchmark.data_dir={data}")
+    folder = execute(cfg)
+    first = _done(folder)["data"]
+    assert first and n_calls(env) == 1
+    (data / ".DS_Store").write_text("x")  # hidden files and datasets' derived caches are not data
+    (data / "gqa_instructions" / "testdev" / "cache-0a1b2c.arrow").write_text("derived")
+    capsys.readouterr()
+    execute(cfg)
+    assert n_calls(env) == 1 and f"skip {folder.name}: finished" in capsys.readouterr().out
+    _data(data, questions=100)  # `make data` again, with other questions
+    assert execute(cfg) == folder and n_calls(env) == 2
+    assert f"redo {folder.name}: its benchmark data in {data} changed: {first[:12]} -> " in capsys.readouterr().out
+    second = _done(folder)["data"]
+    assert second not in (None, first) and is_complete(folder)
+    (data / "pope").mkdir()
+    (data / "pope" / "dataset_dict.json").write_text("{}\n")  # a benchmark added beside it
+    execute(cfg)
+    assert n_calls(env) == 3 and _done(folder)["data"] not in (first, second)
+
+
+def test_a_finished_run_is_redone_when_its_checkpoints_config_changes(tmp_path, env, capsys):
+    """config.json (here the feature layer), the chat template and the generation config change the answers
+    with the same weights: a finished run is redone; hivtp's own notes beside the weights do not."""
+    model = _local_checkpoint(tmp_path / "model")
+    cfg = cfg_of(tmp_path / "runs", f"model.pretrained={model}", f"benchmark.data_dir={_data(tmp_path / 'data')}")
+    folder = execute(cfg)
+    weights, first = _done(folder)["weights"], _done(folder)["checkpoint_files"]
+    assert weights and first and n_calls(env) == 1
+    (model / "train_log.jsonl").write_text('{"step": 1}\n')  # the training record: no answer depends on it
+    _edit_json(model / "hivtp_build.json", note="copied")
+    execute(cfg)
+    assert n_calls(env) == 1
+    _edit_json(model / "config.json", vision_feature_layer=-3)
+    capsys.readouterr()
+    assert execute(cfg) == folder and n_calls(env) == 2
+    out = capsys.readouterr().out
+    assert f"redo {folder.name}: its checkpoint's files besides the weights (config.json" in out and first[:12] in out
+    assert _done(folder)["weights"] == weights and _done(folder)["checkpoint_files"] != first  # weights unchanged
+    for name, edit in (("chat_template.jinja", "{{ messages }}"), ("generation_config.json", None)):
+        if edit is None:
+            _edit_json(model / name, max_new_tokens=3)
+        else:
+            (model / name).write_text(edit)
+        before = n_calls(env)
+        execute(cfg)
+        assert n_calls(env) == before + 1, name
+    assert is_complete(folder)
+
+
+def test_a_run_sealed_before_inputs_were_recorded_is_redone(tmp_path, env, capsys):
+    cfg = cfg_of(tmp_path / "runs", f"benchmark.data_dir={_data(tmp_path / 'data')}")
+    folder = execute(cfg)
+    done = _done(folder)
+    assert {"checkpoint_files", "data"} <= set(done)
+    (folder / "DONE").write_text(json.dumps({k: v for k, v in done.items() if k not in ("checkpoint_files", "data")}))
+    capsys.readouterr()
+    execute(cfg)
+    assert n_calls(env) == 2
+    assert f"redo {folder.name}: it was made before runs recorded their inputs" in capsys.readouterr().out
+    assert _done(folder)["data"] == done["data"] and is_complete(folder)
+
+
+def test_a_latency_run_follows_its_checkpoints_config_not_its_weights_nor_any_data(tmp_path, env, capsys):
+    """Latency times synthetic prompts and images: no data. A checkpoint it loads (not random weights)
+    brings its config (the architecture timed), not its weights' values; random weights bring nothing, so
+    a latency run on them made before inputs were recorded is not redone."""
+    model = _local_checkpoint(tmp_path / "model")
+    cfg = cfg_of(tmp_path / "runs", "mode=latency", f"model.latency_model={model}", "model.latency_random_weights=false")
+    folder = execute(cfg)
+    assert _done(folder)["data"] is None and _done(folder)["checkpoint_files"] and n_calls(env) == 1
+    _local_checkpoint(model, scale=2.0)
+    execute(cfg)
+    assert n_calls(env) == 1
+    _edit_json(model / "config.json", vision_feature_layer=-3)
+    execute(cfg)
+    assert n_calls(env) == 2
+    random = cfg_of(tmp_path / "runs", "mode=latency")  # tiny-llava: timed on random weights from its shape
+    folder = execute(random)
+    done = _done(folder)
+    assert (done["weights"], done["checkpoint_files"], done["data"]) == (None, None, None)
+    (folder / "DONE").write_text(json.dumps({k: v for k, v in done.items() if k not in ("checkpoint_files", "data")}))
+    capsys.readouterr()
+    execute(random)
+    assert n_calls(env) == 3 and f"skip {folder.name}: finished" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change", ["data", "config.json"])
+def test_a_killed_runs_finished_part_is_not_kept_when_its_inputs_changed(tmp_path, env, change):
+    model, data = _local_checkpoint(tmp_path / "model"), _data(tmp_path / "data")
+    both = (f"model.pretrained={model}", f"benchmark.data_dir={data}", "mode=both")
+    killed = (*both, "backend.latency=test_run_folders:killed_latency")
+    with pytest.raises(KeyboardInterrupt):  # the accuracy part finished, the latency part was killed
+        execute(cfg_of(tmp_path / "runs", *killed))
+    with pytest.raises(KeyboardInterrupt):  # killed again, nothing changed: the accuracy part is kept
+        execute(cfg_of(tmp_path / "runs", *killed))
+    assert n_calls(env) == 1
+    if change == "data":
+        _data(data, questions=100)
+    else:
+        _edit_json(model / "config.json", vision_feature_layer=-3)
+    folder = execute(cfg_of(tmp_path / "runs", *both))
+    assert n_calls(env) == 3  # the accuracy part again (other inputs), then the latency part
+    assert is_complete(folder)

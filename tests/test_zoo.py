@@ -164,3 +164,29 @@ def test_local_config_gives_the_adapters_vision_geometry_without_loading():
     assert vision_geometry(local_config("toy-llava")) == vision_geometry(local_config(str(trained_dir("toy-llava"))))
     assert vision_geometry(local_config("toy-llava"))[1] == shape_config("toy-llava").vision_config.num_hidden_layers
     assert local_config("someone/other-model") is None
+
+
+def test_checkpoint_files_digest_follows_what_changes_answers_and_not_the_weights(tmp_path):
+    """The non-weight files of a checkpoint (config, processor, tokenizer, chat template) have their own
+    digest; the weights' digest (recorded in results rows and calibration files) is untouched by them."""
+    import shutil
+
+    from hivtp.zoo import checkpoint_files, local_checkpoint_files_digest, local_weights_digest
+
+    folder = tmp_path / "toy"
+    shutil.copytree(trained_dir("toy-llava"), folder)
+    assert checkpoint_files(folder) == ["chat_template.jinja", "config.json", "generation_config.json",
+                                        "processor_config.json", "tokenizer.json", "tokenizer_config.json"]
+    files, weights = local_checkpoint_files_digest(str(folder)), local_weights_digest(str(folder))
+    assert files == local_checkpoint_files_digest("toy-llava")  # a copy elsewhere: the same files
+    assert weights == local_weights_digest("toy-llava")
+    (folder / "eval_log.jsonl").write_text("{}\n")  # hivtp's notes and hidden files are not read by any loader
+    (folder / ".gitattributes").write_text("*.safetensors filter=lfs\n")
+    assert local_checkpoint_files_digest(str(folder)) == files
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "vision_feature_layer": -3}))
+    edited = local_checkpoint_files_digest(str(folder))
+    assert edited != files and local_weights_digest(str(folder)) == weights
+    (folder / "special_tokens_map.json").write_text("{}\n")  # a file added
+    assert local_checkpoint_files_digest(str(folder)) not in (files, edited)
+    assert local_checkpoint_files_digest("llava-hf/llava-1.5-7b-hf") is None  # a hub id: nothing here to read

@@ -43,6 +43,8 @@ __all__ = [
     "check_weights",
     "local_weights_digest",
     "weights_digest",
+    "checkpoint_files",
+    "local_checkpoint_files_digest",
     "local_config",
     "vision_geometry",
     "load_pretrained",
@@ -269,6 +271,38 @@ def local_weights_digest(name_or_path: str) -> str | None:
 @lru_cache(maxsize=64)
 def _digest_of(folder: str, state: tuple) -> str:  # ``state`` keys the cache: new files, new digest
     return weights_digest(folder)
+
+
+#: weight files (digested on their own by :func:`weights_digest`) and the notes hivtp's builders and the
+#: toy's trainer write beside them (build stamp, training record and logs), which no loader reads
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+NOTES = ("hivtp_build.json", "train_config.json", "train_log.jsonl", "eval_log.jsonl")
+
+
+def checkpoint_files(folder: str | os.PathLike) -> list[str]:
+    """The files of a checkpoint folder that change its answers besides the weights: every file at its
+    top level (``from_pretrained`` reads no subfolder) except weight files, hivtp's :data:`NOTES` and
+    hidden files. A rule by exclusion, so that config.json, generation_config.json, the processor's,
+    tokenizer's and chat template's files, and any a new transformers reads, are all in."""
+    return sorted(p.name for p in Path(folder).iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix not in WEIGHT_SUFFIXES
+                  and p.name not in NOTES)
+
+
+def local_checkpoint_files_digest(name_or_path: str) -> str | None:
+    """The sha256 of a local checkpoint's :func:`checkpoint_files` (names and contents,
+    :func:`hivtp.runfolder.files_digest`); None when its files are not here (a hub id, or a shape not
+    built yet), as :func:`local_weights_digest`. Editing config.json (e.g. ``vision_feature_layer``), the
+    processor, tokenizer or chat template changes it; the weights do not (they have their own digest)."""
+    from ..runfolder import files_digest
+
+    try:
+        folder = Path(resolve_checkpoint(name_or_path))
+    except MissingArtifactError:
+        return None
+    if not folder.is_dir():
+        return None
+    return files_digest(folder, checkpoint_files(folder))
 
 
 def _safetensors_problem(path: Path) -> str | None:
