@@ -220,6 +220,13 @@ def test_bad_requests_are_clear_errors():
         "hivtp", {"budget": 128, "backend": "eager", "keep_ratio": 0.5})
 
 
+def test_method_specs_read_none_as_unset_only_where_the_parameter_defaults_to_none():
+    """``budget=none`` is no budget; ``newline=none`` is LLaVA-NeXT's policy of that name, as in model_args
+    (read as None, attach would refuse it: newline has no "not set")."""
+    assert parse_method("hivtp:budget=none,newline=none") == ("hivtp", {"budget": None, "newline": "none"})
+    assert parse_method("random:budget=null,seed=none") == ("random", {"budget": None, "seed": None})
+
+
 def test_summary_names_where_claims_are_reached(rows):
     def fake(method, params, budget, ttft, tps):
         base = {"model": "llava-1.5-7b", "batch": 1, "dtype": "float16", "attn": "sdpa", "device": "cuda",

@@ -267,3 +267,25 @@ def test_missing_offline_data_says_how_to_build_it(tmp_path):
     with pytest.raises(EvalRunError, match="make data"):
         run_lmms_eval("hivtp_llava", "pretrained=toy-llava", [TASK], tmp_path / "out", data_dir=tmp_path / "nowhere")
     assert not (tmp_path / "out" / "command.txt").exists()  # failed before starting lmms-eval
+
+
+@pytest.mark.slow  # one in-process lmms-eval run on 4 POPE questions (2 images)
+def test_accounting_names_each_questions_image_so_the_bootstrap_can_resample_images(tiny_llava_dir, tmp_path):
+    """POPE asks two questions of each image: the accounting rows of one image share its key and two images'
+    keys differ, and the collector's units for that run are its two images (four questions)."""
+    from datasets import load_from_disk
+
+    from hivtp.results.collect import image_keys, logged_samples_file
+    from hivtp.results.stats import read_logged_samples, scores_from_samples
+
+    data = tmp_path / "data"
+    build_all(data, 4, benchmarks=("pope",), progress=lambda _: None)
+    task = "hivtp_pope_adv"
+    run_accuracy(str(tiny_llava_dir), "none", {}, [task], limit=4, batch_size=2, output_dir=tmp_path / "out", data_dir=data)
+    sources = load_from_disk(str(data / "pope"))["adversarial"]["image_source"][:4]
+    keys = [s["image"] for s in read_samples(tmp_path / "out" / "accounting", task)]
+    assert len(keys) == 4 and all(keys)
+    assert [a == b for a in keys for b in keys] == [a == b for a in sources for b in sources]
+    logged = read_logged_samples(logged_samples_file(tmp_path / "out", task))
+    scores = scores_from_samples("pope_f1_score", logged, image_keys(tmp_path / "out", task))
+    assert scores.unit == "image" and len(scores.keys) == len(set(sources)) and scores.n == 4

@@ -10,19 +10,22 @@ from typing import Any, Sequence
 
 from ..atomic import write_text
 from ..errors import ConfigError, HivtpError
+from ..params import unset_if_none
 from .inputs import DEFAULT_PROMPT_TOKENS, DTYPES
 from .measure import measure
 from .report import summarize, write_csv
 from .timing import check_device
 
 
-def _value(text: str) -> Any:
+def _value(method: str, key: str, text: str) -> Any:
+    """A number, true / false, None for the word none where it means "not set" (:mod:`hivtp.params`:
+    ``newline=none`` stays the LLaVA-NeXT policy), else the text."""
     for cast in (int, float):
         try:
             return cast(text)
         except ValueError:
             pass
-    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+    return {"true": True, "false": False}.get(text.lower(), unset_if_none(method, key, text))
 
 
 def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
@@ -33,7 +36,7 @@ def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
         key, eq, value = item.partition("=")
         if not eq or not key:
             raise ConfigError(f"cannot read method parameter {item!r} in {spec!r}; write name:key=value,key=value.")
-        params[key.strip()] = _value(value.strip())
+        params[key.strip()] = _value(name, key.strip(), value.strip())
     if not name:
         raise ConfigError(f"method spec {spec!r} has no method name.")
     return name, params

@@ -2,7 +2,8 @@
 
 Files (in ``accounting_dir``; one set per process rank when data-parallel):
   ``hivtp_samples_<task>[_rank<r>].jsonl``  one JSON line per sample: task, doc_id, tokens_kept,
-                                             tokens_global, tokens_local, tokens_corrected, select_ms, ...
+                                             tokens_global, tokens_local, tokens_corrected, select_ms, ...,
+                                             and ``image``: :func:`image_key` of the document's images
 Without ``accounting_dir`` they go to :func:`default_directory` (``<--output_path>/hivtp_accounting``
 for lmms-eval's CLI). A writer replaces a task's file the first time it writes it and appends after,
 so a run's files hold that run's samples only.
@@ -12,6 +13,7 @@ Use :func:`read_samples` / :func:`summarize` to get mean and spread per task.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -34,6 +36,18 @@ def default_directory(argv: list[str] | None = None) -> Path:
     return Path(known.output_path or ".") / DEFAULT_DIRNAME
 
 
+def image_key(images: Iterable[Any]) -> str | None:
+    """A short digest of a document's images (PIL: mode, size and pixels), None for none. Questions that
+    ask about the same image share it, so the results' bootstrap can resample images, not questions
+    (POPE asks several questions of one image, GQA many: they are not independent draws)."""
+    digest, seen = hashlib.sha256(), False
+    for image in images:
+        digest.update(f"{image.mode} {image.size}".encode())
+        digest.update(image.tobytes())
+        seen = True
+    return digest.hexdigest()[:16] if seen else None
+
+
 class AccountingWriter:
     """Collects per-sample stats in memory and appends them to per-task JSONL files."""
 
@@ -42,9 +56,12 @@ class AccountingWriter:
         self.records: list[dict[str, Any]] = []
         self._written: set[Path] = set()  # files this writer started (later flushes append to them)
 
-    def add(self, task: str, doc_id: int, stats: dict[str, Any]) -> None:
+    def add(self, task: str, doc_id: int, stats: dict[str, Any], image: str | None = None) -> None:
+        """One sample's row: its stats and ``image`` (:func:`image_key` of its images, if known)."""
         row = {"task": task, "doc_id": int(doc_id)}
         row.update({k: _plain(v) for k, v in stats.items() if k != "images"})
+        if image is not None:
+            row["image"] = image
         self.records.append(row)
 
     def flush(self, rank: int = 0, world_size: int = 1) -> list[Path]:

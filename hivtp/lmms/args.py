@@ -4,8 +4,8 @@ from method ones.
 lmms-eval parses ``key=value`` pairs with ``handle_arg_string`` (ints, floats, true/false, else
 strings), so ``layers=6-7-8`` arrives as the string ``"6-7-8"`` (the method parses it) and
 ``budget=none`` as ``"none"``. The word ``none`` (or ``null``, or nothing) means "not set" only for a
-parameter whose declared default is None (:func:`none_means_unset`); LLaVA-NeXT's ``newline=none`` is
-a policy of its own and reaches :func:`hivtp.attach` as the string ``"none"``.
+parameter whose declared default is None (:func:`hivtp.params.none_means_unset`, shared with the latency
+CLI); LLaVA-NeXT's ``newline=none`` is a policy of its own and reaches :func:`hivtp.attach` as the string ``"none"``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import inspect
 from typing import Any, Mapping
 
 from ..errors import ConfigError
+from ..params import none_means_unset, unset_if_none
 
 __all__ = ["LLAVA_UNREAD", "QWEN_UNREAD", "loader_arg_names", "none_means_unset", "split_args", "split_model_args"]
 
@@ -28,7 +29,6 @@ def loader_arg_names() -> set[str]:
 
 #: our own plugin arguments (not the method's)
 PLUGIN_ARGS = ("method", "accounting_dir")
-NONE_WORDS = ("none", "null", "")
 
 # Loader arguments the stock class accepts but the plugin's chat path never reads: refused, so that a
 # run never reports a setting it did not use (the value: what to do instead).
@@ -53,32 +53,8 @@ QWEN_UNREAD: dict[str, str] = {
 }
 
 
-def _declared_defaults(method: str, key: str) -> list[Any]:
-    """The defaults that ``method`` and the model families' adapters declare for parameter ``key``
-    (none when no one declares it: build_method then names the unknown parameter)."""
-    from ..adapters import ADAPTERS
-    from ..methods import METHODS
-
-    owners = [adapter for adapter in ADAPTERS if key in adapter.adapter_params]
-    if method in METHODS:
-        owners.append(METHODS[method])
-    declared = [inspect.signature(cls.__init__).parameters.get(key) for cls in owners]
-    return [p.default for p in declared if p is not None and p.default is not inspect.Parameter.empty]
-
-
-def none_means_unset(method: str, key: str) -> bool:
-    """Whether the word ``none`` for ``method``'s parameter ``key`` means "not set" (Python None):
-    only where every declaration of the parameter defaults to None (budgets, geometry, seeds, ...).
-    A parameter whose default is a value (LLaVA-NeXT's ``newline="row"``, Qwen2.5-VL's
-    ``positions="original"``, hivtp's ``layers``) takes the word as given: ``newline=none`` is a policy
-    of its own, and a parameter that has no "not set" gets the method's error naming the word."""
-    defaults = _declared_defaults(method, key)
-    return bool(defaults) and all(d is None for d in defaults)
-
-
 def _coerce(method: str, key: str, value: Any) -> Any:
-    if isinstance(value, str) and value.strip().lower() in NONE_WORDS and none_means_unset(method, key):
-        return None
+    value = unset_if_none(method, key, value)
     if key == "budget" and isinstance(value, float):
         if not value.is_integer():
             raise ConfigError(f"model_args budget={value} must be a whole number of tokens (e.g. budget=128).")

@@ -35,7 +35,7 @@ from ..attach import attach
 from ..errors import ConfigError, HivtpError
 from ..lru import BudgetedCache
 from ..zoo import resolve_checkpoint
-from .accounting import AccountingWriter, default_directory
+from .accounting import AccountingWriter, default_directory, image_key
 from .args import split_model_args
 
 __all__ = ["HivtpLlava", "SampleError"]
@@ -128,18 +128,19 @@ class HivtpLlava(LlavaHf):
                 f"({type(exc).__name__}: {exc}). Check or rebuild this sample's image (offline data: `make data`)."
             ) from exc
 
-    def _prompts(self, doc_to_messages, task: str, split: str, doc_ids) -> tuple[list[str], Any]:
-        """(prompt texts, processor outputs on the CPU) of one batch: documents read (images decoded),
-        chat template applied, images processed."""
+    def _prompts(self, doc_to_messages, task: str, split: str, doc_ids) -> tuple[list[str], Any, list[str | None]]:
+        """(prompt texts, processor outputs on the CPU, each document's :func:`image_key`) of one batch:
+        documents read (images decoded), chat template applied, images processed."""
         chats = [self._messages(fn, task, split, d) for fn, d in zip(doc_to_messages, doc_ids)]
-        texts, visuals = [], []
+        texts, visuals, images = [], [], []
         for chat in chats:
             visual, video, _ = chat.extract_media()
             if video:
                 raise SampleError(f"task {task!r}: hivtp_llava does not support video inputs.")
             visuals.extend(visual)
+            images.append(image_key(visual))
             texts.append(self._image_processor.apply_chat_template(chat.model_dump()["messages"], tokenize=False, add_generation_prompt=True))
-        return texts, self._image_processor(images=visuals or None, text=texts, padding=True, return_tensors="pt")
+        return texts, self._image_processor(images=visuals or None, text=texts, padding=True, return_tensors="pt"), images
 
     def _generate_chunk(self, chunk) -> list[GenerationResult]:
         """One batch; every request in it has the same task, split and generation kwargs (_batches)."""
@@ -147,10 +148,10 @@ class HivtpLlava(LlavaHf):
         task, split = tasks[0], splits[0]
         compute = functools.partial(self._prompts, doc_to_messages, task, split, doc_ids)
         if self.input_cache is None:
-            texts, inputs = compute()
+            texts, inputs, images = compute()
         else:  # doc_to_messages is a bound method of the task: the same documents of the same task object
             owners = tuple(getattr(fn, "__self__", fn) for fn in doc_to_messages)
-            texts, inputs = self.input_cache.get((task, split, tuple(doc_ids), tuple(map(id, owners))), compute, owners)
+            texts, inputs, images = self.input_cache.get((task, split, tuple(doc_ids), tuple(map(id, owners))), compute, owners)
             inputs = BatchFeature(dict(inputs))  # .to() below replaces the tensors of the object it is called on
         inputs = inputs.to(self._device, self.model.dtype)
         gen = self._gen_kwargs(dict(all_gen_kwargs[0]))
@@ -159,8 +160,8 @@ class HivtpLlava(LlavaHf):
         elapsed = time.time() - start
         new_ids = [o[len(i):] for i, o in zip(inputs["input_ids"], out)]
         answers = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
-        for d, stats in zip(doc_ids, self.pruned.last_stats or [{} for _ in doc_ids]):
-            self.accounting.add(task, d, stats)
+        for d, stats, image in zip(doc_ids, self.pruned.last_stats or [{} for _ in doc_ids], images):
+            self.accounting.add(task, d, stats, image)
         results = []
         for text, ids, answer in zip(texts, new_ids, answers):
             results.append(GenerationResult(text=answer, token_counts=TokenCounts(output_tokens=len(ids))))
@@ -214,17 +215,17 @@ class InputCache(BudgetedCache):
     never modified (the caller moves a copy); at most ``max_bytes`` are held, least
     recently used first out."""
 
-    DEFAULT_MAX_BYTES = 4 * 2**30  # entries: key -> (texts, inputs, keep_alive)
+    DEFAULT_MAX_BYTES = 4 * 2**30  # entries: key -> ((texts, inputs, image keys), keep_alive)
 
     def get(self, key: tuple, compute, keep_alive: Any = None):
-        """``compute()``'s (texts, inputs) for ``key``, computed once. ``keep_alive``: objects whose
-        ids the key holds, kept referenced so that no other object can take their ids."""
+        """``compute()``'s (texts, inputs, image keys) for ``key``, computed once. ``keep_alive``: objects
+        whose ids the key holds, kept referenced so that no other object can take their ids."""
         entry = self._entries.get(key)
         if entry is not None:
             self.hits += 1
-            return entry[0], entry[1]
+            return entry[0]
         self.misses += 1
-        texts, inputs = compute()
-        size = sum(v.numel() * v.element_size() for v in inputs.values() if torch.is_tensor(v))
-        self._entries.put(key, (texts, inputs, keep_alive), size)
-        return texts, inputs
+        value = compute()
+        size = sum(v.numel() * v.element_size() for v in value[1].values() if torch.is_tensor(v))
+        self._entries.put(key, (value, keep_alive), size)
+        return value
