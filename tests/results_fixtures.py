@@ -126,7 +126,7 @@ def pope_value(answers: list[str], truths: list[str], metric: str) -> float:
 
 def write_run(runs: Path, name: str, method: str, params: dict, samples: dict[str, list[dict]],
               rows: list[dict] | None = None, seal: bool = True, limit: int | None = None,
-              device: str = "cpu", date: str = "2026-01-01", weights: str | None = None) -> Path:
+              device: str = "cpu", date: str = "2026-01-01", weights: str | None = None, data: str | None = None) -> Path:
     """A complete accuracy run folder as hivtp.run leaves it: config.json, accuracy.json with one row per
     (task, metric) whose value the samples give, lmms-eval's logged samples, and the DONE manifest
     (naming ``weights``, the checkpoint's sha256, as hivtp.run does)."""
@@ -153,5 +153,6 @@ def write_run(runs: Path, name: str, method: str, params: dict, samples: dict[st
         write_text(folder / "lmms" / "accounting" / f"hivtp_samples_{task}.jsonl",
                    "".join(json.dumps({"doc_id": x["doc_id"], "tokens_kept": 64}) + "\n" for x in s))
     if seal:
-        write_manifest(folder, ["accuracy"], weights=weights)
+        write_manifest(folder, ["accuracy"], weights=weights,
+                       inputs=None if data is None else {"checkpoint_files": None, "data": data})
     return folder

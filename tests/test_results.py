@@ -144,6 +144,24 @@ def test_runs_answered_by_other_weights_are_neither_paired_nor_tabled_together(t
     assert titles == [f"## accuracy: offline / toy-llava / weights_digest {d * 12}" for d in "ab"]
 
 
+def test_runs_on_other_benchmark_data_are_neither_paired_nor_tabled_together(tmp_path):
+    """The offline data rebuilt between two runs (the manifests name other data digests): no paired
+    difference across them, one table each."""
+    from hivtp.results.report import write_tables
+
+    runs = tmp_path / "runs"
+    write_run(runs, "none_old", "none", {}, {POPE_TASK: pope_samples(TRUTHS, TRUTHS)}, limit=200, data="c" * 64)
+    write_run(runs, "hivtp_new", "hivtp", {"budget": 64}, {POPE_TASK: pope_samples(_flip(TRUTHS, 10), TRUTHS)},
+              limit=200, data="d" * 64)
+    acc = collect(runs, tmp_path / "results", resamples=200)["accuracy"]
+    f1 = acc[acc["metric"] == "pope_f1_score"].set_index("run")
+    assert (f1.loc["none_old", "data_digest"], f1.loc["hivtp_new", "data_digest"]) == ("c" * 12, "d" * 12)
+    assert pd.isna(f1.loc["hivtp_new", "diff_vs_none"])
+    write_tables(acc, latency_frame().iloc[:0], tmp_path / "out")
+    titles = [line for line in (tmp_path / "out" / "tables.md").read_text().splitlines() if line.startswith("## ")]
+    assert titles == [f"## accuracy: offline / toy-llava / data_digest {d * 12}" for d in "cd"]
+
+
 def _rows_before_superseding(runs):
     from hivtp.results.collect import add_statistics, read_runs
 

@@ -35,7 +35,7 @@ import pandas as pd
 
 from ..atomic import write_text
 from ..errors import MissingArtifactError
-from ..runfolder import MANIFEST, IncompleteRunError, read_manifest, read_part, verify_run
+from ..runfolder import MANIFEST, WEIGHTS, IncompleteRunError, read_manifest, read_part, recorded_data, verify_run
 from .stats import (
     LEVEL,
     MME_METRICS,
@@ -56,10 +56,11 @@ TAIL = ["profile", "weights", "commit", "date"]
 DIFF_COLUMNS = [f"diff_vs_{ref}{end}" for ref in ("hivtp", "none") for end in ("", "_low", "_high")]
 #: what a run was evaluated on besides its identity columns: the question limit per task and the accuracy
 #: device and dtype (from its config.json), and the first 12 hex digits of the sha256 of the checkpoint
-#: it answered with (from its manifest; empty for a hub id or a run sealed before manifests named it).
-#: Rows differing in these are different measurements: a retrained toy's rows are never compared with,
-#: or averaged into, those of the weights before it
-SETUP = ["limit", "device", "dtype", "weights_digest"]
+#: it answered with (from its manifest; empty for a hub id or a run sealed before manifests named it),
+#: and likewise of the benchmark's local data (``runfolder.recorded_data``; empty for hub datasets).
+#: Rows differing in these are different measurements: a retrained toy's rows, or rows on rebuilt data,
+#: are never compared with, or averaged into, those before them
+SETUP = ["limit", "device", "dtype", "weights_digest", "data_digest"]
 ACCURACY_COLUMNS = (IDENTITY + ["benchmark", "metric", "value", "n", "ci_low", "ci_high", "ci_unit", "tokens_kept_mean",
                                 "tokens_kept_std"] + SETUP + TAIL + DIFF_COLUMNS)
 #: the columns that make two accuracy rows of one model comparable: the kind of weights (``trained``,
@@ -209,9 +210,9 @@ def _accuracy_setup(folder: Path) -> dict[str, Any]:
     cfg = json.loads((folder / "config.json").read_text())["config"]
     accuracy = cfg.get("accuracy") or {}
     device = accuracy.get("device") or (cfg.get("latency") or {}).get("device", "cpu")
-    digest = read_manifest(folder).get("weights")
+    digest, data = read_manifest(folder).get(WEIGHTS), recorded_data(folder)
     return {"limit": (cfg.get("benchmark") or {}).get("limit"), "device": device, "dtype": accuracy.get("dtype", "auto"),
-            "weights_digest": digest[:12] if digest else None}
+            "weights_digest": digest[:12] if digest else None, "data_digest": data[:12] if data else None}
 
 
 def read_runs(runs_root: Path) -> Collected:
