@@ -178,3 +178,18 @@ def test_reproduce_offline_plan_has_unique_runs(tmp_path):
     timed = plain(configs[modes.index("latency")])["latency"]["methods"]
     # every method is timed in the one process, interleaved, so that ratios are like for like
     assert {t.split(":")[0] for t in timed} == {"none", "hivtp", "random"} and "random:budget=64" in timed
+
+
+def test_reproduce_counts_only_runs_sealed_now_in_its_questions_per_second(tmp_path):
+    """A run skipped as finished is not a run that answered questions now, however long the skip took
+    (hashing its inputs takes seconds): told apart by when its manifest was written, not by the time taken."""
+    import time
+
+    from hivtp.runfolder import write_manifest
+
+    (tmp_path / "accuracy.json").write_text("[]")
+    write_manifest(tmp_path, ["accuracy"])
+    sealed = (tmp_path / "DONE").stat().st_mtime
+    assert _reproduce()._sealed_since(tmp_path, sealed - 5)
+    assert not _reproduce()._sealed_since(tmp_path, sealed + 5)
+    assert not _reproduce()._sealed_since(tmp_path / "missing", time.time())
