@@ -62,8 +62,14 @@ def plain(cfg: Any) -> dict[str, Any]:
 
 
 def method_params(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The method's params with nulls dropped (null = the method's default / preset)."""
-    return {k: v for k, v in sorted((cfg["method"].get("params") or {}).items()) if v is not None}
+    """The method's params with nulls dropped (null = the method's default / preset). The word ``none``
+    (an override ``+method.params.budget=none`` arrives as text) is a null where the parameter's default
+    is None, as in lmms-eval model_args (:mod:`hivtp.params`; ``newline=none`` stays NeXT's policy)."""
+    from .params import unset_if_none
+
+    name = cfg["method"]["name"]
+    params = {k: unset_if_none(name, k, v) for k, v in (cfg["method"].get("params") or {}).items()}
+    return {k: v for k, v in sorted(params.items()) if v is not None}
 
 
 def identity(cfg: dict[str, Any]) -> dict[str, Any]:

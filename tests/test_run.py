@@ -37,6 +37,17 @@ def fake_log(tmp_path, monkeypatch):
     return log
 
 
+def test_the_word_none_is_a_null_param_only_where_the_default_is_none():
+    """``method.params.budget=none`` is HIVTP without a budget, the same run as no override (it used to reach
+    the method as the text "none" and be refused); NeXT's ``newline=none`` stays the policy."""
+    from hivtp.run import method_params
+
+    base = plain(cfg_of([]))
+    assert method_params(plain(cfg_of(["method.params.budget=none"]))) == method_params(base)
+    assert run_hash(plain(cfg_of(["method.params.budget=none"]))) == run_hash(base)
+    assert method_params(plain(cfg_of(["+method.params.newline=none"])))["newline"] == "none"
+
+
 def test_hash_ignores_non_identity_keys_and_null_params(tmp_path):
     a = plain(cfg_of([f"runs_root={tmp_path}"]))
     b = plain(cfg_of(["runs_root=/elsewhere", "force=true", "progress=false", *FAKE]))
