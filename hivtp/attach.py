@@ -8,8 +8,7 @@ from torch import nn
 
 from .adapters import adapter_class_for
 from .errors import ConfigError
-from .methods import METHODS, PruningMethod, build_method
-from .methods.base import method_parameters
+from .methods import PruningMethod, build_method
 from .pruned import PrunedModel
 
 __all__ = ["attach"]
@@ -20,20 +19,18 @@ def attach(model: nn.Module, method: str | PruningMethod = "hivtp", **params: An
 
     ``params`` are the method's parameters (e.g. ``keep_ratio=0.25, layers=(6, 7, 8)``), plus any
     the model family's adapter accepts (LLaVA-NeXT: ``newline``; Qwen2.5-VL: ``keep``, ``positions``).
-    Parameters whose default depends on the family (Qwen2.5-VL's score ``layers``) are filled in when
-    not given. Combinations the family cannot serve raise before any model work. The model itself is
+    Parameters whose default depends on the family (Qwen2.5-VL's score ``layers`` for ``hivtp``) are
+    filled in when not given, for a method named and a method object alike (the object itself is not
+    changed). Combinations the family cannot serve raise before any model work. The model itself is
     not changed.
     """
     if isinstance(model, PrunedModel):
         raise ConfigError("this model already has a method attached; call attach(pruned.model, ...) instead.")
     adapter_cls = adapter_class_for(model)
     adapter_params = {k: params.pop(k) for k in list(params) if k in adapter_cls.adapter_params}
-    if isinstance(method, str) and method in METHODS:
-        accepted = method_parameters(METHODS[method])
-        for key, value in adapter_cls.default_method_params(model).items():
-            if key in accepted and key not in params:
-                params[key] = value
-    built = build_method(method, **params)
+    # Each method takes the family defaults that mean something to it (hivtp's vision score `layers`,
+    # not pdrop's LLM stage `layers`), whether it came by name or as an object.
+    built = build_method(method, **params).with_family_defaults(adapter_cls.default_method_params(model))
     adapter = adapter_cls(model, **adapter_params)
     adapter.check_method(built)
     built.check(adapter.grid, adapter.num_layers, adapter.feature_attention_layer)

@@ -119,7 +119,11 @@ class PrunedModel:
         _check_pixel_values(pixel_values)
         pixel_values = pixel_values.to(self.adapter.vision_tower.device)
         given = {k: v for k, v in layout_inputs.items() if v is not None}
-        return self.adapter.crops(pixel_values, image_sizes, **given) if given else self.adapter.crops(pixel_values, image_sizes)
+        layout = self.adapter.crops(pixel_values, image_sizes, **given) if given else self.adapter.crops(pixel_values, image_sizes)
+        # A budget the images cannot take (LLaVA-NeXT: more than an image's tokens, or fewer than its
+        # crops need) is refused here, before the vision tower runs, not after it.
+        self.adapter.crop_budgets(layout, self._crop_budget())
+        return layout
 
     @torch.no_grad()
     def run_vision(self, layout: CropLayout):
@@ -140,10 +144,7 @@ class PrunedModel:
         """Stage 2: the method's scoring + selection on every crop, one call per grid shape (crops of
         one shape stack into a dense batch); the selections come back in crop order."""
         features = self.adapter.patch_features(tower)  # [C, P, D], or per crop [P_c, D]
-        # Only before-projector methods spend their budget on crops; an in-LLM method keeps every
-        # token here and applies (and checks) its budget inside the LLM, in its own unit.
-        budget = getattr(self.method, "budget", None) if self.method.stage == "projector" else None
-        budgets = self.adapter.crop_budgets(layout, budget)
+        budgets = self.adapter.crop_budgets(layout, self._crop_budget())
         valid = self.adapter.crop_valid_masks(layout)
         pixels = layout.pixel_values if has_crop_images(self.adapter) else None  # [C, 3, S, S]
         groups: dict[tuple[int, int], list[int]] = {}
@@ -261,6 +262,8 @@ class PrunedModel:
         ``num_return_sequences`` work as on the wrapped model: images are pruned once per sample and
         transformers repeats the pruned prompt for each beam / returned sequence.
         """
+        # before the text-only shortcut: a video-only prompt has no pixel_values but must not run unpruned
+        self.adapter.check_call_inputs(generate_kwargs)
         if pixel_values is None:  # text only: nothing to prune
             self.last_stats = []
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
@@ -295,6 +298,7 @@ class PrunedModel:
 
         Position ids are those ``generate`` uses (each sample counts from its first real token), so a
         sample's logits do not depend on the left padding its batch needs."""
+        self.adapter.check_call_inputs(kwargs)  # as in generate: before the text-only shortcut
         if pixel_values is None:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         for moved in ("labels", "position_ids"):
@@ -321,6 +325,12 @@ class PrunedModel:
     forward = __call__
 
     # --- helpers -----------------------------------------------------------------------------
+    def _crop_budget(self) -> int | None:
+        """The image budget the adapter splits over crops. Only before-projector methods spend their
+        budget on crops; an in-LLM method keeps every token here and applies (and checks) its budget
+        inside the LLM, in its own unit."""
+        return getattr(self.method, "budget", None) if self.method.stage == "projector" else None
+
     def _layout_inputs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Take the adapter's processor outputs (they describe the unpruned prompt) out of ``kwargs``."""
         return {k: kwargs.pop(k) for k in self.adapter.layout_inputs if k in kwargs}

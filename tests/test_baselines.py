@@ -381,6 +381,28 @@ def test_visionzip_published_and_proportional_splits():
     assert split(64, dominant=60) == (60, 4) and split(64, contextual=4) == (60, 4)
 
 
+@pytest.mark.parametrize("params,match", [
+    ({"budget": 64, "dominant": 100}, "dominant=100 is more than budget=64"),
+    ({"budget": 64, "contextual": 65}, "contextual=65 is more than budget=64"),
+    ({"dominant": 100}, "dominant=100 fixes one side .* give budget= too"),
+    ({"contextual": 10}, "contextual=10 fixes one side .* give budget= too"),
+])
+def test_visionzip_refuses_a_split_it_would_clamp(params, match):
+    with pytest.raises(hivtp.ConfigError, match=match):
+        build_method("visionzip", **params)
+    with pytest.raises(hivtp.ConfigError, match="dominant=65 is more than budget=64"):
+        split(64, dominant=65)
+
+
+@pytest.mark.parametrize("name,params,match", [
+    ("pool", {"budget": 64, "kernel": 2}, "either kernel=2 .* or budget=64"),
+    ("pdrop", {"budget": 300, "ratio": 0.3}, "either ratio=0.3 or budget=300"),
+])
+def test_a_parameter_the_budget_would_override_is_refused(name, params, match):
+    with pytest.raises(hivtp.ConfigError, match=match):
+        build_method(name, **params)
+
+
 def test_visionzip_hand_made_4x4():
     # [CLS] attention: patches 0, 5, 10, 15 dominate (Kd = 4). The rest, in raster order:
     # r = [1, 2, 3, 4, 6, 7, 8, 9, 11, 12, 13, 14] (12 tokens); Kc = 2 -> step 6 -> targets r[0] = 1, r[6] = 8.
@@ -523,6 +545,15 @@ def test_fastv_runs_without_a_cache(tiny_llava, batch):
 def test_fastv_k_layer_past_the_model_is_a_config_error(tiny_llava, batch):
     pruned = hivtp.attach(tiny_llava[0], "fastv", budget=64, k_layer=2)  # the tiny LLM has 2 layers
     with pytest.raises(hivtp.ConfigError, match="k_layer"):
+        greedy(pruned, batch, max_new_tokens=1)
+
+
+@pytest.mark.parametrize("name,params", [("fastv", {"k_layer": 5, "budget": 576}), ("pdrop", {"layers": "1-5", "ratio": 1.0})])
+def test_in_llm_stage_layers_past_the_model_are_refused_even_when_nothing_drops(tiny_llava, batch, name, params):
+    """A budget that keeps every image token runs the model untouched; the stage layer is checked all
+    the same, never accepted and left unused (the tiny LLM has 2 layers)."""
+    pruned = hivtp.attach(tiny_llava[0], name, **params)
+    with pytest.raises(hivtp.ConfigError, match="=5 but the language model has 2 layers"):
         greedy(pruned, batch, max_new_tokens=1)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import hivtp
-from hivtp.adapters.llava_next import LlavaNextAdapter, split_budget
+from hivtp.adapters.llava_next import LlavaNextAdapter, least_budget, split_budget
 from hivtp.errors import ConfigError, InputMismatchError
 from hivtp.zoo import build_model, shape_config
 
@@ -131,6 +131,46 @@ def test_image_budget_is_exact_on_unpadded_images(tiny_llava_next, method):
     valid = pruned.adapter.crop_valid_masks(layout)
     assert not valid.all()  # these sizes really are unpadded
     assert [s["tokens_base"] + s["tokens_tiles"] for s in images.stats] == [160, 160]
+
+
+@pytest.mark.parametrize("params", [{}, {"keep_ratio": 1.0}, {"regions": 3, "window": 4}])
+def test_global_and_local_tokens_are_the_visual_tokens_that_enter_the_llm(tiny_llava_next, params):
+    """The pure rule (no budget: no correction adds tokens) runs on whole crops and unpadding then drops
+    some of its picks: tokens_global and tokens_local count only what the LLM receives (base + tiles,
+    newlines apart)."""
+    model, processor = tiny_llava_next
+    inputs = _inputs(processor, [7, 8], [ODD_TALL, ODD_WIDE])
+    prepared = hivtp.attach(model, "hivtp", **params).prepare_inputs(**inputs)
+    entered = prepared.merged.image_positions.sum(-1).tolist()  # image features per sample, newlines included
+    for s, n in zip(prepared.stats, entered):
+        visual = n - s["tokens_newline"]
+        assert s["tokens_base"] + s["tokens_tiles"] == visual
+        assert s["tokens_global"] + s["tokens_local"] == visual, s
+
+
+def test_a_budget_below_what_the_crops_need_is_refused_before_the_tower(tiny_llava_next, monkeypatch):
+    """Every crop keeps at least one token: a smaller image budget names the least one that works."""
+    model, processor = tiny_llava_next
+    inputs = _inputs(processor, [2], [ODD_WIDE])
+    whole = hivtp.attach(model, "none")
+    counts = whole.adapter.valid_counts(whole.layout(inputs["pixel_values"], inputs["image_sizes"]))  # per crop
+    least = least_budget(counts)
+    assert least >= len(counts) > 2
+    monkeypatch.setattr(LlavaNextAdapter, "run_tower", lambda *a: pytest.fail("the tower ran"))
+    for budget in (2, least - 1):
+        with pytest.raises(ConfigError, match=f"budget={budget} is too small .* needs budget >= {least}"):
+            hivtp.attach(model, "random", budget=budget).prepare_inputs(**inputs)
+    monkeypatch.undo()
+    stats = hivtp.attach(model, "random", budget=least).prepare_inputs(**inputs).stats[0]
+    assert stats["tokens_base"] + stats["tokens_tiles"] == least
+
+
+def test_least_budget_gives_every_crop_a_token():
+    for counts in ([576, 576, 576], [576, 480, 480, 96], [576, 100, 24], [576, 12]):
+        least = least_budget(counts)
+        assert all(min(split_budget(b, counts)) >= 1 for b in range(least, sum(counts) + 1))
+        assert min(split_budget(least - 1, counts)) == 0
+    assert least_budget([576, 576, 576]) == 3 and least_budget([576, 12]) == 25  # 25 * 12 // 588 = 0, yet 1 by remainder
 
 
 def test_budget_split_is_proportional_and_exact():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import sys
 
+import numpy as np
 import pytest
 import torch
 from helpers import chat_prompt, greedy, make_image
@@ -13,6 +14,7 @@ import hivtp
 from hivtp.adapters.qwen2_5_vl import Qwen2_5_VLAdapter, default_score_layer, keep_count, run_qwen_tower
 from hivtp.errors import ConfigError, InputMismatchError
 from hivtp.importance import scores_from_tower
+from hivtp.methods.hivtp import HIVTP
 from hivtp.selection import _select_masks_uneven, select_masks
 from hivtp.vision import attention_implementation
 from hivtp.zoo import shape_config
@@ -238,6 +240,27 @@ def test_default_score_layer_is_the_middle_full_attention_block(tiny_qwen):
     assert hivtp.attach(tiny_qwen[0], "hivtp", layers=(0, 2)).method.layers == (0, 2)
 
 
+def test_family_default_layers_reach_a_method_object_and_only_hivtp(tiny_qwen, tiny_llava):
+    """A method object gets the family's score layers as the same method named does (a copy: the
+    caller's object is unchanged); pdrop's `layers` are LLM stage layers and keep their own default."""
+    model = tiny_qwen[0]
+    plain = HIVTP()
+    assert hivtp.attach(model, plain).method.layers == hivtp.attach(model, "hivtp").method.layers == (1,)
+    assert plain.layers == (6, 7, 8) and hivtp.attach(tiny_llava[0], plain).method.layers == (6, 7, 8)
+    assert hivtp.attach(model, HIVTP(layers=(0, 2))).method.layers == (0, 2)
+    pdrop = hivtp.attach(model, "pdrop").method
+    assert pdrop.layers is None and pdrop.stage_layers(4) == [1, 2, 3]  # a quarter, half, three quarters
+
+
+def test_none_refuses_a_budget_on_every_family(tiny_llava, tiny_llava_next, tiny_qwen):
+    """``none`` keeps every token: a budget (LLaVA, NeXT) or keep= (Qwen) is refused, never ignored."""
+    for model in (tiny_llava[0], tiny_llava_next[0], tiny_qwen[0]):
+        with pytest.raises(ConfigError, match="'none'; it takes no parameters"):
+            hivtp.attach(model, "none", budget=64)
+    with pytest.raises(ConfigError, match="'none' takes no budget"):
+        hivtp.attach(tiny_qwen[0], "none", keep=0.5)
+
+
 @pytest.mark.slow
 def test_scores_equal_brute_force_at_the_7b_vision_shape(monkeypatch):
     """The real Qwen2.5-VL-7B ViT (32 blocks, 1280 wide, random weights) on a 196 x 252 px image."""
@@ -333,6 +356,9 @@ def test_fastv_ranks_with_the_multimodal_rotary_attention(tiny_qwen, batch):
         ("hivtp", {"keep": 1.5}, "keep must be a ratio"),
         ("hivtp", {"positions": "shifted"}, "positions="),
         ("hivtp", {"layers": (4,)}, "past the feature layer"),
+        # keep= would reach these as budgets they ignore: none keeps everything, a kernel fixes pool's grid
+        ("none", {"keep": 0.25}, "'none' takes no budget"),
+        ("pool", {"keep": 0.25, "kernel": 2}, "kernel=2 keeps a fixed grid"),
     ],
 )
 def test_unsupported_combinations_fail_at_attach(tiny_qwen, method, params, match):
@@ -356,6 +382,23 @@ def test_bad_inputs_fail_before_the_tower(tiny_qwen, batch, monkeypatch):
     one_image_short = {**inputs, "pixel_values": inputs["pixel_values"][:-4]}
     with pytest.raises(InputMismatchError, match="pixel_values"):
         pruned.generate(**one_image_short, max_new_tokens=1)
+
+
+def test_a_video_only_prompt_is_refused_not_run_unpruned(tiny_qwen, monkeypatch):
+    """A prompt with a video and no image has no pixel_values: it must not take the text-only path
+    (the unpruned model under a pruning method's name), in generate or in a forward."""
+    model, processor = tiny_qwen
+    frames = np.stack([np.array(make_image(i, (112, 112))) for i in range(4)])
+    prompt = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>What happens?<|im_end|>\n<|im_start|>assistant\n"
+    inputs = dict(processor(videos=[frames], text=[prompt], return_tensors="pt"))
+    assert "pixel_values" not in inputs and inputs["video_grid_thw"] is not None
+    pruned = hivtp.attach(model, "hivtp", budget=4)
+    monkeypatch.setattr(type(model), "generate", lambda *a, **k: pytest.fail("the model ran"))
+    monkeypatch.setattr(type(model), "forward", lambda *a, **k: pytest.fail("the model ran"))
+    with pytest.raises(InputMismatchError, match="videos are not pruned"):
+        pruned.generate(**inputs, max_new_tokens=1)
+    with pytest.raises(InputMismatchError, match="videos are not pruned"):
+        pruned(**inputs)
 
 
 # --- the uneven partition ----------------------------------------------------------------------

@@ -76,9 +76,16 @@ class ModelAdapter:
 
     @classmethod
     def default_method_params(cls, model: nn.Module) -> dict[str, Any]:
-        """Method parameters whose default depends on the family (e.g. Qwen2.5-VL's score layers);
-        ``attach`` fills them in for methods that take them when the caller did not."""
+        """Method parameters whose default depends on the family (e.g. Qwen2.5-VL's score layers), by
+        parameter name; ``attach`` hands them to the method (:meth:`PruningMethod.with_family_defaults`),
+        which takes those that mean what the family means (hivtp's vision score ``layers``, not pdrop's
+        LLM stage ``layers``) where its caller left them out."""
         return {}
+
+    def check_call_inputs(self, inputs: dict[str, Any]) -> None:
+        """Refuse, before any model work, a call's extra inputs (the keyword arguments besides
+        input_ids / attention_mask / pixel_values / image_sizes) that this family does not prune.
+        Runs before the engine's text-only shortcut, so a prompt without ``pixel_values`` is checked too."""
 
     def check_method(self, method: PruningMethod) -> None:
         """Refuse, before any model work, a method this family cannot serve."""

@@ -40,6 +40,20 @@ def split_budget(budget: int, counts: list[int]) -> list[int]:
     return floors
 
 
+def least_budget(counts: list[int]) -> int:
+    """The smallest image budget from which on :func:`split_budget` gives every crop that has tokens
+    at least one (largest-remainder splits need not be monotone, so every larger budget is checked
+    up to where each crop's floor alone is 1)."""
+    def every_crop_keeps_one(budget: int) -> bool:
+        return all(share > 0 for share, n in zip(split_budget(budget, counts), counts) if n > 0)
+
+    total = sum(counts)
+    budget = -(-total // min(n for n in counts if n > 0))  # from here on budget * n // total >= 1
+    while budget > 1 and every_crop_keeps_one(budget - 1):
+        budget -= 1
+    return budget
+
+
 class LlavaNextAdapter(ModelAdapter):
     model_classes = (LlavaNextForConditionalGeneration,)
     adapter_params = ("newline",)
@@ -130,7 +144,8 @@ class LlavaNextAdapter(ModelAdapter):
     def crop_budgets(self, layout: CropLayout, budget: int | None) -> list[int | None]:
         """An image budget B (visual tokens, newlines not counted) split over the image's crops in
         proportion to their token counts after unpadding; exact per image. A budget larger than an
-        image's visual tokens is a ConfigError."""
+        image's visual tokens, or too small to give each of its crops a token (:func:`least_budget`),
+        is a ConfigError (the engine asks before the vision tower runs)."""
         if budget is None:
             return [None] * len(layout.image_of_crop)
         valid = self.valid_counts(layout)
@@ -144,7 +159,16 @@ class LlavaNextAdapter(ModelAdapter):
                     "budget counts the tokens kept per image, newlines excluded). Pass a budget of at most "
                     f"{sum(counts)} for this image, or method=none to keep every token."
                 )
-            out.extend(split_budget(budget, counts))
+            shares = split_budget(budget, counts)
+            if any(share == 0 and c > 0 for share, c in zip(shares, counts)):
+                # a crop left with no token would reach the method as a budget of 0: say what is needed
+                least = least_budget(counts)
+                raise ConfigError(
+                    f"budget={budget} is too small for image {image}: a LLaVA-NeXT budget is split over the image's "
+                    f"{n} crops (base + {n - 1} tiles) in proportion to their tokens, and every crop keeps at least "
+                    f"one, which for this image needs budget >= {least}. Pass a budget of at least {least}."
+                )
+            out.extend(shares)
             start += n
         return out
 

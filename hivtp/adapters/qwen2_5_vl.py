@@ -60,6 +60,17 @@ def default_score_layer(fullatt_block_indexes: list[int]) -> int:
     return blocks[(len(blocks) - 1) // 2]
 
 
+def refuse_videos(pixel_values_videos: Any, video_grid_thw: Any) -> None:
+    """Videos are never pruned: refuse them rather than run them unpruned under a pruning method's name."""
+    given = [name for name, value in (("pixel_values_videos", pixel_values_videos), ("video_grid_thw", video_grid_thw))
+             if value is not None]
+    if given:
+        raise InputMismatchError(
+            f"videos are not pruned by hivtp (got {' and '.join(given)}); pass images only, or call the unwrapped "
+            "model (pruned.model) for video prompts."
+        )
+
+
 def keep_count(tokens: int, keep: float) -> int:
     """Tokens an image of ``tokens`` merged tokens keeps at keep ratio ``keep``: floor, at least 1."""
     return max(1, region_keep_count(tokens, keep))
@@ -104,10 +115,18 @@ class Qwen2_5_VLAdapter(ModelAdapter):
 
     def check_method(self, method: PruningMethod) -> None:
         super().check_method(method)
-        if self.keep is not None and method.budget is not None:
+        if self.keep is None:
+            return
+        if method.budget is not None:
             raise ConfigError(f"give either keep={self.keep} (a ratio per image) or budget={method.budget} (tokens per image), not both.")
-        if self.keep is not None and method.stage != "projector":
+        if method.stage != "projector":
             raise ConfigError(f"keep= applies to before-projector methods; {method.name!r} acts in the LLM: give it budget= instead.")
+        refusal = method.budget_refusal()
+        if refusal:  # keep= reaches the method as per-image budgets: one it cannot take would be ignored
+            raise ConfigError(f"keep={self.keep} sets a budget per image, but {refusal}; drop keep= or pick a method that takes a budget.")
+
+    def check_call_inputs(self, inputs: dict[str, Any]) -> None:
+        refuse_videos(inputs.get("pixel_values_videos"), inputs.get("video_grid_thw"))
 
     # --- crops -------------------------------------------------------------------------------
     def crops(
@@ -119,8 +138,7 @@ class Qwen2_5_VLAdapter(ModelAdapter):
         pixel_values_videos: torch.Tensor | None = None,
         video_grid_thw: torch.Tensor | None = None,
     ) -> CropLayout:
-        if pixel_values_videos is not None or video_grid_thw is not None:
-            raise InputMismatchError("videos are not pruned by hivtp; pass images only (or call the model itself for videos).")
+        refuse_videos(pixel_values_videos, video_grid_thw)
         if image_grid_thw is None:
             raise InputMismatchError("Qwen2.5-VL needs image_grid_thw (the processor returns it): pass **processor_outputs.")
         grid_thw = torch.as_tensor(image_grid_thw)

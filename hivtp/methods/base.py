@@ -130,6 +130,22 @@ class PruningMethod:
         None when it varies per image as in Qwen2.5-VL; encoder depth; the 0-based layer whose output
         is the feature layer). Raise ConfigError."""
 
+    def budget_refusal(self) -> str | None:
+        """Why this method, as configured, cannot take a budget per image that the model family sets
+        for it (Qwen2.5-VL's ``keep=``), or None when it can. The family refuses the combination at
+        ``attach``, so the budget is never silently ignored."""
+        if "budget" not in method_parameters(type(self)):
+            return f"method {self.name!r} takes no budget"
+        return None
+
+    def with_family_defaults(self, defaults: dict[str, Any]) -> PruningMethod:
+        """This method with the model family's defaults (:meth:`ModelAdapter.default_method_params`,
+        keyed by parameter name) for the parameters its caller left out, so that a method built by name
+        and one passed as an object to ``hivtp.attach`` behave the same. Returns ``self`` when none
+        applies (the default: no parameter of this method has a family default), else a copy: the
+        caller's object is never changed."""
+        return self
+
     def tower_request(self) -> TowerRequest:
         return TowerRequest()
 
@@ -197,9 +213,8 @@ def build_method(name: str | PruningMethod, **params: Any) -> PruningMethod:
     allowed = method_parameters(cls)
     unknown = sorted(set(params) - set(allowed))
     if unknown:
-        raise ConfigError(
-            f"unknown parameter(s) {unknown} for method {name!r}; it accepts: {', '.join(allowed) or 'none'}."
-        )
+        accepts = f"it accepts: {', '.join(allowed)}" if allowed else "it takes no parameters"
+        raise ConfigError(f"unknown parameter(s) {unknown} for method {name!r}; {accepts}.")
     return cls(**params)
 
 

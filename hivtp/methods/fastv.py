@@ -137,6 +137,13 @@ def _replace(args, kwargs, hidden, stage):
     return args, kwargs
 
 
+def check_stage_layer(param: str, layer: int, depth: int) -> None:
+    """Refuse a stage layer past the language model; checked also when the budget drops nothing (the
+    model then runs untouched), so such a parameter is never accepted and silently unused."""
+    if layer >= depth:
+        raise ConfigError(f"{param}={layer} but the language model has {depth} layers (0-based 0..{depth - 1}).")
+
+
 def check_llm_budget(name: str, budget: int | None, wanted: int, count: int, images: int, sample: int) -> None:
     """Refuse an in-LLM budget larger than the sample's image tokens (``wanted`` = budget x images)."""
     if wanted > count:
@@ -185,10 +192,7 @@ def staged_dropping(
     lm, layers = language_layers(model)
     first = stages[0][0]
     last_layer = stages[-1][0]
-    if last_layer >= len(layers):
-        raise ConfigError(
-            f"{param}={last_layer} but the language model has {len(layers)} layers (0-based 0..{len(layers) - 1})."
-        )
+    check_stage_layer(param, last_layer, len(layers))
     if any(b[0] <= a[0] for a, b in zip(stages, stages[1:])):
         raise ConfigError(f"{name}: stage layers must increase strictly, got {[s[0] for s in stages]}.")
     implementation = lm.config._attn_implementation
@@ -370,6 +374,7 @@ class FastV(PruningMethod):
         budgets = self.sample_budgets(counts, [int(s.get("images", 1)) for s in stats])
         _, decoder_layers = language_layers(model)
         depth = len(decoder_layers)
+        check_stage_layer("k_layer", self.k_layer, depth)
         if all(b == n for b, n in zip(budgets, counts)):
             yield  # nothing to drop: the model runs untouched and every image token stays
             kept = counts

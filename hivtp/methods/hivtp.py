@@ -18,6 +18,7 @@ Parameters ``regions`` / ``keep_ratio`` / ``window`` default to None:
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from pathlib import Path
@@ -84,6 +85,9 @@ class HIVTP(PruningMethod):
         self.regions = regions
         self.keep_ratio = keep_ratio
         self.window = window
+        # Left at the signature's default (that very object), the score layers are the family's default:
+        # (6, 7, 8) on LLaVA, the middle full-attention block on Qwen2.5-VL (with_family_defaults).
+        self.layers_given = layers is not DEFAULT_LAYERS
         self.layers = parse_layers(layers)
         self.backend = check_backend(backend)
         self.budget = budget
@@ -103,6 +107,13 @@ class HIVTP(PruningMethod):
             "backend": self.backend,
             "budget": self.budget,
         }
+
+    def with_family_defaults(self, defaults: dict[str, Any]) -> HIVTP:
+        if self.layers_given or "layers" not in defaults:
+            return self
+        out = copy.copy(self)
+        out.layers = parse_layers(defaults["layers"])
+        return out
 
     def check(self, grid: tuple[int, int] | None, num_layers: int, feature_attention_layer: int) -> None:
         if grid is None:
@@ -124,6 +135,7 @@ class HIVTP(PruningMethod):
         return attention_request(self.layers, self.backend)
 
     def select(self, crops: CropBatch) -> CropSelection:
+        packed = crops.valid  # [C, P] positions the model's packing keeps (None: all)
         if crops.valid is not None and all(b is None for b in crops.budgets):
             # The pure rule runs on the whole crop (spec section 6); the model's unpadding then drops
             # what it drops. Valid positions matter only for keeping an exact budget exact.
@@ -141,9 +153,21 @@ class HIVTP(PruningMethod):
             selection = self._only_valid(rule, crops)
             if any(b is not None for b in crops.budgets):
                 selection = fit_to_budget(scores, selection, crops.budgets)
+        return CropSelection.from_masks(crops.features, selection.keep_mask, self._stats(selection, packed))
+
+    @staticmethod
+    def _stats(selection: Selection, packed: torch.Tensor | None) -> list[dict[str, int]]:
+        """Per crop counters of the tokens that enter the LLM: a position the model's unpadding drops
+        (outside ``packed``) is no global or local token there, so tokens_global + tokens_local is what
+        the LLM sees (the pure rule on a NeXT crop picks some such positions)."""
+        if packed is not None:
+            packed = packed.to(selection.global_mask.device).bool()
+            selection = Selection(
+                selection.global_mask & packed, selection.local_mask & packed, selection.added_mask & packed,
+                selection.corrected,
+            )
         counts = {k: v.tolist() for k, v in selection.counts().items()}
-        stats = [{k: counts[k][c] for k in counts} for c in range(crops.num_crops)]
-        return CropSelection.from_masks(crops.features, selection.keep_mask, stats)
+        return [{k: counts[k][c] for k in counts} for c in range(len(counts["tokens_kept"]))]
 
     def geometry_for(self, budget: int | None, num_patches: int) -> tuple[int, float, int]:
         """(regions, keep_ratio, window) a crop with this budget uses."""

@@ -14,8 +14,9 @@ solved per sample (bisection) so that this mean is B x images, up to the roundin
 count; ``last_stats`` record ``tokens_kept`` = the achieved mean (rounded), ``tokens_llm_final`` = the
 count after the last stage and ``tokens_llm_dropped`` = tokens dropped by then, all counted in the
 hidden states once the prefill ran (never copied from the plan). ``budget=None`` uses ``ratio``
-(default 0.5). Stage counts are ``round(N * ratio^s)`` after stage s (N: the sample's image tokens),
-never more than the tokens left. A budget the stages cannot reach is refused (ConfigError): above N, or
+(default 0.5); ``ratio`` together with a ``budget`` is a ConfigError (the budget solves it). Stage
+counts are ``round(N * ratio^s)`` after stage s (N: the sample's image tokens), never more than the
+tokens left. A budget the stages cannot reach is refused (ConfigError): above N, or
 below ``N x layers[0] / depth`` (the layers before the first stage always see all N tokens).
 Requirements and limits are fastv's (sdpa / eager kernels, stage layers >= 1; beams and
 ``num_return_sequences`` supported).
@@ -31,7 +32,7 @@ import torch
 from ..errors import ConfigError
 from .base import CropBatch, CropSelection, PruningMethod, parse_layers, register_method
 from ._common import check_budget
-from .fastv import check_llm_budget, language_layers, staged_dropping
+from .fastv import check_llm_budget, check_stage_layer, language_layers, staged_dropping
 
 
 def tokens_by_layer(n: int, plan: list[int], layers: Sequence[int], depth: int) -> list[int]:
@@ -85,6 +86,8 @@ class PyramidDrop(PruningMethod):
         self.layers = None if layers is None else parse_layers(layers)
         if self.layers is not None and (not self.layers or min(self.layers) < 1 or list(self.layers) != sorted(set(self.layers))):
             raise ConfigError(f"pdrop layers must be increasing 0-based LLM layers >= 1, got {layers!r}.")
+        if ratio is not None and budget is not None:  # a budget solves the ratio: a given one would be ignored
+            raise ConfigError(f"give either ratio={ratio} or budget={budget} (the ratio is solved from it), not both.")
         ratio = 0.5 if ratio is None else ratio
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
             raise ConfigError(f"ratio must be a number in (0, 1], got {ratio!r}.")
@@ -140,6 +143,7 @@ class PyramidDrop(PruningMethod):
         _, decoder_layers = language_layers(model)
         depth = len(decoder_layers)
         counts = inputs.image_positions.sum(-1).tolist()
+        check_stage_layer("layers", self.stage_layers(depth)[-1], depth)  # before planning on them
         layers, plans, _ = self.plan(counts, [int(s.get("images", 1)) for s in stats], depth)
         if all(plan[-1] == n for plan, n in zip(plans, counts)):
             yield  # nothing to drop: the model runs untouched and every image token stays

@@ -11,7 +11,8 @@ nearest grid. Only budgets that are a pooling grid's size (576, 144, 64, 36, 16,
 exactly; any other budget keeps the nearest grid's count, and ``tokens_kept`` in ``last_stats``
 reports the tokens actually kept (plus ``tokens_budget`` with what was asked). Non-divisor grids
 (e.g. 14 x 14 = 196) would need overlapping or unequal cells and are not offered: the control is
-meant to be the plain, equal-cell downsampling. ``kernel`` forces a cell size and ignores the budget.
+meant to be the plain, equal-cell downsampling. ``kernel`` forces a cell size; together with a
+budget (or Qwen2.5-VL's ``keep=``), which it would ignore, it is a ConfigError.
 
 Parameters: ``budget`` (default None -> kernel 2, 144 of 576), ``kernel`` (None: from the budget).
 Each pooled token stands for a representative patch of its cell: the patch at offset
@@ -108,7 +109,16 @@ class AveragePool(PruningMethod):
         self.budget = check_budget(budget)
         if kernel is not None and (isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1):
             raise ConfigError(f"kernel must be a positive integer (pooling cell side) or None, got {kernel!r}.")
+        if kernel is not None and budget is not None:  # the kernel fixes the count: the budget would be ignored
+            raise ConfigError(
+                f"give either kernel={kernel} (a fixed cell size) or budget={budget} (the grid nearest to it), not both."
+            )
         self.kernel = kernel
+
+    def budget_refusal(self) -> str | None:
+        if self.kernel is not None:
+            return f"pool with kernel={self.kernel} keeps a fixed grid"
+        return super().budget_refusal()
 
     def params(self) -> dict[str, Any]:
         return {"budget": self.budget, "kernel": self.kernel}

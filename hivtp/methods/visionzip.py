@@ -15,8 +15,9 @@ in its release, at the LLaVA feature layer (the encoder layer whose output is ``
    (it adds rather than averages). A contextual token stands for its target's position.
 3. Kd + Kc = B. ``dominant``/``contextual`` default to the published splits 54+10, 108+20, 162+30 for
    B = 64 / 128 / 192, and otherwise to the same proportion, ``Kc = round(B * 10 / 64)``,
-   ``Kd = B - Kc``. Give ``dominant`` (or ``contextual``) to fix one side; the other is B minus it.
-   On LLaVA-NeXT the split is applied to each crop's own budget.
+   ``Kd = B - Kc``. Give ``dominant`` (or ``contextual``) with ``budget`` to fix one side; the other
+   is B minus it (a side larger than B, or one side without a budget, is a ConfigError, never
+   clamped). On LLaVA-NeXT a given split is scaled to each crop's own share of the budget.
 
 Order into the LLM (DECISION): raster order of the positions the tokens stand for (the release
 appends the contextual tokens after the dominant ones; raster order keeps the full-budget run
@@ -51,17 +52,26 @@ MERGES = ("mean", "release")
 
 
 def split(budget: int, dominant: int | None = None, contextual: int | None = None) -> tuple[int, int]:
-    """(Kd, Kc) with Kd + Kc = budget."""
+    """(Kd, Kc) with Kd + Kc = budget; a given side larger than the budget is a ConfigError (clamping
+    it would record a split that was not applied)."""
+    check_side(budget, dominant, contextual)
     if dominant is not None:
-        kd = min(dominant, budget)
-        return kd, budget - kd
+        return dominant, budget - dominant
     if contextual is not None:
-        kc = min(contextual, budget)
-        return budget - kc, kc
+        return budget - contextual, contextual
     if budget in PUBLISHED_SPLITS:
         return PUBLISHED_SPLITS[budget]
     kc = int(round(budget * 10 / 64))
     return budget - kc, kc
+
+
+def check_side(budget: int, dominant: int | None, contextual: int | None) -> None:
+    for name, value in (("dominant", dominant), ("contextual", contextual)):
+        if value is not None and value > budget:
+            raise ConfigError(
+                f"{name}={value} is more than budget={budget}: dominant + contextual = budget, so give "
+                f"{name} <= {budget} (the other side is the budget minus it), or a larger budget."
+            )
 
 
 def _check_count(name: str, value: Any) -> int | None:
@@ -91,6 +101,16 @@ class VisionZip(PruningMethod):
                 raise ConfigError(f"dominant + contextual ({dominant} + {contextual}) must equal budget ({budget}).")
             if budget is None:
                 self.budget = check_budget(dominant + contextual)
+        elif (dominant is not None or contextual is not None) and budget is None:
+            # One side fixes the other only against a budget; without one, each crop's default third
+            # (and on NeXT its unpadded share) could be smaller than the side and would clamp it.
+            given = f"dominant={dominant}" if dominant is not None else f"contextual={contextual}"
+            raise ConfigError(
+                f"{given} fixes one side of budget = dominant + contextual: give budget= too (e.g. budget=192), "
+                "or both dominant and contextual."
+            )
+        if self.budget is not None:
+            check_side(self.budget, dominant, contextual)
         self.contextual_merge = "mean" if contextual_merge is None else contextual_merge
         if self.contextual_merge not in MERGES:
             raise ConfigError(f"contextual_merge must be one of {MERGES}, got {contextual_merge!r}.")
@@ -130,7 +150,7 @@ class VisionZip(PruningMethod):
         the crop's share of the image budget, and a user-fixed split is scaled to it proportionally."""
         if self.dominant is None and self.contextual is None:
             return split(b)
-        if self.budget is None or b == self.budget:
+        if b == self.budget:  # a given side always comes with a budget (__init__)
             return split(b, self.dominant, self.contextual)
         _, kc_image = split(self.budget, self.dominant, self.contextual)
         kc = min(b, int(round(b * kc_image / self.budget)))
