@@ -371,15 +371,14 @@ def _inputs_changed(manifest: dict[str, Any], inputs: dict[str, str | None], cfg
     current = {k: v for k, v in inputs.items() if v is not None}
     if not current:
         return None
-    if not all(k in manifest for k in runfolder.INPUTS):
+    recorded = runfolder.inputs_of(manifest)
+    if recorded is None:
         return "it was made before runs recorded their inputs (checkpoint files, benchmark data)"
-    why = []
-    if runfolder.CHECKPOINT_FILES in current and manifest[runfolder.CHECKPOINT_FILES] != current[runfolder.CHECKPOINT_FILES]:
-        why.append("its checkpoint's files besides the weights (config.json, processor, tokenizer, chat template) "
-                   f"changed: {_short(manifest[runfolder.CHECKPOINT_FILES])} -> {_short(current[runfolder.CHECKPOINT_FILES])}")
-    if runfolder.DATA in current and manifest[runfolder.DATA] != current[runfolder.DATA]:
-        why.append(f"its benchmark data in {data_folder(cfg)} changed: {_short(manifest[runfolder.DATA])} -> "
-                   f"{_short(current[runfolder.DATA])}")
+    what = {runfolder.CHECKPOINT_FILES: "its checkpoint's files besides the weights (config.json, processor, "
+                                        "tokenizer, chat template)",
+            runfolder.DATA: f"its benchmark data in {data_folder(cfg)}"}
+    why = [f"{what[key]} changed: {_short(recorded[key])} -> {_short(now)}"
+           for key, now in current.items() if recorded[key] != now]
     return "; ".join(why) or None
 
 

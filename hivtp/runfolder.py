@@ -45,7 +45,7 @@ __all__ = [
     "read_manifest",
     "read_part",
     "readable_rows",
-    "recorded_data",
+    "inputs_of",
     "recorded_inputs",
     "swap_in",
     "verify_run",
@@ -187,16 +187,14 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
 
 def recorded_inputs(folder: str | os.PathLike) -> dict[str, str | None] | None:
     """The :data:`INPUTS` digests a finished run recorded; None for a run sealed before runs recorded them."""
-    manifest = read_manifest(folder)
+    return inputs_of(read_manifest(folder))
+
+
+def inputs_of(manifest: dict[str, Any]) -> dict[str, str | None] | None:
+    """:func:`recorded_inputs` of a manifest already read."""
     if not all(key in manifest for key in INPUTS):
         return None
     return {key: manifest[key] for key in INPUTS}
-
-
-def recorded_data(folder: str | os.PathLike) -> str | None:
-    """The digest of the benchmark data a finished run answered on (:data:`DATA`); None when it had no
-    local data (a latency-only run, hub datasets) or was sealed before runs recorded it."""
-    return read_manifest(folder).get(DATA)
 
 
 def _file_problems(folder: Path, manifest: dict[str, Any]) -> list[tuple[str, str]]:

@@ -126,10 +126,13 @@ def pope_value(answers: list[str], truths: list[str], metric: str) -> float:
 
 def write_run(runs: Path, name: str, method: str, params: dict, samples: dict[str, list[dict]],
               rows: list[dict] | None = None, seal: bool = True, limit: int | None = None,
-              device: str = "cpu", date: str = "2026-01-01", weights: str | None = None, data: str | None = None) -> Path:
+              device: str = "cpu", date: str = "2026-01-01", weights: str | None = None, data: str | None = None,
+              checkpoint_files: str | None = None, per_image: int | None = None) -> Path:
     """A complete accuracy run folder as hivtp.run leaves it: config.json, accuracy.json with one row per
     (task, metric) whose value the samples give, lmms-eval's logged samples, and the DONE manifest
-    (naming ``weights``, the checkpoint's sha256, as hivtp.run does)."""
+    (naming ``weights``, the checkpoint's sha256, as hivtp.run does, and ``checkpoint_files`` / ``data``
+    where given). ``per_image``: the accounting names each question's image, ``per_image`` questions each
+    (doc_id // per_image), as the plugins do; None: no image recorded."""
     folder = runs / name
     config = {"method": {"name": method, "params": params}, "benchmark": {"limit": limit},
               "accuracy": {"device": device, "dtype": "auto"}}
@@ -150,9 +153,10 @@ def write_run(runs: Path, name: str, method: str, params: dict, samples: dict[st
         write_text(folder / "lmms" / "lmms" / "toy-llava" / f"20260101_000000_samples_{task}.jsonl",
                    "".join(json.dumps(x) + "\n" for x in s))
         # the plugin's accounting file shares the suffix; the collector must not take it for lmms-eval's
+        image = (lambda d: {}) if per_image is None else (lambda d: {"image": f"img{d // per_image}"})
         write_text(folder / "lmms" / "accounting" / f"hivtp_samples_{task}.jsonl",
-                   "".join(json.dumps({"doc_id": x["doc_id"], "tokens_kept": 64}) + "\n" for x in s))
+                   "".join(json.dumps({"doc_id": x["doc_id"], "tokens_kept": 64, **image(x["doc_id"])}) + "\n" for x in s))
     if seal:
-        write_manifest(folder, ["accuracy"], weights=weights,
-                       inputs=None if data is None else {"checkpoint_files": None, "data": data})
+        inputs = None if data is None and checkpoint_files is None else {"checkpoint_files": checkpoint_files, "data": data}
+        write_manifest(folder, ["accuracy"], weights=weights, inputs=inputs)
     return folder

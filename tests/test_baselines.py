@@ -88,6 +88,21 @@ def _select(model, name, tower, **params):
 
 
 # --- registry, parameters ------------------------------------------------------------------
+@pytest.mark.parametrize("budget", [None, 64])
+def test_a_methods_recorded_params_rebuild_it(budget):
+    """What a run records (``params()``, nulls dropped as runs drop them) builds the same method again:
+    a recorded parameter the method did not use would make the record refuse to rebuild (pdrop's
+    ratio beside a budget)."""
+    for name in NAMES:
+        kwargs = {} if budget is None or name == "none" else {"budget": budget}
+        try:
+            method = build_method(name, **kwargs)
+        except hivtp.ConfigError:
+            continue  # a method that needs a budget, or takes none
+        recorded = {k: v for k, v in method.params().items() if v is not None}
+        assert build_method(name, **recorded).params() == method.params(), name
+
+
 def test_every_baseline_is_registered_with_documented_parameters():
     baselines = {"random", "pool", "fastervlm", "visionzip", "divprune", "hiprune", "fastv", "pdrop"}
     assert baselines | {"hivtp", "none"} <= set(NAMES)

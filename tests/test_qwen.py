@@ -496,6 +496,8 @@ def test_lmms_method_none_answers_equal_stock_qwen2_5_vl(tiny_qwen_dir, tmp_path
     assert sorted(int(s["doc_id"]) for s in samples) == [0, 1, 2]
     assert all(s["tokens_kept"] == max(1, s["tokens_total"] // 4) for s in samples)
     assert rows[0]["tokens_kept_mean"] == sum(s["tokens_kept"] for s in samples) / 3
+    # each question's image is named (the bootstrap resamples images): the offline GQA asks one per image
+    assert all(s["image"] for s in samples) and len({s["image"] for s in samples}) == 3
 
 
 # --- latency -----------------------------------------------------------------------------------

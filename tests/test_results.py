@@ -162,6 +162,45 @@ def test_runs_on_other_benchmark_data_are_neither_paired_nor_tabled_together(tmp
     assert titles == [f"## accuracy: offline / toy-llava / data_digest {d * 12}" for d in "cd"]
 
 
+def test_collect_resamples_the_images_a_run_recorded_and_pairs_a_run_without_them_by_question(tmp_path):
+    """Runs whose accounting names each question's image (two per image) get image-unit intervals
+    (``ci_unit`` image; the interval is the one bootstrap_ci gives on image units), their paired
+    difference is on images too; a run that named no images is paired with them by question."""
+    from hivtp.results.collect import image_keys, logged_samples_file
+    from hivtp.results.stats import read_logged_samples
+
+    runs = tmp_path / "runs"
+    write_run(runs, "none", "none", {}, {POPE_TASK: pope_samples(TRUTHS, TRUTHS)}, limit=200, per_image=2)
+    worse = pope_samples(_flip(TRUTHS, 4), TRUTHS)
+    write_run(runs, "hivtp", "hivtp", {"budget": 64}, {POPE_TASK: worse}, limit=200, per_image=2)
+    write_run(runs, "random", "random", {"budget": 64}, {POPE_TASK: worse}, limit=200)
+    acc = collect(runs, tmp_path / "results", resamples=300)["accuracy"]
+    f1 = acc[acc["metric"] == "pope_f1_score"].set_index("run")
+    assert f1["ci_unit"].to_dict() == {"hivtp": "image", "none": "image", "random": "question"}
+
+    def units(run, images):
+        samples = read_logged_samples(logged_samples_file(runs / run, POPE_TASK))
+        return scores_from_samples("pope_f1_score", samples, image_keys(runs / run, POPE_TASK) if images else None)
+
+    assert (f1.loc["hivtp", "ci_low"], f1.loc["hivtp", "ci_high"]) == pytest.approx(bootstrap_ci(units("hivtp", True), resamples=300))
+    assert [f1.loc["hivtp", f"diff_vs_none{e}"] for e in ("", "_low", "_high")] == pytest.approx(
+        list(paired_ci(units("hivtp", True), units("none", True), resamples=300)))
+    assert [f1.loc["random", f"diff_vs_none{e}"] for e in ("", "_low", "_high")] == pytest.approx(
+        list(paired_ci(units("random", False), units("none", False), resamples=300)))
+    assert f1.loc["random", "diff_vs_none_high"] < 0  # paired at all (by question), not left out
+
+
+def test_runs_on_other_checkpoint_files_are_neither_paired_nor_tabled_together(tmp_path):
+    """The same weights with an edited config.json (another checkpoint_files digest): no paired difference."""
+    runs = tmp_path / "runs"
+    write_run(runs, "none_old", "none", {}, {POPE_TASK: pope_samples(TRUTHS, TRUTHS)}, limit=200, checkpoint_files="e" * 64)
+    write_run(runs, "hivtp_new", "hivtp", {"budget": 64}, {POPE_TASK: pope_samples(_flip(TRUTHS, 10), TRUTHS)},
+              limit=200, checkpoint_files="f" * 64)
+    f1 = collect(runs, tmp_path / "results", resamples=200)["accuracy"].query("metric == 'pope_f1_score'").set_index("run")
+    assert f1["checkpoint_files_digest"].to_dict() == {"hivtp_new": "f" * 12, "none_old": "e" * 12}
+    assert pd.isna(f1.loc["hivtp_new", "diff_vs_none"])
+
+
 def _rows_before_superseding(runs):
     from hivtp.results.collect import add_statistics, read_runs
 
@@ -725,3 +764,19 @@ def test_ledger_gives_each_keep_ratio_its_own_line_and_percent():
     assert sorted(found) == ["keep=0.1", "keep=0.5", "rule (no budget)"]
     assert (found["keep=0.1"]["tokens"], found["keep=0.1"]["percent"]) == (57, "50.0%")
     assert found["rule (no budget)"]["worse"] == [] and found["keep=0.1"]["worse"]
+
+
+def test_keep_ratio_rows_are_labelled_by_their_ratio_and_prior_budgets_listed_in_order():
+    """A Qwen2.5-VL row at keep=0.25 is labelled so in the tables (not "default", which is a method's own
+    rule), and the ledger's prior-method lines run 64, 128, 192, not 128, 192, 64."""
+    from hivtp.results.ledger import prior_comparisons
+    from hivtp.results.tables import accuracy_table
+
+    rows = [acc_row("none", {}, "gqa", 0.6), acc_row("random", {"keep": 0.25}, "gqa", 0.4, tokens=144)]
+    for b in (192, 64, 128):
+        rows.append(acc_row("random", {"budget": b}, "gqa", 0.5, tokens=b, diff_vs_hivtp=-0.1, diff_vs_hivtp_low=-0.2,
+                            diff_vs_hivtp_high=-0.05))
+    acc = pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
+    labels = list(accuracy_table(acc).index.get_level_values("budget"))
+    assert "keep=0.25" in labels and "default" not in labels
+    assert [c["budget"] for c in prior_comparisons(acc)] == ["64", "128", "192"]

@@ -4,7 +4,7 @@ The class subclasses ``lmms_eval.models.chat.qwen2_5_vl.Qwen2_5_VL`` and changes
 ``generate_until`` calls is the :func:`hivtp.attach`-wrapped one. Loading, message building,
 ``qwen_vl_utils.process_vision_info``, the processor call, the generation arguments and the decoding
 are lmms-eval's own code, so ``method=none`` answers exactly as ``--model qwen2_5_vl`` (tested).
-Tokens kept per sample are recorded as by ``hivtp_llava`` (:mod:`hivtp.lmms.accounting`, with
+Tokens kept per sample (and each question's image) are recorded as by ``hivtp_llava`` (:mod:`hivtp.lmms.accounting`, with
 ``accounting_dir=``): each ``generate`` call's ``last_stats`` is matched to its documents by replaying
 the stock class's ordering (its ``Collator`` over the same requests). With ``device=cpu`` and no
 ``device_map``, the model loads with ``device_map=cpu`` (the stock default ``auto`` moves inputs to CUDA).
@@ -25,12 +25,13 @@ from typing import Any
 from lmms_eval import utils
 from lmms_eval.api.instance import Instance
 from lmms_eval.models.chat.qwen2_5_vl import Qwen2_5_VL as Qwen2_5_VLChat
+from lmms_eval.protocol import ChatMessages
 
 from ..attach import attach
 from ..errors import ConfigError, HivtpError
 from ..pruned import PrunedModel
 from ..zoo import resolve_checkpoint
-from .accounting import AccountingWriter, default_directory
+from .accounting import AccountingWriter, default_directory, image_key
 from .args import QWEN_UNREAD, split_args
 
 __all__ = ["MODEL_NAME", "HivtpQwen2_5_VL", "manifest", "split_qwen_args"]
@@ -103,16 +104,21 @@ class HivtpQwen2_5_VL(Qwen2_5_VLChat):
         recorder = self.__dict__.get("recorder")
         return recorder if recorder is not None else super().model
 
+    def _image_key(self, to_messages, task: str, split: str, doc_id: int) -> str | None:
+        """:func:`~hivtp.lmms.accounting.image_key` of a document's images, read as the stock class reads them."""
+        visual, _video, _ = ChatMessages(messages=to_messages(self.task_dict[task][split][doc_id])).extract_media()
+        return image_key(visual)
+
     def generate_until(self, requests: list[Instance]):
         self.recorder.calls = []
         results = super().generate_until(requests)
         # the stock class's chunk order: the same Collator over the same requests
         collator = utils.Collator([r.args for r in requests], lambda x: (x[0], x[0]), group_fn=lambda x: x[2], grouping=True)
-        docs = [(args[4], args[3]) for chunk in collator.get_batched(n=self.batch_size, batch_fn=None) for args in chunk]
+        docs = [args for chunk in collator.get_batched(n=self.batch_size, batch_fn=None) for args in chunk]
         stats = [s for call in self.recorder.calls for s in call]
         if len(stats) != len(docs):
             raise ConfigError(f"{MODEL_NAME}: {len(stats)} accounting rows for {len(docs)} documents; report this.")
-        for (task, doc_id), row in zip(docs, stats):
-            self.accounting.add(task, doc_id, row)
+        for (_ctx, to_messages, _gen, doc_id, task, split), row in zip(docs, stats):
+            self.accounting.add(task, doc_id, row, self._image_key(to_messages, task, split, doc_id))
         self.accounting.flush(self.rank, self.world_size)
         return results

@@ -96,7 +96,10 @@ class PyramidDrop(PruningMethod):
         self.stage_attention: list[torch.Tensor] = []
 
     def params(self) -> dict[str, Any]:
-        return {"budget": self.budget, "layers": None if self.layers is None else list(self.layers), "ratio": self.ratio}
+        # with a budget the ratio is solved per sample: recording the unused default would make the
+        # params refuse to rebuild the method (ratio and budget are exclusive)
+        return {"budget": self.budget, "layers": None if self.layers is None else list(self.layers),
+                "ratio": None if self.budget is not None else self.ratio}
 
     def select(self, crops: CropBatch) -> CropSelection:
         keep = torch.ones(crops.features.shape[:2], dtype=torch.bool, device=crops.features.device)

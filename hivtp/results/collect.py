@@ -35,7 +35,7 @@ import pandas as pd
 
 from ..atomic import write_text
 from ..errors import MissingArtifactError
-from ..runfolder import MANIFEST, WEIGHTS, IncompleteRunError, read_manifest, read_part, recorded_data, verify_run
+from ..runfolder import CHECKPOINT_FILES, DATA, MANIFEST, WEIGHTS, IncompleteRunError, read_manifest, read_part, recorded_inputs, verify_run
 from .stats import (
     LEVEL,
     MME_METRICS,
@@ -57,10 +57,11 @@ DIFF_COLUMNS = [f"diff_vs_{ref}{end}" for ref in ("hivtp", "none") for end in ("
 #: what a run was evaluated on besides its identity columns: the question limit per task and the accuracy
 #: device and dtype (from its config.json), and the first 12 hex digits of the sha256 of the checkpoint
 #: it answered with (from its manifest; empty for a hub id or a run sealed before manifests named it),
-#: and likewise of the benchmark's local data (``runfolder.recorded_data``; empty for hub datasets).
-#: Rows differing in these are different measurements: a retrained toy's rows, or rows on rebuilt data,
-#: are never compared with, or averaged into, those before them
-SETUP = ["limit", "device", "dtype", "weights_digest", "data_digest"]
+#: and likewise of the checkpoint's other files and of the benchmark's local data (``runfolder.recorded_inputs``;
+#: empty for hub checkpoints and datasets). Rows differing in these are different measurements: a
+#: retrained toy's rows, or rows on an edited config or rebuilt data, are never compared with, or
+#: averaged into, those before them
+SETUP = ["limit", "device", "dtype", "weights_digest", "checkpoint_files_digest", "data_digest"]
 ACCURACY_COLUMNS = (IDENTITY + ["benchmark", "metric", "value", "n", "ci_low", "ci_high", "ci_unit", "tokens_kept_mean",
                                 "tokens_kept_std"] + SETUP + TAIL + DIFF_COLUMNS)
 #: the columns that make two accuracy rows of one model comparable: the kind of weights (``trained``,
@@ -210,9 +211,11 @@ def _accuracy_setup(folder: Path) -> dict[str, Any]:
     cfg = json.loads((folder / "config.json").read_text())["config"]
     accuracy = cfg.get("accuracy") or {}
     device = accuracy.get("device") or (cfg.get("latency") or {}).get("device", "cpu")
-    digest, data = read_manifest(folder).get(WEIGHTS), recorded_data(folder)
+    inputs = recorded_inputs(folder) or {}
+    digests = {"weights_digest": read_manifest(folder).get(WEIGHTS), "checkpoint_files_digest": inputs.get(CHECKPOINT_FILES),
+               "data_digest": inputs.get(DATA)}
     return {"limit": (cfg.get("benchmark") or {}).get("limit"), "device": device, "dtype": accuracy.get("dtype", "auto"),
-            "weights_digest": digest[:12] if digest else None, "data_digest": data[:12] if data else None}
+            **{column: d[:12] if d else None for column, d in digests.items()}}
 
 
 def read_runs(runs_root: Path) -> Collected:
@@ -265,7 +268,7 @@ def _is_default_hivtp(row: dict[str, Any]) -> bool:
 
 def _params(row: dict[str, Any]) -> dict[str, Any]:
     p = row.get("params")
-    return json.loads(p) if isinstance(p, str) and p else dict(p or {})
+    return json.loads(p) if isinstance(p, str) and p else dict(p) if isinstance(p, dict) else {}  # NaN: none
 
 
 def budget_axis(row: dict[str, Any]) -> Any:
@@ -327,11 +330,8 @@ def add_statistics(rows: list[dict[str, Any]], scores: list[Scores | None], resa
             j = refs[name].get(_reference_key(row) + ((str(budget_axis(row)),) if name == "hivtp" else ()))
             if j is None or j == i:
                 continue
-            a, ref = sc, scores[j]
-            if a.unit != ref.unit:  # one run named its questions' images, the other not: pair the questions
-                a, ref = a.per_question or a, ref.per_question or ref
             try:
-                ref = ref.aligned_to(a.keys)
+                a, ref = sc.paired_with(scores[j])
             except StatsError as e:
                 unpaired.append(f"{row['method']} {row['params']} {row['benchmark']} vs {name}: {e}")
                 continue

@@ -5,6 +5,7 @@ when the CSVs hold no rows for it (the caller reports that rather than drawing a
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -14,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..methods import is_offline_only  # noqa: E402
-from .collect import file_stem, latency_protocols, setups  # noqa: E402
+from .collect import BUDGET_KEYS, file_stem, latency_protocols, setups  # noqa: E402
 from .tables import method_label, primary_metric, split_ablations  # noqa: E402
 
 
@@ -37,8 +38,9 @@ def _primary(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(keep) if keep else frame
 
 
-def _setting(params: object, drop: tuple[str, ...] = ("budget",)) -> str:
-    """A row's parameters without ``drop`` (the budget: points of one curve), as "k=v ..."; "" for none."""
+def _setting(params: object, drop: tuple[str, ...] = tuple(BUDGET_KEYS)) -> str:
+    """A row's parameters without ``drop`` (the budget or keep ratio: points of one curve), as "k=v ...";
+    "" for none."""
     p = json.loads(params) if isinstance(params, str) and params else {}
     return " ".join(f"{k}={v}" for k, v in sorted(p.items()) if k not in drop)
 
@@ -162,6 +164,9 @@ def comparable_scores(rows: pd.DataFrame, setup: pd.DataFrame) -> tuple[pd.Serie
         return rows["value"] / rows["benchmark"].map(base) * 100, "% of unpruned (mean over benchmarks)"
     if (rows["value"].abs() <= 1).all():
         return rows["value"], "mean score"
+    missing = sorted(set(rows["benchmark"]) - set(base.index))
+    print(f"[hivtp.results.figures] {', '.join(sorted(set(rows['model'])))}: an ablation over scores of other scales "
+          f"without the unpruned rows of {', '.join(missing)} is not drawn (run method=none there).", file=sys.stderr)
     return None
 
 

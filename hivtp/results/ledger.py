@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..claims import CLAIMS, Claim, family_of
 from ..methods import is_in_llm, is_offline_only
-from .collect import LATENCY_PROTOCOL, budget_axis, setups
+from .collect import BUDGET_KEYS, LATENCY_PROTOCOL, budget_axis, setups
 from .stats import excludes_zero
 from .tables import OFFLINE_IN_LLM_NOTE, accuracy_table, method_label, primary_metric
 
@@ -39,8 +39,15 @@ def _default_hivtp(frame: pd.DataFrame) -> pd.DataFrame:
     """HIVTP rows with the default geometry (no parameter but the budget): the method as published."""
     if frame.empty:
         return frame
-    default = frame["params"].map(lambda p: set(_params(p)) <= {"budget", "keep"})  # keep: Qwen2.5-VL ratios
+    default = frame["params"].map(lambda p: set(_params(p)) <= set(BUDGET_KEYS))  # keep: Qwen2.5-VL ratios
     return frame[(frame["method"] == "hivtp") & default]
+
+
+def _axis_order(text: str) -> tuple[int, float, str]:
+    """Budgets in numeric order (64 before 128), then keep ratios, then the rule."""
+    if text.isdigit():
+        return (0, float(text), text)
+    return (1, 0.0, text) if text != "default" else (2, 0.0, text)
 
 
 def _configuration(row: pd.Series) -> str:
@@ -72,7 +79,8 @@ def _gains(frame: pd.DataFrame, word: str, column: str, higher_better: bool) -> 
             v = float(r[column])
             gain = (v / ref - 1) * 100 if higher_better else (1 - v / ref) * 100
             rule = _axis(r) == "default"
-            protocol = f"{where['model']}, {where['device']} {where['dtype']} batch {where['batch']}"
+            device = where["device_name"] if isinstance(where.get("device_name"), str) else where["device"]
+            protocol = f"{where['model']}, {device} {where['dtype']} batch {where['batch']}"
             out.append((gain, protocol if rule else f"{_configuration(r)}, {protocol}", rule))
     return out
 
@@ -190,7 +198,9 @@ def prior_comparisons(acc: pd.DataFrame) -> list[dict]:
     out = []
     for model, own in _setups(acc):
         rows = _primary(own[~own["method"].isin(["none", "hivtp"]) & ~own["method"].map(is_offline_only)])
-        for (budget, method), g in rows.groupby([rows.apply(_axis, axis=1).astype(str), "method"]) if len(rows) else []:
+        axes = rows.apply(_axis, axis=1) if len(rows) else rows
+        groups = rows.groupby([axes.astype(str), "method"]) if len(rows) else []
+        for (budget, method), g in sorted(groups, key=lambda kv: (_axis_order(kv[0][0]), kv[0][1])):
             better, worse, apart = _split(g, "hivtp", sign=-1)  # the column holds method - hivtp
             if better or worse or apart:
                 out.append({"model": model, "budget": budget, "method": method, "better": better, "worse": worse,

@@ -116,7 +116,15 @@ class Scores:
                              "pair runs made with the same benchmark and limit.")
         order = _order(self.keys, keys)
         return Scores(self.metric, keys, self.strata[order], {k: v[order] for k, v in self.columns.items()},
-                      self.statistic, self.n, self.unit)
+                      self.statistic, self.n, self.unit, self.per_question)
+
+    def paired_with(self, other: Scores) -> tuple[Scores, Scores]:
+        """(self, other aligned to it) on common units: images where both named their questions' images,
+        else questions (a run that did not record them pairs by question). StatsError for other questions."""
+        a, b = self, other
+        if a.unit != b.unit:
+            a, b = a.per_question or a, b.per_question or b
+        return a, b.aligned_to(a.keys)
 
     def by_image(self, images: dict[str, str | None]) -> Scores:
         """These question units gathered into one unit per image (``images``: question key -> image key),
@@ -288,9 +296,7 @@ def paired_ci(a: Scores, b: Scores, resamples: int = RESAMPLES, seed: int = SEED
     """(a - b on the full sample, interval low, high): both runs resampled with the same draws."""
     if a.metric != b.metric:
         raise StatsError(f"cannot pair {a.metric!r} with {b.metric!r}.")
-    if a.unit != b.unit:  # one run named its questions' images, the other not: pair the questions
-        a, b = a.per_question or a, b.per_question or b
-    b = b.aligned_to(a.keys)
+    a, b = a.paired_with(b)
     diff = a.point() - b.point()
     values = bootstrap([lambda w: a.value(w) - b.value(w)], a.strata, resamples, seed)[0]
     lo, hi = interval(values, level)

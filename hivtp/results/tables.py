@@ -10,6 +10,7 @@ import math
 import pandas as pd
 
 from ..methods import is_in_llm, is_offline_only
+from .collect import budget_axis
 from .stats import excludes_zero
 
 # Which metric stands for a benchmark when a task reports several (first present wins).
@@ -25,10 +26,12 @@ def primary_metric(metrics: list[str]) -> str:
 
 
 def _budget_label(row: pd.Series) -> str:
-    b = row["budget"]
-    if b is None or (isinstance(b, float) and math.isnan(b)) or b == "":
+    """The row's budget axis (``collect.budget_axis``: ``64``, ``keep=0.25``); ``all`` for the unpruned
+    model, ``default`` for a method at its own rule."""
+    axis = budget_axis(row)
+    if axis is None:
         return "all" if row["method"] == "none" else "default"
-    return str(int(float(b)))
+    return axis if isinstance(axis, str) else str(int(float(axis)))
 
 
 #: how an offline-only method (``oracle``) is labelled in tables and figures: a reference, not a competitor.

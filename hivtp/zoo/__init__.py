@@ -257,11 +257,8 @@ def local_weights_digest(name_or_path: str) -> str | None:
     None when they are not (a hub id, or a shape not built yet: its loader says what to do). The digest
     is remembered per file state (name, size, inode, mtime, ctime: a copy that keeps the modification time
     still gets a new inode or ctime), so a sweep reads each checkpoint once."""
-    try:
-        folder = Path(resolve_checkpoint(name_or_path))
-    except MissingArtifactError:
-        return None
-    if not folder.is_dir():
+    folder = _local_folder(name_or_path)
+    if folder is None:
         return None
     files = sorted(folder.glob("*.safetensors"))
     state = tuple((p.name, st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns) for p in files for st in [p.stat()])
@@ -296,13 +293,18 @@ def local_checkpoint_files_digest(name_or_path: str) -> str | None:
     processor, tokenizer or chat template changes it; the weights do not (they have their own digest)."""
     from ..runfolder import files_digest
 
+    folder = _local_folder(name_or_path)
+    return None if folder is None else files_digest(folder, checkpoint_files(folder))
+
+
+def _local_folder(name_or_path: str) -> Path | None:
+    """The checkpoint folder of ``name_or_path`` when its files are here; None for a hub id or a shape
+    not built yet (its loader says what to do)."""
     try:
         folder = Path(resolve_checkpoint(name_or_path))
     except MissingArtifactError:
         return None
-    if not folder.is_dir():
-        return None
-    return files_digest(folder, checkpoint_files(folder))
+    return folder if folder.is_dir() else None
 
 
 def _safetensors_problem(path: Path) -> str | None:
