@@ -64,7 +64,7 @@ figures: setup  ## regenerate every table and figure from the CSVs under results
 sweep: setup  ## a Hydra multirun sweep: make sweep SWEEP=geometry
 	$(PY) -m hivtp.run -m +sweep=$(SWEEP)
 
-bench-gpu:  ## every GPU measurement (latency at real shapes); runs on a GPU machine with torch+transformers
+bench-gpu:  ## every GPU measurement (latency at the 7B shapes), most important first within BUDGET_S s (480); torch+transformers only
 	bash scripts/bench_gpu.sh
 
 clean:  ## remove build outputs (keeps .venv)

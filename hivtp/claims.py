@@ -1,8 +1,8 @@
 """The paper's confirmed claims and each model family's standard token budgets: the one place for both.
 
 Read by the claims ledger (hivtp.results.ledger), the latency summary (hivtp.latency.report), the
-GPU benchmark (scripts/bench_gpu.sh, through the command line below) and checked against the budget
-sweeps (configs/sweep/budgets*.yaml, tests/test_claims.py). Standard library only: it imports in an
+GPU benchmark (hivtp.latency.bench), the paper profile's plan (scripts/reproduce.py) and checked
+against the budget sweeps (configs/sweep/budgets*.yaml, tests/test_claims.py). Standard library only: it imports in an
 environment without torch, pandas or the hivtp package (``python hivtp/claims.py ...``).
 
 Sources (shared/spec/hivtp-method.md): the claims are arXiv 2509.23663's abstract and the release
@@ -26,6 +26,7 @@ __all__ = [
     "FAMILIES",
     "FAMILY_NAMES",
     "STANDARD_BUDGETS",
+    "PAPER_BASELINES",
     "Claim",
     "budgets_for",
     "claim",
@@ -43,6 +44,12 @@ FAMILY_NAMES = {"llava15": "LLaVA-v1.5-7B", "llava_next": "LLaVA-Next-7B", "qwen
 #: merged tokens per image (Qwen2.5-VL, whose count varies with resolution: keep ratios are the other
 #: axis, configs/sweep/keep_qwen.yaml)
 STANDARD_BUDGETS = {"llava15": (64, 128, 192), "llava_next": (160, 320, 640), "qwen2_5_vl": (64, 128, 192)}
+#: the baselines the paper profile compares HIVTP with at the standard budgets, for accuracy
+#: (scripts/reproduce.py) and speed (``make bench-gpu``), so that the two pair up. Not ``pdrop``: its
+#: budget is the mean image tokens per LLM layer, and with its published stages (1/4, 1/2, 3/4 of 32
+#: layers) the first quarter sees all 576 tokens, so no budget below 144 (LLaVA-1.5) or 732 (a 672 px
+#: LLaVA-NeXT image) is reachable; ``oracle`` is an offline reference, not a method to deploy.
+PAPER_BASELINES = ("random", "pool", "fastervlm", "visionzip", "divprune", "hiprune", "fastv")
 
 
 @dataclass(frozen=True)

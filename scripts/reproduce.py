@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from hivtp.claims import STANDARD_BUDGETS  # noqa: E402
+from hivtp.claims import PAPER_BASELINES, STANDARD_BUDGETS  # noqa: E402
 from hivtp.run import CONFIG_DIR, execute, method_params, plain, run_hash  # noqa: E402
 
 # The offline plan. Default: >= 200 questions per benchmark and configuration, sized to finish
@@ -83,7 +83,6 @@ def offline_plan(model: str, methods: list[str], limit: int, ablation_limit: int
 
 #: the paper profile's experiments and the family whose standard budgets each runs (hivtp.claims)
 PAPER_EXPERIMENTS = (("paper_llava15", "llava15"), ("paper_llava_next", "llava_next"), ("paper_qwen2_5_vl", "qwen2_5_vl"))
-PAPER_BASELINES = ("random", "pool", "fastervlm", "visionzip", "divprune", "hiprune", "fastv")
 
 
 def paper_plan() -> list[list[str]]:

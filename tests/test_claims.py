@@ -37,15 +37,12 @@ def test_command_line_and_bench_gpu_read_the_budgets_from_the_module():
     out = run(sys.executable, "hivtp/claims.py", "budgets", "llava-v1.6-vicuna-7b")
     assert out.returncode == 0 and out.stdout.split() == [str(b) for b in STANDARD_BUDGETS["llava_next"]]
     assert run(sys.executable, "hivtp/claims.py", "nonsense").returncode == 2
-    # scripts/bench_gpu.sh's own budgets_for (cut out of the script), run as the script runs it
-    script = (REPO / "scripts" / "bench_gpu.sh").read_text()
-    function = script[script.index("budgets_for() {"):]
-    function = function[: function.index("\n}\n") + 3]
-    for model, family in (("llava-1.5-7b", "llava15"), ("llava-v1.6-vicuna-7b", "llava_next"), ("qwen2.5-vl-7b", "qwen2_5_vl")):
-        out = run("bash", "-c", f'PY={sys.executable}\n{function}\nbudgets_for {model}')
-        assert out.returncode == 0, out.stderr
-        assert tuple(int(b) for b in out.stdout.split()) == STANDARD_BUDGETS[family]
+    # make bench-gpu's plan (hivtp.latency.bench) times each model at exactly the module's budgets
+    from hivtp.latency.bench import methods_for
 
+    for model, family in (("llava-1.5-7b", "llava15"), ("llava-v1.6-vicuna-7b", "llava_next"), ("qwen2.5-vl-7b", "qwen2_5_vl")):
+        timed = {p["budget"] for name, p in methods_for(model) if "budget" in p}
+        assert tuple(sorted(timed)) == STANDARD_BUDGETS[family]
 
 def _sweep(name: str) -> tuple[str, tuple[int, ...]]:
     """(model family the sweep runs, its budgets) from configs/sweep/<name>.yaml."""

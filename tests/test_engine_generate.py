@@ -195,3 +195,38 @@ def test_tower_on_the_gpu_and_language_model_on_the_cpu(tiny_llava_dir):
     torch.testing.assert_close(merged.inputs_embeds, reference, rtol=1e-4, atol=1e-4)
     out = _generate(pruned, inputs)
     assert out.shape[0] == 2 and torch.equal(out[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])
+
+
+def _family_inputs(family, processor, seeds, sizes):
+    if family == "qwen":
+        from test_qwen import qwen_inputs
+
+        return qwen_inputs(processor, seeds, sizes)
+    return llava_inputs(processor, seeds, texts=[PROMPTS[s % 3] for s in seeds], sizes=sizes)
+
+
+#: LLaVA-NeXT (tiles of several shapes) and Qwen2.5-VL (dynamic resolution): image sizes per sample
+FAMILY_SIZES = {"next": [(336, 336), (500, 280), (200, 420)], "qwen": [(224, 224), (300, 170), (115, 145)]}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_SIZES))
+@pytest.mark.parametrize("method,params", IN_LLM)
+def test_in_llm_beam_search_equals_each_sample_alone_on_next_and_qwen(request, family, method, params):
+    """The same check on the families whose image token counts differ per sample (NeXT's unpadded tiles,
+    Qwen's resolutions): each row of a left-padded batch decodes its beams as that sample alone."""
+    model, processor = request.getfixturevalue("tiny_llava_next" if family == "next" else "tiny_qwen")
+    sizes = FAMILY_SIZES[family]
+    batch = _family_inputs(family, processor, [0, 1, 2], sizes)
+    if family == "qwen" and "budget" in params:
+        params = {**params, "budget": 7}  # the smallest tiny-Qwen image has 20 merged tokens
+    pruned = hivtp.attach(model, method, **params)
+    kwargs = {"num_beams": 2, "num_return_sequences": 2}
+    together = _generate(pruned, batch, **kwargs)
+    dropped = [s["tokens_llm_dropped"] for s in pruned.last_stats]
+    assert all(d > 0 for d in dropped) and len({s["tokens_total"] for s in pruned.last_stats}) > 1
+    length = batch["input_ids"].shape[1]
+    for i in range(3):
+        one = _family_inputs(family, processor, [i], sizes[i : i + 1])
+        alone = _generate(pruned, one, **kwargs)
+        assert torch.equal(alone[:, one["input_ids"].shape[1] :], together[2 * i : 2 * i + 2, length:]), i
+        assert pruned.last_stats[0]["tokens_llm_dropped"] == dropped[i]

@@ -5,7 +5,8 @@
     print(summarize(rows)); write_csv(rows, "latency.csv")
 
 Command line: ``python -m hivtp.latency --model tiny-llava --random-weights --methods none hivtp
-hivtp:budget=128 --out DIR``. Imports torch, transformers and the standard library only, so it
+hivtp:budget=128 --out DIR``; every GPU measurement the project has, within a time budget:
+``python -m hivtp.latency.bench`` (``make bench-gpu``). Imports torch, transformers and the standard library only, so it
 runs on bare GPU machines.
 """
 

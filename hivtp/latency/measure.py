@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -49,11 +50,23 @@ def _label(name: str, params: dict[str, Any]) -> str:
     return name + "".join(f":{k}={v}" for k, v in sorted(params.items()))
 
 
-def _attach_all(model: Any, methods: Sequence[MethodSpec]) -> list[tuple[str, dict[str, Any], PrunedModel]]:
+def _attach_all(model: Any, methods: Sequence[MethodSpec], refusals: dict[str, str] | None = None) -> list[tuple[str, dict[str, Any], PrunedModel]]:
+    """Every method attached to ``model``; one that refuses is reported in ``refusals`` and left out
+    when that dict is given, else its error stops the measurement."""
     labels = [_label(n, p) for n, p in methods]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"methods listed twice: {sorted(l for l in labels if labels.count(l) > 1)}; list each once.")
-    return [(name, dict(params), attach(model, method=name, **params)) for name, params in methods]
+    attached = []
+    for name, params in methods:
+        try:
+            attached.append((name, dict(params), attach(model, method=name, **params)))
+        except ConfigError as err:
+            if refusals is None:
+                raise
+            refusals[_label(name, params)] = str(err)
+    if not attached:
+        raise ConfigError(f"every method refused this model: {refusals}")
+    return attached
 
 
 def _say(progress: bool, text: str) -> None:
@@ -76,6 +89,10 @@ def measure(
     faithful: bool = False,
     progress: bool = True,
     image_size: tuple[int, int] = (672, 672),
+    loaded: tuple[Any, str] | None = None,
+    deadline: float | None = None,
+    min_repeats: int = 1,
+    refusals: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Time ``vision``, ``select``, ``ttft``, ``decode``, ``e2e`` of each method; rows per stage.
 
@@ -83,6 +100,15 @@ def measure(
     speed or temperature hits them alike. ``warmup`` rounds are run and dropped. A method that refuses
     the set-up on its first call (a ConfigError, e.g. fastv / pdrop under ``flash_attention_2``) is
     skipped with a logged reason and has no rows; the others' rows are returned as usual.
+
+    ``loaded``: (model, weights label) already built (``load_model``), switched to ``attn`` here, so
+    that one build serves several batch sizes and attention kernels (``hivtp.latency.bench``).
+    ``deadline`` (a ``time.monotonic()`` value): stop after the round that would leave too little
+    time for another, once ``min_repeats`` timed rounds are in; the rows' ``repeats`` say how many.
+    ``refusals``: a dict to fill with ``{method label: reason}`` for every method that refused on its
+    first call for any reason (a bad parameter for this model included), which is then skipped
+    instead of stopping the measurement (the batch benchmark's choice: one method's set-up must not
+    cost a lent GPU the other methods' rows). Methods refused when attached are reported the same way.
     """
     dev = check_device(device)
     if repeats < 1 or warmup < 0 or new_tokens < 1:
@@ -93,22 +119,29 @@ def measure(
     if faithful:
         methods = with_faithful(methods)
     prompt_tokens = DEFAULT_PROMPT_TOKENS if prompt_tokens is None else prompt_tokens
-    _say(progress, f"loading {model} ({'random weights' if random_weights else 'checkpoint'}, {dtype}, {attn}, {dev})")
-    net, weights = load_model(model, random_weights, parse_dtype(dtype), attn, dev)
-    attached = _attach_all(net, methods)
+    if loaded is None:
+        _say(progress, f"loading {model} ({'random weights' if random_weights else 'checkpoint'}, {dtype}, {attn}, {dev})")
+        net, weights = load_model(model, random_weights, parse_dtype(dtype), attn, dev)
+    else:
+        net, weights = loaded
+        net.set_attn_implementation(attn)
+    attached = _attach_all(net, methods, refusals)
     inputs = synthesise(net, attached[0][2].adapter, batch, prompt_tokens, image_size)
     results: list[list[RepeatResult]] = [[] for _ in attached]
     refused: dict[int, str] = {}
     total = warmup + repeats
     for r in range(total):
+        started = time.monotonic()
         for i, (name, params, pruned) in enumerate(attached):
             if i in refused:
                 continue
             try:
                 res = run_repeat(pruned, inputs, new_tokens, dev)
             except ConfigError as err:
-                if r > 0 or not _runs_under(net, DEFAULT_ATTENTION, pruned, inputs, dev):
+                if r > 0 or (refusals is None and not _runs_under(net, DEFAULT_ATTENTION, pruned, inputs, dev)):
                     raise  # not a refusal of the attention backend: a bad parameter or a failure
+                if refusals is not None:
+                    refusals[_label(name, params)] = str(err)
                 # fastv / pdrop refuse flash_attention_2 on their first call; the others are still
                 # timed and their rows kept.
                 refused[i] = str(err)
@@ -119,6 +152,10 @@ def measure(
                 results[i].append(res)
             _say(progress, f"{'warmup' if r < warmup else 'repeat'} {r + 1}/{total} {_label(name, params)}: "
                            f"ttft {res.ms['ttft']:.1f} ms, e2e {res.ms['e2e']:.1f} ms")
+        timed = r + 1 - warmup
+        if deadline is not None and r + 1 < total and timed >= min_repeats and time.monotonic() + (time.monotonic() - started) > deadline:
+            _say(True, f"deadline: stopping after {timed} of {repeats} repeats (another round would end past it)")
+            break
     if len(refused) == len(attached):
         reasons = "; ".join(f"{_label(n, p)}: {refused[i]}" for i, (n, p, _) in enumerate(attached))
         raise ConfigError(f"no method could run under attn={attn}, dtype={dtype}: {reasons}")
