@@ -69,7 +69,17 @@ def method_params(cfg: dict[str, Any]) -> dict[str, Any]:
 
     name = cfg["method"]["name"]
     params = {k: unset_if_none(name, k, v) for k, v in (cfg["method"].get("params") or {}).items()}
-    return {k: v for k, v in sorted(params.items()) if v is not None}
+    return {k: _canonical(k, v) for k, v in sorted(params.items()) if v is not None}
+
+
+def _canonical(key: str, value: Any) -> Any:
+    """One spelling per computation, so that one run folder holds it: layer lists (``layers=[6,7,8]``,
+    ``"6,7,8"``, ``"6-7-8"``, as Hydra, lmms-eval and the configs write them) become ``"6-7-8"``."""
+    if key != "layers" or isinstance(value, bool):
+        return value
+    from .methods import parse_layers
+
+    return "-".join(str(layer) for layer in parse_layers(list(value) if not isinstance(value, (str, int)) else value))
 
 
 def identity(cfg: dict[str, Any]) -> dict[str, Any]:

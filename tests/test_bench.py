@@ -127,3 +127,16 @@ def test_command_line_dry_run_lists_the_plan_and_refuses_bad_repeats(capsys, tmp
     assert line.startswith("llava-1.5-7b batch 1 sdpa: none hivtp hivtp:budget=64 ")
     assert main(["--out", str(tmp_path), "--repeats", "2", "--min-repeats", "3"]) == 2
     assert "--min-repeats" in capsys.readouterr().err
+
+
+def test_a_jobs_least_run_is_estimated_from_the_closest_measured_one():
+    from hivtp.latency.bench import Budget
+
+    budget = Budget(100)
+    job = lambda model, batch: Job(model, batch, "sdpa", ())  # noqa: E731
+    assert budget.estimate(job("a", 1), 3) is None  # nothing measured yet: start it
+    budget.round_s[("a", 1)] = 10.0
+    assert budget.estimate(job("a", 1), 3) == 30.0  # the same model and batch
+    assert budget.estimate(job("a", 8), 3) == 240.0  # another batch: scaled by the batch ratio
+    assert budget.estimate(job("b", 1), 3) == 30.0  # another model at this batch
+    assert budget.estimate(job("b", 8), 3) is None

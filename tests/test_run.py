@@ -48,6 +48,19 @@ def test_the_word_none_is_a_null_param_only_where_the_default_is_none():
     assert method_params(plain(cfg_of(["+method.params.newline=none"])))["newline"] == "none"
 
 
+def test_one_layer_list_is_one_run_however_it_is_spelled():
+    """``layers=[6,7,8]`` (Hydra), ``"6,7,8"`` and ``"6-7-8"`` (configs, lmms-eval) are one computation:
+    one run folder, recorded as the configs write it; other layers are another run."""
+    from hivtp.run import method_params
+
+    spelled = ["method.params.layers=[6,7,8]", "method.params.layers='6,7,8'", "method.params.layers=6-7-8"]
+    cfgs = [plain(cfg_of([ov])) for ov in spelled]
+    assert {method_params(c)["layers"] for c in cfgs} == {"6-7-8"}
+    assert len({run_hash(c) for c in cfgs}) == 1
+    assert run_hash(plain(cfg_of(["method.params.layers=6-7-9"]))) != run_hash(cfgs[0])
+    assert method_params(plain(cfg_of(["method.params.layers=7"])))["layers"] == "7"
+
+
 def test_hash_ignores_non_identity_keys_and_null_params(tmp_path):
     a = plain(cfg_of([f"runs_root={tmp_path}"]))
     b = plain(cfg_of(["runs_root=/elsewhere", "force=true", "progress=false", *FAKE]))

@@ -106,16 +106,18 @@ class Budget:
 
     def estimate(self, job: Job, rounds: int) -> float | None:
         """Seconds for ``rounds`` rounds of ``job``: from the same model at the same batch, else at any
-        batch scaled by the batch ratio (an upper figure: decode does not grow that fast); None if
-        the model was never measured."""
+        batch scaled by the batch ratio (an upper figure: decode does not grow that fast), else from
+        the slowest other model at this batch (the planned shapes are all 7B); None before anything
+        was measured."""
         same = self.round_s.get((job.model, job.batch))
         if same is not None:
             return rounds * same
         other = [(b, s) for (m, b), s in self.round_s.items() if m == job.model]
-        if not other:
-            return None
-        b, s = min(other)
-        return rounds * s * max(1.0, job.batch / b)
+        if other:
+            b, s = min(other)
+            return rounds * s * max(1.0, job.batch / b)
+        peers = [s for (_, b), s in self.round_s.items() if b == job.batch]
+        return rounds * max(peers) if peers else None
 
 
 def run_plan(jobs: Sequence[Job], out: Path, budget_s: float, device: str = "cuda", dtype: str = "float16",
