@@ -780,3 +780,26 @@ def test_keep_ratio_rows_are_labelled_by_their_ratio_and_prior_budgets_listed_in
     labels = list(accuracy_table(acc).index.get_level_values("budget"))
     assert "keep=0.25" in labels and "default" not in labels
     assert [c["budget"] for c in prior_comparisons(acc)] == ["64", "128", "192"]
+
+
+def test_committed_gpu_measurements_join_the_collected_latency_rows_and_the_ledger(tmp_path):
+    """``make bench-gpu`` writes results/latency/gpu-<device>-<date>/latency.csv (hivtp.latency's columns,
+    not a run folder): the collector reads those folders too, so that the paper profile's speed lines and
+    latency tables show the GPU rows once they are committed; other latency folders (cpu-tiny) stay out."""
+    from hivtp.latency import write_csv as write_latency_csv
+
+    def on_gpu(rows):
+        return [dict(r, device_name="NVIDIA H200", new_tokens=32, prompt_tokens=60, device="cuda", profile="paper",
+                     model="llava-1.5-7b", dtype="float16", date="2026-12-02T07:00:00Z") for r in rows]
+
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    write_json(runs / "a" / "latency.json", [lat_row("none", {}, "ttft", 9.0, 576, model="toy-llava", profile="offline")])
+    write_manifest(runs / "a", ["latency"])
+    write_latency_csv(on_gpu([lat_row("none", {}, "ttft", 100.0, 576), lat_row("hivtp", {}, "ttft", 55.0, 270)]),
+                      results / "latency" / "gpu-NVIDIA-H200-20261202" / "latency.csv")
+    write_latency_csv([lat_row("none", {}, "ttft", 1.0, 576, model="tiny-llava")], results / "latency" / "cpu-tiny" / "latency.csv")
+    lat = collect(runs, results)["latency"]
+    assert sorted(zip(lat["model"], lat["run"].fillna("a"))) == [("llava-1.5-7b", "gpu-NVIDIA-H200-20261202")] * 2 + [("toy-llava", "a")]
+    paper = ledger_markdown(pd.DataFrame(columns=ACCURACY_COLUMNS), lat).split("## Offline profile")[0]
+    ttft = next(line for line in paper.splitlines() if "LLaVA-v1.5-7B: TTFT reduced by" in line)
+    assert "45.0% at its rule" in ttft and "NVIDIA H200" in ttft

@@ -428,12 +428,31 @@ def _report(found: Collected, strict: bool) -> None:
     say("SKIPPED (strict=False): " + BrokenRunsError.describe(found.broken))
 
 
+#: committed GPU measurements (``make bench-gpu``: one flat folder per device and day), relative to the
+#: results folder; their rows join the runs' latency rows, so tables, figures and the ledger show them
+BENCH_MEASUREMENTS = "latency/gpu-*/latency.csv"
+
+
+def bench_measurements(results_dir: Path) -> list[dict[str, Any]]:
+    """The latency rows of every committed ``make bench-gpu`` folder under ``results_dir``, each with its
+    folder's name in ``run`` (they were measured by ``hivtp.latency``, as the runs' latency parts are)."""
+    from ..latency import read_csv
+
+    rows = []
+    for path in sorted(Path(results_dir).glob(BENCH_MEASUREMENTS)):
+        for row in read_csv(path):
+            rows.append({**row, "run": path.parent.name})
+    return rows
+
+
 def collect(runs_root: Path, results_dir: Path, strict: bool = True, resamples: int = RESAMPLES,
             seed: int = SEED) -> dict[str, pd.DataFrame]:
-    """Write results/accuracy.csv and results/latency.csv from every complete run; return the frames.
-    Raises IncompleteRunError naming every broken run's files unless ``strict=False``."""
+    """Write results/accuracy.csv and results/latency.csv from every complete run and every committed
+    GPU measurement (``BENCH_MEASUREMENTS``); return the frames. Raises IncompleteRunError naming every
+    broken run's files unless ``strict=False``."""
     found = read_runs(runs_root)
     _report(found, strict)
+    found.rows["latency"].extend(bench_measurements(results_dir))
     unpaired = add_statistics(found.rows["accuracy"], found.scores, resamples, seed)
     for text in unpaired:
         say(f"no paired difference: {text}")
