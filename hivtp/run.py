@@ -79,7 +79,9 @@ def _canonical(key: str, value: Any) -> Any:
         return value
     from .methods import parse_layers
 
-    return "-".join(str(layer) for layer in parse_layers(list(value) if not isinstance(value, (str, int)) else value))
+    if not isinstance(value, (str, int, list, tuple)):  # a Hydra ListConfig arrives as a list (``plain``)
+        raise ConfigError(f"method.params.layers must be layer numbers like 6-7-8 or [6, 7, 8], got {value!r}.")
+    return "-".join(str(layer) for layer in parse_layers(value))
 
 
 def identity(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -78,6 +78,7 @@ def test_jobs_write_three_flat_files_twice_resume_and_survive_a_refusing_method_
     assert (out / "latency.csv").read_text() == (mirror / "latency.csv").read_text()
     rows = read_csv(out / "latency.csv")
     assert {(r["batch"], r["attn"], r["method"]) for r in rows} == {(b, a, m) for b, a in ((1, "sdpa"), (2, "eager")) for m in ("none", "hivtp")}
+    assert (out / "jobs.json").read_text() == (mirror / "jobs.json").read_text()
     fingerprint = (out / "fingerprint.txt").read_text()
     assert "failed: no-such-shape" in fingerprint and "refused: tiny-llava batch 1 sdpa: fastv" in fingerprint
     again = run_plan(jobs, out, budget_s=600, **FAST)  # the same folder: only what is missing runs
@@ -90,8 +91,8 @@ def test_no_job_starts_without_time_and_a_started_one_stops_at_the_deadline(tmp_
     assert outcome["not run"] == ["tiny-llava batch 1 sdpa"] and not (tmp_path / "latency.csv").exists()
     assert "not run: tiny-llava batch 1 sdpa" in (tmp_path / "fingerprint.txt").read_text()
     kw = {k: v for k, v in FAST.items() if k not in ("repeats", "min_repeats")}
-    rows = measure(model="tiny-llava", methods=[("none", {})], repeats=5, min_repeats=2, deadline=time.monotonic(), **kw)
-    assert {r["repeats"] for r in rows} == {2}  # past the deadline: the least asked for, not all five
+    rows = measure(model="tiny-llava", methods=[("none", {})], repeats=5, min_repeats=1, deadline=time.monotonic(), **kw)
+    assert {r["repeats"] for r in rows} == {1}  # past the deadline: the least asked for, not all five
     rows = measure(model="tiny-llava", methods=[("none", {})], repeats=3, min_repeats=1, deadline=time.monotonic() + 600, **kw)
     assert {r["repeats"] for r in rows} == {3}
 
@@ -109,12 +110,12 @@ def test_bench_gpu_sh_writes_to_artifacts_and_mirrors_into_out_on_a_lent_machine
     fake.write_text('#!/usr/bin/env bash\nif [ "$1" = -c ]; then case "$2" in *get_device_name*) echo NVIDIA-H200;; esac; exit 0; fi\necho "$@"\n')
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     env = {**os.environ, "PYTHON": str(fake), "OUT": str(tmp_path / "OUT"), "BUDGET_S": "300", "MODELS": "llava-1.5-7b"}
-    got = subprocess.run(["bash", "scripts/bench_gpu.sh", "--dry-run"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False)
+    got = subprocess.run(["bash", "scripts/bench_gpu.sh", "--quiet"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert got.returncode == 0, got.stderr
     args = got.stdout.split()
-    assert args[:2] == ["-m", "hivtp.latency.bench"] and args[-1] == "--dry-run"
+    assert args[:2] == ["-m", "hivtp.latency.bench"] and args[-1] == "--quiet"
     assert args[args.index("--mirror") + 1] == f"{tmp_path}/OUT/bench-gpu"
-    assert args[args.index("--out") + 1].startswith("artifacts/bench-gpu/gpu-NVIDIA-H200-")
+    assert args[args.index("--out") + 1].startswith("results/latency/gpu-NVIDIA-H200-")  # travels back with the tree: resumed
     assert args[args.index("--budget-s") + 1] == "300" and args[args.index("--models") + 1] == "llava-1.5-7b"
     del env["OUT"]
     got = subprocess.run(["bash", "scripts/bench_gpu.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False)
@@ -124,7 +125,7 @@ def test_bench_gpu_sh_writes_to_artifacts_and_mirrors_into_out_on_a_lent_machine
 def test_command_line_dry_run_lists_the_plan_and_refuses_bad_repeats(capsys, tmp_path):
     assert main(["--out", str(tmp_path), "--dry-run", "--models", "llava-1.5-7b", "--batches", "1", "--attns", "sdpa"]) == 0
     (line,) = capsys.readouterr().out.splitlines()
-    assert line.startswith("llava-1.5-7b batch 1 sdpa: none hivtp hivtp:budget=64 ")
+    assert line.startswith("llava-1.5-7b batch 1 sdpa: none hivtp hivtp:backend=eager hivtp:budget=64 hivtp:backend=eager:budget=64 ")
     assert main(["--out", str(tmp_path), "--repeats", "2", "--min-repeats", "3"]) == 2
     assert "--min-repeats" in capsys.readouterr().err
 
@@ -133,10 +134,90 @@ def test_a_jobs_least_run_is_estimated_from_the_closest_measured_one():
     from hivtp.latency.bench import Budget
 
     budget = Budget(100)
-    job = lambda model, batch: Job(model, batch, "sdpa", ())  # noqa: E731
+    job = lambda model, batch, attn="sdpa": Job(model, batch, attn, ())  # noqa: E731
     assert budget.estimate(job("a", 1), 3) is None  # nothing measured yet: start it
-    budget.round_s[("a", 1)] = 10.0
-    assert budget.estimate(job("a", 1), 3) == 30.0  # the same model and batch
-    assert budget.estimate(job("a", 8), 3) == 240.0  # another batch: scaled by the batch ratio
-    assert budget.estimate(job("b", 1), 3) == 30.0  # another model at this batch
+    budget.round_s[("a", 1, "sdpa")] = 10.0
+    budget.build_s["a"] = 5.0
+    assert budget.estimate(job("a", 1), 3) == 30.0  # the same job
+    assert budget.estimate(job("a", 1), 3, build=True) == 35.0  # ... with its model to build first
+    assert budget.estimate(job("a", 1, "eager"), 3) == 30.0  # the other kernel until it is measured
+    budget.round_s[("a", 1, "eager")] = 12.0
+    assert budget.estimate(job("a", 1, "eager"), 3) == 36.0
+    assert budget.estimate(job("a", 4), 3) == pytest.approx(3 * 12.0 * 2)  # another batch: sqrt of the ratio
+    assert budget.estimate(job("b", 1), 3) == 36.0  # another model at this batch: the slowest measured
     assert budget.estimate(job("b", 8), 3) is None
+
+
+def test_a_folder_of_another_protocol_is_refused_and_a_job_missing_methods_is_measured_again(tmp_path):
+    job = Job("tiny-llava", 1, "sdpa", METHODS_TINY[:2])
+    run_plan([job], tmp_path, budget_s=600, **FAST)
+    with pytest.raises(ConfigError, match="another protocol.*new_tokens 2 -> 3"):
+        run_plan([job], tmp_path, budget_s=600, **{**FAST, "new_tokens": 3})
+    again = run_plan([job], tmp_path, budget_s=600, **{**FAST, "faithful": True})  # HIVTP's eager twin is new
+    assert again["measured"] == [job.name]
+    rows = read_csv(tmp_path / "latency.csv")
+    labels = sorted({(r["method"], r["params"]) for r in rows})
+    assert labels == [("hivtp", '{"backend": "eager", "budget": 64}'), ("hivtp", '{"budget": 64}'), ("none", "{}")]
+    assert len(rows) == 3 * 5  # the job's old rows replaced, not kept beside the new ones (5 stages)
+
+
+def test_a_method_failing_at_any_call_is_dropped_and_the_others_keep_their_rows(tmp_path, monkeypatch):
+    from hivtp.methods.random import RandomTokens
+
+    calls = {"n": 0}
+    original = RandomTokens.select
+
+    def fail_on_the_second_call(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RandomTokens, "select", fail_on_the_second_call)
+    methods = (("none", {}), ("random", {"budget": 64}), ("hivtp", {"budget": 64}))
+    outcome = run_plan([Job("tiny-llava", 1, "sdpa", methods)], tmp_path, budget_s=600, **{**FAST, "repeats": 2})
+    assert outcome["measured"] == ["tiny-llava batch 1 sdpa"]
+    assert outcome["refused"] == ["tiny-llava batch 1 sdpa: random:budget=64: RuntimeError: CUDA out of memory (simulated)"]
+    assert {r["method"] for r in read_csv(tmp_path / "latency.csv")} == {"none", "hivtp"}
+
+
+def test_a_job_whose_least_run_cannot_end_by_the_deadline_is_abandoned(tmp_path):
+    from hivtp.latency.measure import OutOfTime
+
+    kw = {k: v for k, v in FAST.items() if k not in ("repeats", "min_repeats", "warmup")}
+    with pytest.raises(OutOfTime, match="least run"):
+        measure(model="tiny-llava", methods=[("none", {})], warmup=1, repeats=3, min_repeats=2, deadline=time.monotonic() + 0.01, **kw)
+
+
+def test_one_model_at_a_time_on_the_device(tmp_path, monkeypatch):
+    """A stage's peak memory counts every resident tensor: the bench must let go of one model before
+    building the next, or the next one's rows count both."""
+    import gc
+    import weakref
+
+    import hivtp.latency.bench as bench
+
+    alive, real = [], bench.load_model
+
+    def spy(*args, **kwargs):
+        gc.collect()
+        alive.append(sum(r() is not None for r in refs))
+        net, weights = real(*args, **kwargs)
+        refs.append(weakref.ref(net))
+        return net, weights
+
+    refs: list = []
+    monkeypatch.setattr(bench, "load_model", spy)
+    jobs = [Job("tiny-llava", 1, "sdpa", METHODS_TINY[:1]), Job("tiny-llava-next", 1, "sdpa", METHODS_TINY[:1]),
+            Job("tiny-llava", 2, "sdpa", METHODS_TINY[:1])]
+    assert run_plan(jobs, tmp_path, budget_s=600, **FAST)["measured"] == [j.name for j in jobs]
+    assert alive == [0, 0, 0]  # no model of an earlier job alive when the next one is built
+
+
+def test_latency_csv_keeps_text_columns_text(tmp_path):
+    """A commit such as 40123e567890 reads as a float (4e+567895 = inf): text columns stay text."""
+    from hivtp.latency import write_csv
+
+    write_csv([{"model": "m", "commit": "40123e567890", "date": "2026", "median_ms": 1.5, "batch": 1}], tmp_path / "l.csv")
+    (row,) = read_csv(tmp_path / "l.csv")
+    assert row["commit"] == "40123e567890" and row["date"] == "2026" and row["median_ms"] == 1.5 and row["batch"] == 1

@@ -59,6 +59,8 @@ def test_one_layer_list_is_one_run_however_it_is_spelled():
     assert len({run_hash(c) for c in cfgs}) == 1
     assert run_hash(plain(cfg_of(["method.params.layers=6-7-9"]))) != run_hash(cfgs[0])
     assert method_params(plain(cfg_of(["method.params.layers=7"])))["layers"] == "7"
+    with pytest.raises(ConfigError, match="layer numbers"):
+        method_params(plain(cfg_of(["method.params.layers=7.5"])))
 
 
 def test_hash_ignores_non_identity_keys_and_null_params(tmp_path):

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from ..attach import attach
-from ..errors import ConfigError
+from ..errors import ConfigError, HivtpError
 from ..pruned import PrunedModel
 from .fingerprint import fingerprint
 from .flops import stage_flops
@@ -19,7 +19,7 @@ from .inputs import DEFAULT_PROMPT_TOKENS, load_model, parse_dtype, synthesise
 from .stages import STAGES, RepeatResult, run_repeat
 from .timing import check_device, spread
 
-__all__ = ["measure", "MethodSpec", "with_faithful", "COLUMNS"]
+__all__ = ["measure", "MethodSpec", "with_faithful", "method_label", "OutOfTime", "COLUMNS"]
 
 log = logging.getLogger("hivtp.latency")
 
@@ -46,8 +46,16 @@ def with_faithful(methods: Sequence[MethodSpec]) -> list[MethodSpec]:
     return out
 
 
-def _label(name: str, params: dict[str, Any]) -> str:
+class OutOfTime(HivtpError):
+    """A measurement stopped because its least run (warm-up + ``min_repeats`` rounds) would end past the deadline."""
+
+
+def method_label(name: str, params: dict[str, Any]) -> str:
+    """``hivtp:budget=64`` -- how progress, refusals and the benchmark's record name one method."""
     return name + "".join(f":{k}={v}" for k, v in sorted(params.items()))
+
+
+_label = method_label
 
 
 def _attach_all(model: Any, methods: Sequence[MethodSpec], refusals: dict[str, str] | None = None) -> list[tuple[str, dict[str, Any], PrunedModel]]:
@@ -104,11 +112,12 @@ def measure(
     ``loaded``: (model, weights label) already built (``load_model``), switched to ``attn`` here, so
     that one build serves several batch sizes and attention kernels (``hivtp.latency.bench``).
     ``deadline`` (a ``time.monotonic()`` value): stop after the round that would leave too little
-    time for another, once ``min_repeats`` timed rounds are in; the rows' ``repeats`` say how many.
-    ``refusals``: a dict to fill with ``{method label: reason}`` for every method that refused on its
-    first call for any reason (a bad parameter for this model included), which is then skipped
-    instead of stopping the measurement (the batch benchmark's choice: one method's set-up must not
-    cost a lent GPU the other methods' rows). Methods refused when attached are reported the same way.
+    time for another, once ``min_repeats`` timed rounds are in (the rows' ``repeats`` say how many);
+    raise ``OutOfTime`` as soon as a round shows that warm-up + ``min_repeats`` rounds cannot end by it.
+    ``refusals``: a dict to fill with ``{method label: reason}`` for every method that fails, on any
+    call and for any reason (a parameter this model refuses, out of memory), which is then dropped
+    (its rows too) instead of stopping the measurement: the batch benchmark's choice, so that one
+    method must not cost a lent GPU the other methods' rows. Methods refused when attached likewise.
     """
     dev = check_device(device)
     if repeats < 1 or warmup < 0 or new_tokens < 1:
@@ -137,11 +146,15 @@ def measure(
                 continue
             try:
                 res = run_repeat(pruned, inputs, new_tokens, dev)
-            except ConfigError as err:
-                if r > 0 or (refusals is None and not _runs_under(net, DEFAULT_ATTENTION, pruned, inputs, dev)):
-                    raise  # not a refusal of the attention backend: a bad parameter or a failure
+            except Exception as err:  # noqa: BLE001 -- with ``refusals``, any failure drops this method alone
                 if refusals is not None:
-                    refusals[_label(name, params)] = str(err)
+                    refusals[_label(name, params)] = str(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}"
+                    refused[i], results[i] = str(err), []
+                    _free_cache(dev)
+                    _say(True, f"dropped {_label(name, params)}: {refusals[_label(name, params)]}")
+                    continue
+                if not isinstance(err, ConfigError) or r > 0 or not _runs_under(net, DEFAULT_ATTENTION, pruned, inputs, dev):
+                    raise  # not a refusal of the attention backend: a bad parameter or a failure
                 # fastv / pdrop refuse flash_attention_2 on their first call; the others are still
                 # timed and their rows kept.
                 refused[i] = str(err)
@@ -152,10 +165,15 @@ def measure(
                 results[i].append(res)
             _say(progress, f"{'warmup' if r < warmup else 'repeat'} {r + 1}/{total} {_label(name, params)}: "
                            f"ttft {res.ms['ttft']:.1f} ms, e2e {res.ms['e2e']:.1f} ms")
-        timed = r + 1 - warmup
-        if deadline is not None and r + 1 < total and timed >= min_repeats and time.monotonic() + (time.monotonic() - started) > deadline:
-            _say(True, f"deadline: stopping after {timed} of {repeats} repeats (another round would end past it)")
-            break
+        timed, now = r + 1 - warmup, time.monotonic()
+        if deadline is not None and r + 1 < total:
+            rounds_left = warmup + min_repeats - (r + 1)  # still needed for the least run
+            if rounds_left > 0 and now + rounds_left * (now - started) > deadline:
+                raise OutOfTime(f"its least run ({warmup} warm-up + {min_repeats} rounds of {now - started:.0f} s) "
+                                f"would end {now + rounds_left * (now - started) - deadline:.0f} s past the deadline")
+            if timed >= min_repeats and now + (now - started) > deadline:
+                _say(True, f"deadline: stopping after {timed} of {repeats} repeats (another round would end past it)")
+                break
     if len(refused) == len(attached):
         reasons = "; ".join(f"{_label(n, p)}: {refused[i]}" for i, (n, p, _) in enumerate(attached))
         raise ConfigError(f"no method could run under attn={attn}, dtype={dtype}: {reasons}")
@@ -179,6 +197,11 @@ def measure(
 
 #: the attention kernel every method runs under (fastv / pdrop build masks for sdpa and eager only)
 DEFAULT_ATTENTION = "sdpa"
+
+
+def _free_cache(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _runs_under(net: Any, attn: str, pruned: PrunedModel, inputs: Any, dev: torch.device) -> bool:

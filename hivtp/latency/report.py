@@ -32,11 +32,18 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
     return path
 
 
+#: columns that hold text even when it reads as a number: a commit such as ``40123e567890`` is not 4e+567895
+TEXT_COLUMNS = frozenset({"model", "weights", "profile", "method", "params", "stage", "dtype", "attn", "backend", "device",
+                          "device_name", "torch", "transformers", "commit", "date", "image_size", "run"})
+
+
 def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows back from :func:`write_csv`, numbers as numbers and blanks as None."""
-    def value(v: str) -> Any:
+    """Rows back from :func:`write_csv`: numbers as numbers (``TEXT_COLUMNS`` stay text) and blanks as None."""
+    def value(key: str, v: str) -> Any:
         if v == "":
             return None
+        if key in TEXT_COLUMNS:
+            return v
         for cast in (int, float):
             try:
                 return cast(v)
@@ -45,7 +52,7 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
         return v
 
     with open(path, newline="") as f:
-        return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: value(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def _key(row: dict[str, Any]) -> tuple:
