@@ -1,5 +1,5 @@
-"""``make bench-gpu`` (hivtp.latency.bench, scripts/bench_gpu.sh): a plan derived from the registry and
-the budgets module, jobs within a time budget, three flat files a lent GPU can hand back, resumable,
+"""``make bench-gpu`` (hivtp.latency.bench, scripts/bench_gpu.sh): a plan of the paper profile's methods and
+the budgets module, jobs within a time budget, four flat files a lent GPU can hand back, resumable,
 and one failing job or method never costing the others their rows. Run on CPU at the tiny shapes."""
 
 from __future__ import annotations
@@ -103,9 +103,9 @@ def test_measure_without_refusals_still_stops_at_a_bad_parameter():
         measure(model="tiny-llava", methods=list(METHODS_TINY), **kw)
 
 
-def test_bench_gpu_sh_writes_to_artifacts_and_mirrors_into_out_on_a_lent_machine(tmp_path):
+def test_bench_gpu_sh_writes_results_and_mirrors_into_out_on_a_lent_machine(tmp_path):
     """The script as a lent machine runs it, with a stand-in python that says it has a GPU and prints
-    the arguments it was given: $OUT gets one flat folder, never results/latency/... (three folders down)."""
+    the arguments it was given: results/latency/gpu-<device>-<date> (resumed from), and $OUT one flat folder."""
     fake = tmp_path / "python"
     fake.write_text('#!/usr/bin/env bash\nif [ "$1" = -c ]; then case "$2" in *get_device_name*) echo NVIDIA-H200;; esac; exit 0; fi\necho "$@"\n')
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
