@@ -123,13 +123,13 @@ class Budget:
         per_round = self._per_round(job)
         if per_round is None:
             return None
-        building = max(self.build_s.get(job.model, 0.0), max(self.build_s.values(), default=0.0)) if build else 0.0
+        building = self.build_s.get(job.model, max(self.build_s.values(), default=0.0)) if build else 0.0
         return rounds * per_round + building
 
     def _per_round(self, job: Job) -> float | None:
-        same = [s for (m, b, _), s in self.round_s.items() if (m, b) == (job.model, job.batch)]
         if (job.model, job.batch, job.attn) in self.round_s:
             return self.round_s[(job.model, job.batch, job.attn)]
+        same = [s for (m, b, _), s in self.round_s.items() if (m, b) == (job.model, job.batch)]
         if same:
             return max(same)
         other = [(b, s) for (m, b, _), s in self.round_s.items() if m == job.model]

@@ -55,13 +55,11 @@ def method_label(name: str, params: dict[str, Any]) -> str:
     return name + "".join(f":{k}={v}" for k, v in sorted(params.items()))
 
 
-_label = method_label
-
 
 def _attach_all(model: Any, methods: Sequence[MethodSpec], refusals: dict[str, str] | None = None) -> list[tuple[str, dict[str, Any], PrunedModel]]:
     """Every method attached to ``model``; one that refuses is reported in ``refusals`` and left out
     when that dict is given, else its error stops the measurement."""
-    labels = [_label(n, p) for n, p in methods]
+    labels = [method_label(n, p) for n, p in methods]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"methods listed twice: {sorted(l for l in labels if labels.count(l) > 1)}; list each once.")
     attached = []
@@ -71,7 +69,7 @@ def _attach_all(model: Any, methods: Sequence[MethodSpec], refusals: dict[str, s
         except ConfigError as err:
             if refusals is None:
                 raise
-            refusals[_label(name, params)] = str(err)
+            refusals[method_label(name, params)] = str(err)
     if not attached:
         raise ConfigError(f"every method refused this model: {refusals}")
     return attached
@@ -148,22 +146,23 @@ def measure(
                 res = run_repeat(pruned, inputs, new_tokens, dev)
             except Exception as err:  # noqa: BLE001 -- with ``refusals``, any failure drops this method alone
                 if refusals is not None:
-                    refusals[_label(name, params)] = str(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}"
+                    label = method_label(name, params)
+                    refusals[label] = str(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}"
                     refused[i], results[i] = str(err), []
                     _free_cache(dev)
-                    _say(True, f"dropped {_label(name, params)}: {refusals[_label(name, params)]}")
+                    _say(True, f"dropped {label}: {refusals[label]}")
                     continue
                 if not isinstance(err, ConfigError) or r > 0 or not _runs_under(net, DEFAULT_ATTENTION, pruned, inputs, dev):
                     raise  # not a refusal of the attention backend: a bad parameter or a failure
                 # fastv / pdrop refuse flash_attention_2 on their first call; the others are still
                 # timed and their rows kept.
                 refused[i] = str(err)
-                log.warning("latency: skipping %s under attn=%s, %s: %s", _label(name, params), attn, dtype, err)
-                _say(True, f"skip {_label(name, params)} (attn={attn}): {err}")
+                log.warning("latency: skipping %s under attn=%s, %s: %s", method_label(name, params), attn, dtype, err)
+                _say(True, f"skip {method_label(name, params)} (attn={attn}): {err}")
                 continue
             if r >= warmup:
                 results[i].append(res)
-            _say(progress, f"{'warmup' if r < warmup else 'repeat'} {r + 1}/{total} {_label(name, params)}: "
+            _say(progress, f"{'warmup' if r < warmup else 'repeat'} {r + 1}/{total} {method_label(name, params)}: "
                            f"ttft {res.ms['ttft']:.1f} ms, e2e {res.ms['e2e']:.1f} ms")
         timed, now = r + 1 - warmup, time.monotonic()
         if deadline is not None and r + 1 < total:
@@ -175,7 +174,7 @@ def measure(
                 _say(True, f"deadline: stopping after {timed} of {repeats} repeats (another round would end past it)")
                 break
     if len(refused) == len(attached):
-        reasons = "; ".join(f"{_label(n, p)}: {refused[i]}" for i, (n, p, _) in enumerate(attached))
+        reasons = "; ".join(f"{method_label(n, p)}: {refused[i]}" for i, (n, p, _) in enumerate(attached))
         raise ConfigError(f"no method could run under attn={attn}, dtype={dtype}: {reasons}")
     ident = {
         "model": model, "weights": weights, "profile": "paper" if dev.type == "cuda" else "offline",
