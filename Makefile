@@ -45,7 +45,7 @@ reproduce: setup models  ## the offline experiment end to end (CPU, minutes); FU
 data: setup  ## build the offline mini-benchmarks under artifacts/data (POPE, GQA, MME, ScienceQA-IMG schemas; 1000 questions each)
 	$(PY) scripts/build_data.py --size 1000 --seed 0
 
-toy-model: setup  ## train the small LLaVA on the procedural world (2 CPU cores: 52-66 min, with the machine's speed)
+toy-model: setup  ## train the small LLaVA on the procedural world (2 CPU cores: 39-66 min, with the machine's speed; bit-identical only on the same CPU)
 	$(PY) scripts/train_toy.py
 
 calibrate: setup  ## the offline testbed's calibration targets on the shipped toy (300 held-out questions per family, CIs) -> results/toy_calibration.json

@@ -5,6 +5,11 @@
 
 Interrupt it at any time: the last checkpoint (every --ckpt-every steps, and on Ctrl-C) is resumed
 from on the next run with the same --work-dir.
+
+The recipe is deterministic on one machine and software: the same CPU reproduces the shipped weights
+bit for bit, another CPU's floating-point kernels may round one sum differently and train a sibling
+(see the README's toy section). So the run ends by saying whether the weights it wrote equal the ones
+it replaced, and, if not, how to check the new weights' calibration.
 """
 
 from __future__ import annotations
@@ -20,6 +25,24 @@ sys.path.insert(0, str(ROOT))
 from hivtp.toy.objectives import RETRIEVE_TARGETS  # noqa: E402
 from hivtp.toy.train import HIDDEN_ANSWERS, TrainConfig, train  # noqa: E402
 from hivtp.world import WORLDS  # noqa: E402
+from hivtp.zoo import weights_digest  # noqa: E402
+
+
+def _digest_or_none(folder: Path) -> str | None:
+    return weights_digest(str(folder)) if any(folder.glob("*.safetensors")) else None
+
+
+def compare_weights(before: str | None, out: Path) -> str:
+    """What the run wrote, against the weights it replaced (``before``: their digest, or None)."""
+    after = weights_digest(str(out))
+    if before is None:
+        return f"wrote new weights to {out} (sha256 {after[:12]})"
+    if after == before:
+        return f"the weights written to {out} equal, bit for bit, the ones they replaced (sha256 {after[:12]})"
+    return (f"the weights written to {out} (sha256 {after[:12]}) differ from the ones they replaced ({before[:12]}): "
+            "the same recipe on another CPU or torch build rounds differently and trains a sibling model. Check its "
+            f"calibration before measuring with it: python -m hivtp.toy.calibrate --model {out} (git restores the shipped "
+            "weights).")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,10 +55,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-save", action="store_true", help="do not write the final checkpoint")
     args = parser.parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    out = Path(args.out)
+    before = None if args.no_save else _digest_or_none(out)
     try:
-        train(cfg, args.work_dir, None if args.no_save else args.out)
+        train(cfg, args.work_dir, None if args.no_save else out)
     except KeyboardInterrupt:
         sys.exit(130)
+    if not args.no_save:
+        print(compare_weights(before, out), flush=True)
 
 
 if __name__ == "__main__":

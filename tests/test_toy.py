@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 import torch
@@ -836,3 +837,19 @@ def test_position_probe_pairs_each_object_patch_with_its_place(untrained, monkey
     wrong = position_r2(model, processor, scenes=16)
     assert min(min(v) for v in right.values()) > 0.99
     assert max(max(v) for v in wrong.values()) < 0.5
+
+
+def test_make_toy_model_says_whether_its_weights_equal_the_ones_they_replace(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_toy", Path(__file__).resolve().parents[1] / "scripts" / "train_toy.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "model"
+    argv = ["--steps", "2", "--log-every", "100", "--out", str(out)]
+    script.main(argv + ["--work-dir", str(tmp_path / "run1")])
+    assert "wrote new weights" in capsys.readouterr().out
+    script.main(argv + ["--work-dir", str(tmp_path / "run2")])  # a fresh run of the same recipe on this machine
+    assert "equal, bit for bit" in capsys.readouterr().out
+    told = script.compare_weights("0" * 64, out)  # as if another machine had written the replaced weights
+    assert "differ from the ones they replaced" in told and f"--model {out}" in told

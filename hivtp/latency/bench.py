@@ -34,7 +34,6 @@ Imports torch, transformers and the standard library only (a GPU machine need no
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import sys
@@ -49,7 +48,7 @@ from ..claims import PAPER_BASELINES, budgets_for, family_of
 from ..errors import ConfigError, HivtpError
 from .fingerprint import device_name, fingerprint
 from .inputs import DEFAULT_PROMPT_TOKENS, load_model, parse_dtype
-from .measure import MethodSpec, OutOfTime, measure, method_label, with_faithful
+from .measure import MethodSpec, OutOfTime, free_device_memory, measure, method_label, with_faithful
 from .report import read_csv, summarize, write_csv
 from .timing import check_device
 
@@ -219,7 +218,7 @@ def run_plan(jobs: Sequence[Job], out: Path, budget_s: float, device: str = "cud
             outcome["failed"].append(f"{job.name}: {type(err).__name__}: {err}")
             _say(True, f"{job.name} failed:\n{traceback.format_exc()}")
             current.clear()
-            _free(dev)
+            free_device_memory(dev)
             _write(out, rows, dev, jobs, outcome, record, mirror)
             continue
         budget.round_s[(job.model, job.batch, job.attn)] = (time.monotonic() - started) / (warmup + max(r["repeats"] for r in new))
@@ -239,34 +238,28 @@ def _load(current: dict[str, Any], job: Job, dtype: str, dev, budget: Budget, pr
     if job.model in current:
         return
     current.clear()
-    _free(dev)
+    free_device_memory(dev)
     started = time.monotonic()
     current[job.model] = load_model(job.model, True, parse_dtype(dtype), job.attn, dev)
     budget.build_s[job.model] = time.monotonic() - started
     _say(progress, f"built {job.model} in {budget.build_s[job.model]:.1f} s")
 
 
-def _free(dev) -> None:
-    gc.collect()
-    if dev.type == "cuda":
-        import torch
-
-        torch.cuda.empty_cache()
-
-
 def _write(out: Path, rows: list[dict[str, Any]], dev, jobs: Sequence[Job], outcome: dict[str, list[str]],
            record: Record, mirror: Path | None = None) -> None:
     """The four files, atomically, in ``out`` and (a lent GPU's ``$OUT``) ``mirror``."""
+    machine = _fingerprint_text(dev, jobs, outcome)
     for folder in (out, mirror) if mirror is not None else (out,):
         folder.mkdir(parents=True, exist_ok=True)
         if rows:
             write_csv(rows, folder / "latency.csv")
             write_text(folder / "summary.md", summarize(rows))
         record.write(folder)
-        _write_fingerprint(folder, dev, jobs, outcome)
+        write_text(folder / "fingerprint.txt", machine)
 
 
-def _write_fingerprint(out: Path, dev, jobs: Sequence[Job], outcome: dict[str, list[str]]) -> None:
+def _fingerprint_text(dev, jobs: Sequence[Job], outcome: dict[str, list[str]]) -> str:
+    """fingerprint.txt: the machine and software, the plan and what became of each job."""
     import torch
 
     lines = [f"{k}: {v}" for k, v in fingerprint(dev).items()]
@@ -276,7 +269,7 @@ def _write_fingerprint(out: Path, dev, jobs: Sequence[Job], outcome: dict[str, l
         lines.append(f"gpu: {props.name}, {props.total_memory / 2**30:.0f} GiB, {props.multi_processor_count} SMs")
     lines.append("plan: " + "; ".join(j.name for j in jobs))
     lines += [f"{k}: {'; '.join(v) if v else '-'}" for k, v in outcome.items()]
-    write_text(out / "fingerprint.txt", "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def _say(progress: bool, text: str) -> None:

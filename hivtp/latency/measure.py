@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import sys
@@ -19,7 +20,7 @@ from .inputs import DEFAULT_PROMPT_TOKENS, load_model, parse_dtype, synthesise
 from .stages import STAGES, RepeatResult, run_repeat
 from .timing import check_device, spread
 
-__all__ = ["measure", "MethodSpec", "with_faithful", "method_label", "OutOfTime", "COLUMNS"]
+__all__ = ["measure", "MethodSpec", "with_faithful", "method_label", "OutOfTime", "COLUMNS", "free_device_memory"]
 
 log = logging.getLogger("hivtp.latency")
 
@@ -149,7 +150,7 @@ def measure(
                     label = method_label(name, params)
                     refusals[label] = str(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}"
                     refused[i], results[i] = str(err), []
-                    _free_cache(dev)
+                    free_device_memory(dev)
                     _say(True, f"dropped {label}: {refusals[label]}")
                     continue
                 if not isinstance(err, ConfigError) or r > 0 or not _runs_under(net, DEFAULT_ATTENTION, pruned, inputs, dev):
@@ -198,7 +199,11 @@ def measure(
 DEFAULT_ATTENTION = "sdpa"
 
 
-def _free_cache(dev: torch.device) -> None:
+def free_device_memory(dev: torch.device) -> None:
+    """Return what a dropped model or a failed call left to the device: unreachable tensors
+    collected, then (CUDA) the caching allocator's free blocks released, so that the next
+    measurement's peak memory and headroom do not carry them."""
+    gc.collect()
     if dev.type == "cuda":
         torch.cuda.empty_cache()
 
