@@ -15,6 +15,7 @@ it replaced, and, if not, how to check the new weights' calibration.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -23,26 +24,36 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hivtp.toy.objectives import RETRIEVE_TARGETS  # noqa: E402
-from hivtp.toy.train import HIDDEN_ANSWERS, TrainConfig, train  # noqa: E402
+from hivtp.toy.train import HIDDEN_ANSWERS, TrainConfig, recipe_changes, train  # noqa: E402
 from hivtp.world import WORLDS  # noqa: E402
 from hivtp.zoo import weights_digest  # noqa: E402
 
 
-def _digest_or_none(folder: Path) -> str | None:
-    return weights_digest(str(folder)) if any(folder.glob("*.safetensors")) else None
+def replaced(out: Path) -> tuple[str, dict | None] | None:
+    """The weights ``out`` holds before the run (their digest and the recorded config that trained
+    them, if any), or None when it holds none."""
+    if not any(out.glob("*.safetensors")):
+        return None
+    config = out / "train_config.json"
+    return weights_digest(str(out)), json.loads(config.read_text()) if config.is_file() else None
 
 
-def compare_weights(before: str | None, out: Path) -> str:
-    """What the run wrote, against the weights it replaced (``before``: their digest, or None)."""
+def compare_weights(before: tuple[str, dict | None] | None, out: Path, cfg: TrainConfig) -> str:
+    """What the run wrote to ``out``, against the weights it replaced (``replaced``)."""
     after = weights_digest(str(out))
     if before is None:
         return f"wrote new weights to {out} (sha256 {after[:12]})"
-    if after == before:
+    digest, saved = before
+    if after == digest:
         return f"the weights written to {out} equal, bit for bit, the ones they replaced (sha256 {after[:12]})"
-    return (f"the weights written to {out} (sha256 {after[:12]}) differ from the ones they replaced ({before[:12]}): "
-            "the same recipe on another CPU or torch build rounds differently and trains a sibling model. Check its "
-            f"calibration before measuring with it: python -m hivtp.toy.calibrate --model {out} (git restores the shipped "
-            "weights).")
+    head = f"the weights written to {out} (sha256 {after[:12]}) differ from the ones they replaced ({digest[:12]})"
+    changes = recipe_changes(saved, cfg)
+    if changes is None or changes:
+        why = "no recorded recipe" if changes is None else "; ".join(changes)
+        return f"{head}, which another recipe trained ({why})."
+    return (f"{head}, which this recipe trained: on another CPU or torch build it rounds differently and trains a "
+            f"sibling model. Check its calibration before measuring with it: python -m hivtp.toy.calibrate --model {out} "
+            "(git restores the shipped weights).")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,13 +67,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     out = Path(args.out)
-    before = None if args.no_save else _digest_or_none(out)
+    before = None if args.no_save else replaced(out)
     try:
         train(cfg, args.work_dir, None if args.no_save else out)
     except KeyboardInterrupt:
         sys.exit(130)
     if not args.no_save:
-        print(compare_weights(before, out), flush=True)
+        print(compare_weights(before, out, cfg), flush=True)
 
 
 if __name__ == "__main__":

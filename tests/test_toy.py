@@ -851,5 +851,9 @@ def test_make_toy_model_says_whether_its_weights_equal_the_ones_they_replace(tmp
     assert "wrote new weights" in capsys.readouterr().out
     script.main(argv + ["--work-dir", str(tmp_path / "run2")])  # a fresh run of the same recipe on this machine
     assert "equal, bit for bit" in capsys.readouterr().out
-    told = script.compare_weights("0" * 64, out)  # as if another machine had written the replaced weights
-    assert "differ from the ones they replaced" in told and f"--model {out}" in told
+    cfg = TrainConfig(steps=2, log_every=100)
+    recorded = json.loads((out / "train_config.json").read_text())
+    told = script.compare_weights(("0" * 64, recorded), out, cfg)  # as if another machine had written them
+    assert "which this recipe trained" in told and f"--model {out}" in told
+    told = script.compare_weights(("0" * 64, {**recorded, "seed": 5}), out, cfg)
+    assert "another recipe trained (seed: 5 -> 0)" in told and "calibrate" not in told

@@ -44,7 +44,7 @@ from .evaluate import evaluate, family_accuracy, held_out_items
 from .forward import SHAPE, build
 from .objectives import RETRIEVE_TARGETS, Objective, aux_heads, kind_word_ids, objectives, step_losses, weighted_total
 
-__all__ = ["TrainConfig", "build", "batch_at", "keep_at", "answerable", "drop_pattern", "train"]
+__all__ = ["TrainConfig", "build", "batch_at", "keep_at", "answerable", "drop_pattern", "train", "recipe_changes"]
 
 DROP_STREAM = 7  # the drop draws' own random stream: (seed, step, DROP_STREAM)
 PATTERNS = ("uniform", "clustered", "objects")
@@ -226,17 +226,26 @@ def _read_log(path: Path, upto: int) -> list[dict]:
     return [r for r in rows if r.get("step", -1) < upto]
 
 
+def recipe_changes(saved: dict | None, cfg: TrainConfig) -> list[str] | None:
+    """How ``cfg``'s recipe differs from a recorded one (``saved``: a state's recipe or a run's
+    config.json; bookkeeping fields ignored), as "field: old -> new" items; None when nothing was
+    recorded. A record written before a field existed ran with that field's ``ADDED_AFTER_V9`` value."""
+    if saved is None:
+        return None
+    saved = {**ADDED_AFTER_V9, **{k: v for k, v in saved.items() if k not in BOOKKEEPING}}
+    now = recipe(cfg)
+    return ([f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v]
+            + [f"{k}: {saved[k]!r} -> (no such field now)" for k in saved if k not in now])
+
+
 def _resume(state_path: Path, cfg: TrainConfig, model, heads, opt) -> int:
     """Load the saved state if there is one; the step to start from. Refuses a state whose recipe differs."""
     if not state_path.is_file():
         return 0
     state = torch.load(state_path, weights_only=True)
-    saved = state.get("recipe")
-    if saved is not None:  # a state written before a field existed ran with that field's ADDED_AFTER_V9 value
-        saved = {**ADDED_AFTER_V9, **saved}
-    if saved != recipe(cfg):
-        changed = "no recorded config (an older recipe)" if saved is None else ", ".join(
-            f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in recipe(cfg).items() if saved.get(k) != v) or "its fields"
+    changes = recipe_changes(state.get("recipe"), cfg)
+    if changes is None or changes:
+        changed = "no recorded config (an older recipe)" if changes is None else ", ".join(changes)
         raise ValueError(f"{state_path} was written by a different training config ({changed}); resume it with "
                          "the config that wrote it, or start afresh with another --work-dir.")
     model.load_state_dict(state["model"])
