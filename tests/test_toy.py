@@ -849,6 +849,8 @@ def test_make_toy_model_says_whether_its_weights_equal_the_ones_they_replace(tmp
     argv = ["--steps", "2", "--log-every", "100", "--out", str(out)]
     script.main(argv + ["--work-dir", str(tmp_path / "run1")])
     assert "wrote new weights" in capsys.readouterr().out
+    machine = json.loads((out / "hivtp_build.json").read_text())["trained_on"]  # which CPU and software trained them
+    assert machine["device_name"] and machine["torch"] == torch.__version__ and machine["cpu_capability"]
     script.main(argv + ["--work-dir", str(tmp_path / "run2")])  # a fresh run of the same recipe on this machine
     assert "equal, bit for bit" in capsys.readouterr().out
     cfg = TrainConfig(steps=2, log_every=100)

@@ -363,6 +363,14 @@ def _report_eval(model, processor, cfg: TrainConfig, step: int, work: Path) -> d
     return acc
 
 
+def _machine() -> dict[str, str]:
+    """The CPU and software that trained the weights: the recipe is bit-for-bit reproducible on the same
+    ones only (another CPU's kernels round some sums differently; see the README's toy section)."""
+    from ..latency.fingerprint import fingerprint
+
+    return {**fingerprint(torch.device("cpu")), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def save_checkpoint(model, processor, cfg: TrainConfig, work: Path, out: Path) -> Path:
     """Write the llava-hf checkpoint (safetensors + processor) with the training log beside it."""
     out.mkdir(parents=True, exist_ok=True)
@@ -373,6 +381,6 @@ def save_checkpoint(model, processor, cfg: TrainConfig, work: Path, out: Path) -
             target = "train_config.json" if name == "config.json" else name
             (out / target).write_text((work / name).read_text())
     stamp = {"shape": SHAPE, "seed": cfg.seed, "weights": "trained", "steps": cfg.steps, "world": cfg.world,
-             "families": list(FAMILIES)}
+             "families": list(FAMILIES), "trained_on": _machine()}
     (out / "hivtp_build.json").write_text(json.dumps(stamp, indent=2) + "\n")
     return out
