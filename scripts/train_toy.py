@@ -21,10 +21,11 @@ from dataclasses import fields
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "hivtp" / "zoo" / "trained" / "toy-llava"  # the weights make reproduce measures
 sys.path.insert(0, str(ROOT))
 
 from hivtp.toy.objectives import RETRIEVE_TARGETS  # noqa: E402
-from hivtp.toy.train import HIDDEN_ANSWERS, TrainConfig, recipe_changes, train  # noqa: E402
+from hivtp.toy.train import HIDDEN_ANSWERS, KEEP_SCALES, TrainConfig, recipe_changes, train  # noqa: E402
 from hivtp.world import WORLDS  # noqa: E402
 from hivtp.zoo import weights_digest  # noqa: E402
 
@@ -51,18 +52,20 @@ def compare_weights(before: tuple[str, dict | None] | None, out: Path, cfg: Trai
     if changes is None or changes:
         why = "no recorded recipe" if changes is None else "; ".join(changes)
         return f"{head}, which another recipe trained ({why})."
+    restore = " (git restores the shipped weights)" if out.resolve() == SHIPPED.resolve() else ""
     return (f"{head}, which this recipe trained: on another CPU or torch build it rounds differently and trains a "
-            f"sibling model. Check its calibration before measuring with it: python -m hivtp.toy.calibrate --model {out} "
-            "(git restores the shipped weights).")
+            f"sibling model. Check its calibration before measuring with it: python -m hivtp.toy.calibrate --model {out}"
+            f"{restore}.")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for f in fields(TrainConfig):
-        choices = {"retrieve_targets": RETRIEVE_TARGETS, "hidden_answers": HIDDEN_ANSWERS, "world": WORLDS}.get(f.name)
+        choices = {"retrieve_targets": RETRIEVE_TARGETS, "hidden_answers": HIDDEN_ANSWERS, "world": WORLDS,
+                   "keep_scale": KEEP_SCALES}.get(f.name)
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, choices=choices)
     parser.add_argument("--work-dir", default=str(ROOT / "artifacts" / "toy-train"), help="checkpoints and logs (resumed from)")
-    parser.add_argument("--out", default=str(ROOT / "hivtp" / "zoo" / "trained" / "toy-llava"), help="final checkpoint")
+    parser.add_argument("--out", default=str(SHIPPED), help="final checkpoint")
     parser.add_argument("--no-save", action="store_true", help="do not write the final checkpoint")
     args = parser.parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})

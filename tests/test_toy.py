@@ -206,6 +206,25 @@ def test_drop_schedule_is_deterministic_sorted_and_varied():
     assert min(object_share) < base + 0.05 and max(object_share) > min(0.9, 3 * base)
 
 
+def test_keep_scale_log_draws_as_many_short_sequences_as_long_ones():
+    import numpy as np
+
+    from hivtp.toy.train import keep_count
+
+    def shares(scale):
+        rng = np.random.default_rng(0)
+        k = np.array([keep_count(rng, 32, 576, scale) for _ in range(20000)])
+        assert k.min() == 32 and k.max() == 575  # the whole range [min_keep, 576), both ends reached
+        return ((k >= 64) & (k < 128)).mean(), (k >= 288).mean()
+
+    short, long = shares("log")  # log(128/64) = log(576/288): equal shares, about 24% each
+    assert abs(short - long) < 0.02 and 0.21 < short < 0.27
+    short, long = shares("linear")  # 64 / 544 against 288 / 544
+    assert abs(short - 64 / 544) < 0.01 and abs(long - 288 / 544) < 0.01
+    with pytest.raises(ValueError, match="keep_scale must be one of linear, log"):
+        TrainConfig(keep_scale="exp")
+
+
 def test_each_objective_is_weighted_once_and_a_zero_weight_switches_it_off(tmp_path):
     from hivtp.toy.objectives import objectives
 
@@ -857,5 +876,11 @@ def test_make_toy_model_says_whether_its_weights_equal_the_ones_they_replace(tmp
     recorded = json.loads((out / "train_config.json").read_text())
     told = script.compare_weights(("0" * 64, recorded), out, cfg)  # as if another machine had written them
     assert "which this recipe trained" in told and f"--model {out}" in told
+    assert "git restores" not in told  # not the shipped folder: git has nothing to restore there
+    from hivtp.toy.train import recorded_recipe
+
+    shipped = recorded_recipe(json.loads((script.SHIPPED / "train_config.json").read_text()))
+    told = script.compare_weights(("0" * 64, shipped), script.SHIPPED, TrainConfig(**shipped))  # reads, writes nothing
+    assert "which this recipe trained" in told and "git restores the shipped weights" in told
     told = script.compare_weights(("0" * 64, {**recorded, "seed": 5}), out, cfg)
     assert "another recipe trained (seed: 5 -> 0)" in told and "calibrate" not in told

@@ -58,12 +58,12 @@ def trained_world(model: str) -> str:
 
     from ..world import BENCHMARK_WORLD
     from ..zoo import resolve_checkpoint
-    from .train import ADDED_AFTER_V9
+    from .train import recorded_recipe
 
     record = Path(resolve_checkpoint(model)) / "train_config.json"
     if not record.is_file():
         return BENCHMARK_WORLD
-    return {**ADDED_AFTER_V9, **json.loads(record.read_text())}["world"]
+    return recorded_recipe(json.loads(record.read_text()))["world"]
 
 
 def load_model(ap: argparse.ArgumentParser, args: argparse.Namespace):

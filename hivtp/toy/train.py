@@ -7,10 +7,10 @@ Everything is trained from scratch (vision tower, projector, language model); th
 named, weighted terms of :mod:`hivtp.toy.objectives`. Each image is encoded once for all its questions.
 
 **Pruned sequences.** From ``drop_from`` on, most steps show the language model a *subset* of each
-image's 576 tokens, as token pruning does: K tokens (one K per step, drawn uniformly in
-[``min_keep``, 576)), kept in raster order with ordinary contiguous positions, exactly as the pruning
-engine feeds a pruned LLaVA-1.5 sequence. A share ``full_share`` of the steps keeps all 576. Each
-image draws its own pattern (``drop_pattern``) -- uniform, spatially clustered, or weighted towards
+image's 576 tokens, as token pruning does: K tokens (one K per step, drawn in [``min_keep``, 576)
+uniformly, or log-uniformly with ``keep_scale="log"``), kept in raster order with ordinary contiguous
+positions, exactly as the pruning engine feeds a pruned LLaVA-1.5 sequence. A share ``full_share`` of
+the steps keeps all 576. Each image draws its own pattern (``drop_pattern``) -- uniform, spatially clustered, or weighted towards
 the objects by a random amount -- so that no one selection rule is the one the model learned to
 read. Without this the language model only ever sees 576 contiguous image tokens and a shorter
 sequence alone costs it most of its accuracy, whichever tokens are kept (issue 19).
@@ -44,7 +44,7 @@ from .evaluate import evaluate, family_accuracy, held_out_items
 from .forward import SHAPE, build
 from .objectives import RETRIEVE_TARGETS, Objective, aux_heads, kind_word_ids, objectives, step_losses, weighted_total
 
-__all__ = ["TrainConfig", "build", "batch_at", "keep_at", "answerable", "drop_pattern", "train", "recipe_changes"]
+__all__ = ["TrainConfig", "build", "batch_at", "keep_at", "answerable", "drop_pattern", "train", "recorded_recipe", "recipe_changes"]
 
 DROP_STREAM = 7  # the drop draws' own random stream: (seed, step, DROP_STREAM)
 PATTERNS = ("uniform", "clustered", "objects")
@@ -52,8 +52,12 @@ PATTERNS = ("uniform", "clustered", "objects")
 BOOKKEEPING = ("threads", "log_every", "ckpt_every", "eval_every", "eval_per_family", "eval_keep")
 #: fields added after toy v9 was trained, with the values every run (and any state saved) before them
 #: used: v9 had none of them, v12 had all but ``hidden_answers``
-ADDED_AFTER_V9 = {"retrieve_targets": "mention", "count_focus": 0.0, "hidden_answers": "truth", "world": "plain"}
+ADDED_AFTER_V9 = {"retrieve_targets": "mention", "count_focus": 0.0, "hidden_answers": "truth", "world": "plain",
+                  "keep_scale": "linear"}
 HIDDEN_ANSWERS = ("truth", "skip")
+#: how a pruned step draws its K in [min_keep, 576): uniformly ("linear") or uniformly in log K ("log",
+#: which puts as many steps in [64, 128) as in [288, 576), the budgets pruning is measured at)
+KEEP_SCALES = ("linear", "log")
 
 
 @dataclass
@@ -73,7 +77,8 @@ class TrainConfig:
     two_objects_until: int = 1300  # ... at most two before this one, then the world's 1-4
     drop_from: int = 1300  # pruned sequences (see the module docstring) from this step on ...
     full_share: float = 0.25  # ... except this share of steps, which keep every image token ...
-    min_keep: int = 32  # ... and otherwise keep K in [min_keep, 576) tokens per image
+    min_keep: int = 32  # ... and otherwise keep K in [min_keep, 576) tokens per image ...
+    keep_scale: str = "linear"  # ... drawn on this scale (``KEEP_SCALES``)
     retrieve_layer: int = 1  # supervised attention (``objectives.attention_losses``): this layer's head 0 finds what a mention names ...
     gather_layer: int = 2  # ... this layer's heads 0-3 bring the mentions / found option / side word to the answer position ...
     bind_layer: int = 0  # ... and this layer's heads 1 / 2 bring an option's question noun / letter to its word
@@ -106,6 +111,8 @@ class TrainConfig:
             raise ValueError(f"count_focus is a share of scenes, in [0, 1]; got {self.count_focus}.")
         if self.world not in WORLDS:
             raise ValueError(f"world must be one of {', '.join(WORLDS)}, got {self.world!r}.")
+        if self.keep_scale not in KEEP_SCALES:
+            raise ValueError(f"keep_scale must be one of {', '.join(KEEP_SCALES)}, got {self.keep_scale!r}.")
         if self.hidden_answers not in HIDDEN_ANSWERS:
             raise ValueError(f"hidden_answers must be one of {', '.join(HIDDEN_ANSWERS)}, got {self.hidden_answers!r}.")
 
@@ -147,6 +154,13 @@ def drop_pattern(rng: np.random.Generator, labels: np.ndarray, keep: int, grid: 
     return np.sort(np.argsort(-score, kind="stable")[:keep])
 
 
+def keep_count(rng: np.random.Generator, low: int, high: int, scale: str) -> int:
+    """One K in [low, high): uniform, or uniform in log K (floored, so K = low is as likely as it should be)."""
+    if scale == "linear":
+        return int(rng.integers(low, high))
+    return min(high - 1, int(math.exp(rng.uniform(math.log(low), math.log(high)))))
+
+
 def keep_at(cfg: TrainConfig, step: int, labels: torch.Tensor) -> torch.Tensor | None:
     """Step ``step``'s kept image tokens: [I, K] sorted raster indices (one K for the step's images, so
     that their prefixes stay one length), or None to keep all. Depends on (seed, step) only."""
@@ -156,7 +170,7 @@ def keep_at(cfg: TrainConfig, step: int, labels: torch.Tensor) -> torch.Tensor |
     images, patches = labels.shape
     if rng.random() < cfg.full_share:
         return None
-    keep = int(rng.integers(cfg.min_keep, patches))
+    keep = keep_count(rng, cfg.min_keep, patches, cfg.keep_scale)
     grid = math.isqrt(patches)
     rows = [drop_pattern(rng, labels[i].numpy(), keep, grid) for i in range(images)]
     return torch.from_numpy(np.stack(rows)).long()
@@ -226,13 +240,18 @@ def _read_log(path: Path, upto: int) -> list[dict]:
     return [r for r in rows if r.get("step", -1) < upto]
 
 
+def recorded_recipe(saved: dict) -> dict:
+    """A recorded recipe (a state's recipe or a run's config.json) with every field it ran with: one
+    written before a field existed ran with that field's ``ADDED_AFTER_V9`` value. Bookkeeping dropped."""
+    return {**ADDED_AFTER_V9, **{k: v for k, v in saved.items() if k not in BOOKKEEPING}}
+
+
 def recipe_changes(saved: dict | None, cfg: TrainConfig) -> list[str] | None:
-    """How ``cfg``'s recipe differs from a recorded one (``saved``: a state's recipe or a run's
-    config.json; bookkeeping fields ignored), as "field: old -> new" items; None when nothing was
-    recorded. A record written before a field existed ran with that field's ``ADDED_AFTER_V9`` value."""
+    """How ``cfg``'s recipe differs from a recorded one (``recorded_recipe``), as "field: old -> new"
+    items; None when nothing was recorded."""
     if saved is None:
         return None
-    saved = {**ADDED_AFTER_V9, **{k: v for k, v in saved.items() if k not in BOOKKEEPING}}
+    saved = recorded_recipe(saved)
     now = recipe(cfg)
     return ([f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v]
             + [f"{k}: {saved[k]!r} -> (no such field now)" for k in saved if k not in now])
