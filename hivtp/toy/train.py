@@ -10,10 +10,10 @@ named, weighted terms of :mod:`hivtp.toy.objectives`. Each image is encoded once
 image's 576 tokens, as token pruning does: K tokens (one K per step, drawn in [``min_keep``, 576)
 uniformly, or log-uniformly with ``keep_scale="log"``), kept in raster order with ordinary contiguous
 positions, exactly as the pruning engine feeds a pruned LLaVA-1.5 sequence. A share ``full_share`` of
-the steps keeps all 576. Each image draws its own pattern (``drop_pattern``) -- uniform, spatially clustered, or weighted towards
-the objects by a random amount -- so that no one selection rule is the one the model learned to
-read. Without this the language model only ever sees 576 contiguous image tokens and a shorter
-sequence alone costs it most of its accuracy, whichever tokens are kept (issue 19).
+the steps keeps all 576. Each image draws its own pattern (``drop_pattern``) -- uniform, spatially
+clustered, or weighted towards the objects by a random amount -- so that no one selection rule is the
+one the model learned to read. Without this the language model only ever sees 576 contiguous image
+tokens and a shorter sequence alone costs it most of its accuracy, whichever tokens are kept (issue 19).
 
 **Answers the kept tokens cannot support.** A pattern may drop every token of an object a question
 names (11% of the questions on pruned steps). ``hidden_answers="skip"`` (v14 on) leaves such a
@@ -155,7 +155,8 @@ def drop_pattern(rng: np.random.Generator, labels: np.ndarray, keep: int, grid: 
 
 
 def keep_count(rng: np.random.Generator, low: int, high: int, scale: str) -> int:
-    """One K in [low, high): uniform, or uniform in log K (floored, so K = low is as likely as it should be)."""
+    """One K in [low, high): uniform, or uniform in log K floored to an integer, i.e. P(K) =
+    log((K + 1) / K) / log(high / low)."""
     if scale == "linear":
         return int(rng.integers(low, high))
     return min(high - 1, int(math.exp(rng.uniform(math.log(low), math.log(high)))))
