@@ -21,13 +21,12 @@ from dataclasses import fields
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "hivtp" / "zoo" / "trained" / "toy-llava"  # the weights make reproduce measures
 sys.path.insert(0, str(ROOT))
 
-from hivtp.toy.objectives import RETRIEVE_TARGETS  # noqa: E402
-from hivtp.toy.train import HIDDEN_ANSWERS, KEEP_SCALES, TrainConfig, recipe_changes, train  # noqa: E402
-from hivtp.world import WORLDS  # noqa: E402
-from hivtp.zoo import weights_digest  # noqa: E402
+from hivtp.toy.train import CHOICES, TrainConfig, recipe_changes, train  # noqa: E402
+from hivtp.zoo import TRAINED_DIR, weights_digest  # noqa: E402
+
+SHIPPED = TRAINED_DIR / "toy-llava"  # the weights make reproduce measures
 
 
 def replaced(out: Path) -> tuple[str, dict | None] | None:
@@ -61,9 +60,7 @@ def compare_weights(before: tuple[str, dict | None] | None, out: Path, cfg: Trai
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for f in fields(TrainConfig):
-        choices = {"retrieve_targets": RETRIEVE_TARGETS, "hidden_answers": HIDDEN_ANSWERS, "world": WORLDS,
-                   "keep_scale": KEEP_SCALES}.get(f.name)
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, choices=choices)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, choices=CHOICES.get(f.name))
     parser.add_argument("--work-dir", default=str(ROOT / "artifacts" / "toy-train"), help="checkpoints and logs (resumed from)")
     parser.add_argument("--out", default=str(SHIPPED), help="final checkpoint")
     parser.add_argument("--no-save", action="store_true", help="do not write the final checkpoint")

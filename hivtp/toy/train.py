@@ -58,6 +58,8 @@ HIDDEN_ANSWERS = ("truth", "skip")
 #: how a pruned step draws its K in [min_keep, 576): uniformly ("linear") or uniformly in log K ("log",
 #: which puts as many steps in [64, 128) as in [288, 576), the budgets pruning is measured at)
 KEEP_SCALES = ("linear", "log")
+#: the config fields that take one of a few named values (checked here, offered as choices by scripts/train_toy.py)
+CHOICES = {"retrieve_targets": RETRIEVE_TARGETS, "hidden_answers": HIDDEN_ANSWERS, "world": WORLDS, "keep_scale": KEEP_SCALES}
 
 
 @dataclass
@@ -105,16 +107,11 @@ class TrainConfig:
     eval_keep: int = 128  # the held-out evaluation also scores the model with ``random`` at this many tokens (0: off)
 
     def __post_init__(self):
-        if self.retrieve_targets not in RETRIEVE_TARGETS:
-            raise ValueError(f"retrieve_targets must be one of {', '.join(RETRIEVE_TARGETS)}, got {self.retrieve_targets!r}.")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}.")
         if not 0.0 <= self.count_focus <= 1.0:
             raise ValueError(f"count_focus is a share of scenes, in [0, 1]; got {self.count_focus}.")
-        if self.world not in WORLDS:
-            raise ValueError(f"world must be one of {', '.join(WORLDS)}, got {self.world!r}.")
-        if self.keep_scale not in KEEP_SCALES:
-            raise ValueError(f"keep_scale must be one of {', '.join(KEEP_SCALES)}, got {self.keep_scale!r}.")
-        if self.hidden_answers not in HIDDEN_ANSWERS:
-            raise ValueError(f"hidden_answers must be one of {', '.join(HIDDEN_ANSWERS)}, got {self.hidden_answers!r}.")
 
     def lr_at(self, step: int, language: bool = False) -> float:
         """Linear warm-up, then cosine decay to ``min_lr_ratio``. The language side (projector and
