@@ -225,6 +225,25 @@ def test_keep_scale_log_draws_as_many_short_sequences_as_long_ones():
         TrainConfig(keep_scale="exp")
 
 
+def test_object_bonus_sets_how_often_the_objects_pattern_keeps_every_object_patch_first():
+    import numpy as np
+
+    from hivtp.toy.train import drop_pattern
+
+    _, _, scenes = sample_items(0, 3, num_images=6, questions_per_image=1, with_scenes=True)
+    labels = next(lab for lab in (patch_labels(s).numpy() for s in scenes) if 20 <= (lab > 0).sum() <= 80)
+    on_object = np.flatnonzero(labels > 0)
+
+    def all_objects_first(bonus, draws=1500):  # keep = the object patches' number: all of them, nothing else
+        rng = np.random.default_rng(0)
+        return np.mean([np.array_equal(drop_pattern(rng, labels, on_object.size, 24, bonus), on_object) for _ in range(draws)])
+
+    # a third of the draws are the objects pattern; its bonus is >= 1 (objects strictly first) in half of them at 2.0
+    assert all_objects_first(1.0) < 0.02 and abs(all_objects_first(2.0) - 1 / 6) < 0.04
+    with pytest.raises(ValueError, match="object_bonus"):
+        TrainConfig(object_bonus=-1.0)
+
+
 def test_each_objective_is_weighted_once_and_a_zero_weight_switches_it_off(tmp_path):
     from hivtp.toy.objectives import objectives
 
@@ -712,21 +731,23 @@ def test_batches_skip_hidden_answers_only_when_told_and_only_on_pruned_steps(unt
 
 
 def test_the_training_world_changes_the_pixels_and_nothing_else(untrained):
-    """A run on the cluttered world trains on the plain world's questions, answers, patch labels and
-    drop patterns; only the images differ (and differ in every one)."""
+    """A run on the textured or the cluttered world trains on the plain world's questions, answers, patch
+    labels and drop patterns; only the images differ (and differ in every one)."""
     from hivtp.toy.train import batch_at
 
     _, processor = untrained
-    plain, cluttered = TrainConfig(world="plain"), TrainConfig(world="cluttered")
-    for step in (0, 1300, 1301):
-        a, b = batch_at(plain, processor, step, 576), batch_at(cluttered, processor, step, 576)
-        assert torch.equal(a.patch_labels, b.patch_labels)
-        assert (a.keep is None) == (b.keep is None) and (a.keep is None or torch.equal(a.keep, b.keep))
-        assert (a.input_ids is None and b.input_ids is None) or torch.equal(a.input_ids, b.input_ids)
-        assert all(not torch.equal(x, y) for x, y in zip(a.pixel_values, b.pixel_values))
-    images, items = held_out_items(seed=1, per_family=2, world="cluttered")
-    assert [(i.prompt, i.target) for i in items] == [(i.prompt, i.target) for i in held_out_items(seed=1, per_family=2, world="plain")[1]]
-    with pytest.raises(ValueError, match="world must be one of plain, cluttered"):
+    plain = TrainConfig(world="plain")
+    for world in ("textured", "cluttered"):
+        other = TrainConfig(world=world)
+        for step in (0, 1300, 1301):
+            a, b = batch_at(plain, processor, step, 576), batch_at(other, processor, step, 576)
+            assert torch.equal(a.patch_labels, b.patch_labels)
+            assert (a.keep is None) == (b.keep is None) and (a.keep is None or torch.equal(a.keep, b.keep))
+            assert (a.input_ids is None and b.input_ids is None) or torch.equal(a.input_ids, b.input_ids)
+            assert all(not torch.equal(x, y) for x, y in zip(a.pixel_values, b.pixel_values))
+        images, items = held_out_items(seed=1, per_family=2, world=world)
+        assert [(i.prompt, i.target) for i in items] == [(i.prompt, i.target) for i in held_out_items(seed=1, per_family=2, world="plain")[1]]
+    with pytest.raises(ValueError, match="world must be one of plain, textured, cluttered"):
         TrainConfig(world="busy")
 
 

@@ -122,8 +122,23 @@ def test_cluttered_world_has_the_plain_worlds_objects_and_questions():
         for family in FAMILIES:
             assert ask(plain, family, np.random.default_rng(i)) == ask(cluttered, family, np.random.default_rng(i))
     assert sum(len(s.clutter) for s in CLUTTERED) >= 3 * len(CLUTTERED)
-    with pytest.raises(ValueError, match="world must be one of plain, cluttered"):
+    with pytest.raises(ValueError, match="world must be one of plain, textured, cluttered"):
         draw_scene(np.random.default_rng(0), world="busy")
+
+
+def test_textured_world_is_the_cluttered_worlds_texture_without_its_distractors():
+    for i, cluttered in enumerate(CLUTTERED[:20]):
+        textured = draw_scene(np.random.default_rng([7, i]), world="textured")
+        assert (textured.objects, textured.texture, textured.clutter, textured.world) == \
+            (cluttered.objects, cluttered.texture, [], "textured")
+        pixels = np.asarray(render(textured)).astype(int)
+        plain = np.asarray(render(SCENES[i])).astype(int)
+        assert np.abs(pixels - plain).max() > 10  # the texture shows ...
+        # ... and nothing in a palette colour is added: every pixel within 24 levels of a palette colour
+        # here is one in the plain world too (the object pixels; the oracle's rule)
+        palette = np.array(list(COLOURS.values()))
+        near = lambda img: (np.abs(img[:, :, None, :] - palette).max(-1) <= 24).any(-1)  # noqa: E731
+        assert not (near(pixels) & ~near(plain)).any()
 
 
 def test_distractors_stay_clear_of_every_object_and_objects_keep_their_pixels():

@@ -53,7 +53,7 @@ BOOKKEEPING = ("threads", "log_every", "ckpt_every", "eval_every", "eval_per_fam
 #: fields added after toy v9 was trained, with the values every run (and any state saved) before them
 #: used: v9 had none of them, v12 had all but ``hidden_answers``
 ADDED_AFTER_V9 = {"retrieve_targets": "mention", "count_focus": 0.0, "hidden_answers": "truth", "world": "plain",
-                  "keep_scale": "linear"}
+                  "keep_scale": "linear", "object_bonus": 1.0}
 HIDDEN_ANSWERS = ("truth", "skip")
 #: how a pruned step draws its K in [min_keep, 576): uniformly ("linear") or uniformly in log K ("log",
 #: which puts as many steps in [64, 128) as in [288, 576), the budgets pruning is measured at)
@@ -81,12 +81,13 @@ class TrainConfig:
     full_share: float = 0.25  # ... except this share of steps, which keep every image token ...
     min_keep: int = 32  # ... and otherwise keep K in [min_keep, 576) tokens per image ...
     keep_scale: str = "linear"  # ... drawn on this scale (``KEEP_SCALES``)
+    object_bonus: float = 1.0  # the ``objects`` drop pattern's bonus on object patches is drawn in [0, object_bonus) (``drop_pattern``)
     retrieve_layer: int = 1  # supervised attention (``objectives.attention_losses``): this layer's head 0 finds what a mention names ...
     gather_layer: int = 2  # ... this layer's heads 0-3 bring the mentions / found option / side word to the answer position ...
     bind_layer: int = 0  # ... and this layer's heads 1 / 2 bring an option's question noun / letter to its word
     retrieve_targets: str = "objects+bos"  # how retrieval scores a mention naming several objects (``objectives.RETRIEVE_TARGETS``)
     count_focus: float = 0.3  # this share of scenes is shape-heavy and counts its most common shape (``data.sample_items``)
-    world: str = BENCHMARK_WORLD  # the scenes trained and evaluated on (``hivtp.world.WORLDS``): "cluttered" adds texture and distractors
+    world: str = BENCHMARK_WORLD  # the scenes trained and evaluated on (``hivtp.world.WORLDS``): "textured" adds texture, "cluttered" also distractors
     hidden_answers: str = "skip"  # a question whose named object the kept tokens hide entirely: trained on ("truth") or not ("skip"); ``answerable``
     # the weight of each objective (``objectives``); 0 switches it off. The answer loss has weight 1.
     colour_weight: float = 0.5
@@ -110,6 +111,8 @@ class TrainConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}.")
+        if self.object_bonus < 0:
+            raise ValueError(f"object_bonus is the largest score bonus of an object patch, >= 0; got {self.object_bonus}.")
         if not 0.0 <= self.count_focus <= 1.0:
             raise ValueError(f"count_focus is a share of scenes, in [0, 1]; got {self.count_focus}.")
 
@@ -128,15 +131,16 @@ class TrainConfig:
 
 
 
-def drop_pattern(rng: np.random.Generator, labels: np.ndarray, keep: int, grid: int) -> np.ndarray:
+def drop_pattern(rng: np.random.Generator, labels: np.ndarray, keep: int, grid: int, object_bonus: float = 1.0) -> np.ndarray:
     """``keep`` sorted raster indices of one image's ``labels`` [P] (kind + 1 per patch, 0 = background),
     by a pattern drawn from ``PATTERNS``:
 
     * ``uniform``: a uniformly random subset (the ``random`` baseline's kind of selection);
     * ``clustered``: the top ``keep`` of a smooth random field (a 4x4 to 8x8 grid of Gaussian values,
       upsampled bilinearly), i.e. a few spatially coherent blobs, like attention-score selections;
-    * ``objects``: the top ``keep`` of uniform noise plus a bonus drawn in [0, 1] on object patches:
-      from nearly uniform to nearly every object patch first (an oracle-like selection)."""
+    * ``objects``: the top ``keep`` of uniform noise in [0, 1) plus a bonus drawn in [0, ``object_bonus``)
+      on object patches: from nearly uniform to every object patch first (an oracle-like selection; with
+      the shipped 1.0 nearly never strictly, with 2.0 in half of these images, whenever the bonus is >= 1)."""
     patches = labels.shape[0]
     pattern = PATTERNS[int(rng.integers(len(PATTERNS)))]
     if pattern == "uniform":
@@ -147,7 +151,7 @@ def drop_pattern(rng: np.random.Generator, labels: np.ndarray, keep: int, grid: 
         score = torch.nn.functional.interpolate(field, size=(grid, grid), mode="bilinear", align_corners=False).flatten().numpy()
         score = score + 1e-3 * rng.random(patches)  # break the field's flat ties at random
     else:
-        score = rng.random(patches) + rng.random() * (labels > 0)
+        score = rng.random(patches) + rng.random() * object_bonus * (labels > 0)
     return np.sort(np.argsort(-score, kind="stable")[:keep])
 
 
@@ -170,7 +174,7 @@ def keep_at(cfg: TrainConfig, step: int, labels: torch.Tensor) -> torch.Tensor |
         return None
     keep = keep_count(rng, cfg.min_keep, patches, cfg.keep_scale)
     grid = math.isqrt(patches)
-    rows = [drop_pattern(rng, labels[i].numpy(), keep, grid) for i in range(images)]
+    rows = [drop_pattern(rng, labels[i].numpy(), keep, grid, cfg.object_bonus) for i in range(images)]
     return torch.from_numpy(np.stack(rows)).long()
 
 

@@ -48,8 +48,8 @@ def _texture(scene: Scene) -> np.ndarray:
 
 
 def render(scene: Scene) -> Image.Image:
-    """The scene as a PIL RGB image: a lightly noisy background (plus, in the cluttered world, its
-    texture and distractors), then the objects."""
+    """The scene as a PIL RGB image: a lightly noisy background (plus, in the textured and cluttered
+    worlds, its texture, and in the cluttered world its distractors), then the objects."""
     rng = np.random.default_rng(scene.seed_noise)
     noise = rng.integers(-6, 7, size=(scene.height, scene.width, 1))
     background = np.array(BACKGROUND)[None, None, :] + noise

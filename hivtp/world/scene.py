@@ -14,9 +14,10 @@ light noise. ``"cluttered"`` (issue 19, item 2): the same objects, questions and
 low-frequency texture (``Blob``) and among distractors (``Distractor``: bars and crosses in muted
 colours, ``CLUTTER_COLOURS``, anywhere on the canvas, never within ``GAP`` of an object; two may cross).
 No question names a distractor and none has a palette colour, so every answer stays known by construction.
-The clutter comes from its own random stream (``(seed_noise, CLUTTER_STREAM)``), drawn after the
-objects: a seed gives the same objects, and so the same questions, in both worlds -- before/after
-measurements compare the very same questions.
+``"textured"``: the cluttered world's texture (the very same blobs) without its distractors, so that what
+the texture does and what the distractors do are measured apart. The clutter comes from its own random
+stream (``(seed_noise, CLUTTER_STREAM)``), drawn after the objects: a seed gives the same objects, and so
+the same questions, in every world -- before/after measurements compare the very same questions.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ BACKGROUND = (60, 60, 64)
 MIN_OBJECTS, MAX_OBJECTS = 1, 4
 GAP = 10  # minimum pixels between two objects' boxes (in the 336 px view)
 
-WORLDS: tuple[str, ...] = ("plain", "cluttered")
+WORLDS: tuple[str, ...] = ("plain", "textured", "cluttered")
 #: the world of the offline benchmarks (``eval/``), and the default of everything else that draws scenes
 #: (held-out questions, the toy's training, token pictures): the shipped toy is trained on it
 #: (``tests/test_toy.py``), and a run records it (``hivtp.run.offline_world``)
@@ -184,19 +185,22 @@ def draw_scene(
             if not _overlaps((x, y, side), scene.objects, GAP * scale):
                 scene.objects.append(Obj(colour, shape, label, float(x), float(y), side))
                 break
-    if world == "cluttered":
-        _add_clutter(scene, np.random.default_rng([scene.seed_noise, CLUTTER_STREAM]), scale)
+    if world != "plain":
+        _add_clutter(scene, np.random.default_rng([scene.seed_noise, CLUTTER_STREAM]), scale, distractors=world == "cluttered")
     return scene
 
 
-def _add_clutter(scene: Scene, rng: np.random.Generator, scale: float) -> None:
-    """Texture blobs over the whole canvas, then distractors anywhere on it, ``GAP`` clear of every
-    object's box (rejection sampled; one that does not fit is left out)."""
+def _add_clutter(scene: Scene, rng: np.random.Generator, scale: float, distractors: bool = True) -> None:
+    """Texture blobs over the whole canvas, then (``distractors``) distractors anywhere on it, ``GAP``
+    clear of every object's box (rejection sampled; one that does not fit is left out). The blobs come
+    first from ``rng``: the textured and the cluttered world draw the same ones."""
     w, h = scene.width, scene.height
-    scene.world = "cluttered"
+    scene.world = "cluttered" if distractors else "textured"
     for _ in range(BLOBS):
         shift = tuple(int(v) for v in rng.integers(-TEXTURE_LEVELS, TEXTURE_LEVELS + 1, size=3))
         scene.texture.append(Blob(float(rng.random() * w), float(rng.random() * h), float(rng.uniform(30, 90) * scale), shift))
+    if not distractors:
+        return
     lo, hi = DISTRACTORS
     area = w * h / (336.0 * scale) ** 2  # canvas area in 336 px views
     names = list(CLUTTER_COLOURS)
