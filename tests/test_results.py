@@ -688,6 +688,33 @@ def test_the_in_llm_note_states_what_the_shipped_toys_supervision_measurement_sh
     assert k2_image["high"] < 0.2 < k1_image["low"]  # "whose last layer barely reads the image" (its mass on image tokens)
 
 
+def test_the_in_llm_notes_trajectory_sentence_states_the_siblings_measurement():
+    """The note's numbers for the shipped toy and its sibling (the same recipe retrained on another CPU) are
+    those of ``docs/toy-experiments/v14-sibling-xeon_world_change.json``, measured on the shipped weights, and
+    FastV's and HIVTP's two intervals are apart (a move, not noise of the questions; HiPrune's touch)."""
+    import json
+    from pathlib import Path
+
+    from hivtp.results.tables import OFFLINE_IN_LLM_NOTE
+    from hivtp.toy.calibrate import ALL
+    from hivtp.zoo import weights_digest
+
+    root = Path(__file__).parents[1]
+    doc = json.loads((root / "docs" / "toy-experiments" / "v14-sibling-xeon_world_change.json").read_text())
+    record = json.loads((root / "docs" / "toy-experiments" / "v14-retrain-xeon-20261203.json").read_text())
+    assert doc["before"]["weights_sha256"] == weights_digest("toy-llava") != doc["after"]["weights_sha256"]
+    assert doc["after"]["weights_sha256"] == record["weights_sha256"] and "defaults" in record["command"]
+    n = sum(r["n"] for r in doc["before"]["accuracy"] if r["name"] == "none" and r["family"] != ALL)
+    assert f"{n:,} held-out" in OFFLINE_IN_LLM_NOTE
+    for name, method in (("fastv@64 k_layer=1", "FastV at K=1"), ("hivtp@64", "HIVTP"), ("hiprune@64", "HiPrune")):
+        shipped, sibling = ({r["name"]: r for r in side["ratios"] if r["family"] == ALL}[f"{name} / none"]
+                            for side in (doc["before"], doc["after"]))
+        if method != "HiPrune":
+            assert shipped["high"] < sibling["low"] or sibling["high"] < shipped["low"]
+        words = f"{100 * sibling['value']:.1f}%", f"{100 * shipped['value']:.1f}%"
+        assert all(w in OFFLINE_IN_LLM_NOTE for w in words), (method, words)
+
+
 def test_ledger_never_counts_or_averages_rows_of_different_setups_together():
     """The same model measured at two question limits (say a quick run at 20 beside the full one at 200):
     each setup gets its own lines, its own % of unpruned and its own comparisons. Pooled, every
