@@ -240,8 +240,9 @@ def test_object_bonus_sets_how_often_the_objects_pattern_keeps_every_object_patc
 
     # a third of the draws are the objects pattern; its bonus is >= 1 (objects strictly first) in half of them at 2.0
     assert all_objects_first(1.0) < 0.02 and abs(all_objects_first(2.0) - 1 / 6) < 0.04
-    with pytest.raises(ValueError, match="object_bonus"):
-        TrainConfig(object_bonus=-1.0)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="object_bonus"):
+            TrainConfig(object_bonus=bad)
 
 
 def test_each_objective_is_weighted_once_and_a_zero_weight_switches_it_off(tmp_path):
