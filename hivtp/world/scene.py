@@ -173,7 +173,7 @@ def draw_scene(
     left, top, view = _view(width, height)
     scale = view / 336.0
     kinds = rng.choice(len(KINDS), size=n, replace=False, p=KIND_WEIGHTS if kind_weights is None else kind_weights)
-    scene = Scene(width, height, seed_noise=int(rng.integers(2**31)))
+    scene = Scene(width, height, seed_noise=int(rng.integers(2**31)), world=world)
     for k in kinds:
         colour, shape = KINDS[int(k)]
         label = "small" if rng.random() < 0.4 else "large"
@@ -195,7 +195,6 @@ def _add_clutter(scene: Scene, rng: np.random.Generator, scale: float, distracto
     clear of every object's box (rejection sampled; one that does not fit is left out). The blobs come
     first from ``rng``: the textured and the cluttered world draw the same ones."""
     w, h = scene.width, scene.height
-    scene.world = "cluttered" if distractors else "textured"
     for _ in range(BLOBS):
         shift = tuple(int(v) for v in rng.integers(-TEXTURE_LEVELS, TEXTURE_LEVELS + 1, size=3))
         scene.texture.append(Blob(float(rng.random() * w), float(rng.random() * h), float(rng.uniform(30, 90) * scale), shift))
