@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 XDIST := $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder,)
 
-.PHONY: help setup models data toy-model calibrate latency-cpu test test-fast reproduce reproduce-paper figures sweep bench-gpu clean
+.PHONY: help setup models data toy-model toy-siblings toy-trajectories calibrate latency-cpu test test-fast reproduce reproduce-paper figures sweep bench-gpu clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,12 @@ data: setup  ## build the offline mini-benchmarks under artifacts/data (POPE, GQ
 
 toy-model: setup  ## train the small LLaVA on the procedural world (2 CPU cores: 39-66 min, with the machine's speed; bit-identical only on the same CPU)
 	$(PY) scripts/train_toy.py
+
+toy-siblings: setup  ## retrain the shipped toy's siblings (hivtp.zoo.TOY_SIBLINGS: its recipe at seeds 0 and 1) into hivtp/zoo/trained (2 cores: 32-41 min each; bit-identical only on the CPU that trained them, an Intel Xeon)
+	for name in $$($(PY) -c "from hivtp.zoo import TOY_SIBLINGS; print(*TOY_SIBLINGS)"); do $(PY) scripts/train_toy.py --sibling $$name; done
+
+toy-trajectories: setup  ## offline method rows on the shipped toy and its siblings, same 1,800 questions, intervals over toys and questions (2 cores: ~20 min) -> results/toy_trajectories.{json,md}
+	$(PY) scripts/toy_trajectories.py --out results/toy_trajectories.json
 
 calibrate: setup  ## the offline testbed's calibration targets on the shipped toy (300 held-out questions per family, CIs) -> results/toy_calibration.json
 	$(PY) -m hivtp.toy.calibrate --per-family 300 --out results/toy_calibration.json

@@ -2,6 +2,7 @@
 
     python scripts/train_toy.py                              # full run -> hivtp/zoo/trained/toy-llava
     python scripts/train_toy.py --steps 20 --work-dir /tmp/t --no-save
+    python scripts/train_toy.py --sibling toy-llava-xeon-seed1   # a shipped sibling (make toy-siblings)
 
 Interrupt it at any time: the last checkpoint (every --ckpt-every steps, and on Ctrl-C) is resumed
 from on the next run with the same --work-dir.
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hivtp.toy.train import CHOICES, TrainConfig, recipe_changes, train  # noqa: E402
-from hivtp.zoo import TRAINED_DIR, weights_digest  # noqa: E402
+from hivtp.zoo import TOY_SIBLING_SEEDS, TRAINED, TRAINED_DIR, trained_dir, weights_digest  # noqa: E402
 
 SHIPPED = TRAINED_DIR / "toy-llava"  # the weights make reproduce measures
 
@@ -51,20 +52,51 @@ def compare_weights(before: tuple[str, dict | None] | None, out: Path, cfg: Trai
     if changes is None or changes:
         why = "no recorded recipe" if changes is None else "; ".join(changes)
         return f"{head}, which another recipe trained ({why})."
-    restore = " (git restores the shipped weights)" if out.resolve() == SHIPPED.resolve() else ""
+    restore = " (git restores the shipped weights)" if out.resolve() in {trained_dir(n).resolve() for n in TRAINED} else ""
     return (f"{head}, which this recipe trained: on another CPU or torch build it rounds differently and trains a "
             f"sibling model. Check its calibration before measuring with it: python -m hivtp.toy.calibrate --model {out}"
             f"{restore}.")
 
 
-def main(argv: list[str] | None = None) -> None:
+def sibling_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--sibling NAME``: its seed, its shipped folder and its own work dir, unless given otherwise."""
+    seed = TOY_SIBLING_SEEDS[args.sibling]
+    if args.seed not in (None, seed):
+        parser.error(f"--sibling {args.sibling} is the recipe at seed {seed}; drop --seed {args.seed}.")
+    args.seed = seed
+    if args.out == parser.get_default("out"):
+        args.out = str(trained_dir(args.sibling))
+    if args.work_dir == parser.get_default("work_dir"):
+        args.work_dir = str(ROOT / "artifacts" / f"toy-train-{args.sibling}")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for f in fields(TrainConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, choices=CHOICES.get(f.name))
+        # --seed's default is filled in by parse(), so that --sibling can tell a seed given from none
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None if f.name == "seed" else f.default,
+                            choices=CHOICES.get(f.name), help=f"default {f.default}" if f.name == "seed" else None)
     parser.add_argument("--work-dir", default=str(ROOT / "artifacts" / "toy-train"), help="checkpoints and logs (resumed from)")
     parser.add_argument("--out", default=str(SHIPPED), help="final checkpoint")
     parser.add_argument("--no-save", action="store_true", help="do not write the final checkpoint")
+    parser.add_argument("--sibling", default=None, choices=list(TOY_SIBLING_SEEDS),
+                        help="train this shipped sibling of the toy (hivtp.zoo.TOY_SIBLING_SEEDS: the recipe at its seed) "
+                             "into hivtp/zoo/trained/<name>, work dir artifacts/toy-train-<name>")
+    return parser
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.sibling:
+        sibling_defaults(parser, args)
+    if args.seed is None:
+        args.seed = TrainConfig.seed
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     out = Path(args.out)
     before = None if args.no_save else replaced(out)

@@ -653,6 +653,53 @@ def test_in_llm_rows_are_labelled_and_offline_tables_say_what_they_measure(tmp_p
     assert OFFLINE_IN_LLM_NOTE in offline_block.split("## ")[0] and OFFLINE_IN_LLM_NOTE not in paper_block
 
 
+def test_the_offline_ledger_ends_with_the_across_toys_table_when_results_hold_a_trajectories_record(tmp_path):
+    """``write_reports`` reads ``toy_trajectories.json`` beside the CSVs: HIVTP against each selection at the
+    record's budget, better or worse only where every toy's paired interval agrees."""
+    import json
+
+    import numpy as np
+
+    from hivtp.toy.calibrate import UNPRUNED, Measurement
+    from hivtp.toy.trajectories import Toys, compare, record
+    from hivtp.world import FAMILIES
+
+    def toy(hivtp_right, random_right, divprune_right, n=50):
+        first = lambda k: np.tile(np.arange(n) < k, len(FAMILIES))
+        # divprune before hivtp: its pair is (divprune, hivtp), written in the ledger as hivtp - divprune
+        configs = [UNPRUNED, ("divprune", {"budget": 64}), ("hivtp", {"budget": 64}), ("random", {"budget": 64})]
+        return Measurement(123, n, configs, [f for f in FAMILIES for _ in range(n)],
+                           {"none": first(n), "hivtp@64": first(hivtp_right), "random@64": first(random_right),
+                            "divprune@64": first(divprune_right)})
+
+    doc = record(compare(Toys(["toy-a", "toy-b"], ["0" * 64, "1" * 64], [toy(45, 20, 45), toy(44, 21, 30)]), 64, resamples=300))
+    offline = pd.DataFrame([acc_row("none", {}, "pope", 0.9, weights_digest="feedfacecafe"),
+                            acc_row("hivtp", {"budget": 64}, "pope", 0.8, tokens=64, weights_digest="feedfacecafe")],
+                           columns=ACCURACY_COLUMNS)
+    offline.to_csv(tmp_path / "accuracy.csv", index=False)
+    latency_frame().iloc[:0].to_csv(tmp_path / "latency.csv", index=False)
+    write_reports(tmp_path)
+    assert "Across toys" not in (tmp_path / "ledger.md").read_text()
+    (tmp_path / "toy_trajectories.json").write_text(json.dumps(doc))
+    write_reports(tmp_path)
+    ledger = (tmp_path / "ledger.md").read_text().split("## Offline profile")[1]
+    assert "2 toys (toy-a, toy-b), 300 held-out questions" in ledger
+    assert "| random@64 | +48.0 [" in ledger and "| + + | better on every toy |" in ledger
+    assert "| divprune@64 | +14.0 [" in ledger and "| 0 + | not told apart on every toy (better on 1, worse on 0) |" in ledger
+    assert "Measured with other code" not in ledger  # record() of answers given in memory names no code
+    assert "Not the weights of the offline rows above** (feedfacecafe)" in ledger  # toy-a's weights are "000…"
+    offline.assign(weights_digest="0" * 12).to_csv(tmp_path / "accuracy.csv", index=False)
+    write_reports(tmp_path)
+    assert "Not the weights" not in (tmp_path / "ledger.md").read_text()
+    doc["toys"][1]["measured"] = {"code_digest": "an older checkout"}
+    (tmp_path / "toy_trajectories.json").write_text(json.dumps(doc))
+    write_reports(tmp_path)
+    assert "**Measured with other code than this checkout's** (toy-b)" in (tmp_path / "ledger.md").read_text()
+    (tmp_path / "toy_trajectories.json").write_text(json.dumps({"toys": []}))
+    with pytest.raises(ConfigError, match="is not a toy-trajectories record"):
+        write_reports(tmp_path)
+
+
 def test_the_in_llm_note_states_what_the_shipped_toys_supervision_measurement_shows():
     """``OFFLINE_IN_LLM_NOTE`` says in words what ``scripts/toy_inllm_supervision.py`` measured; this
     checks each claim against its JSON, and that the JSON was measured on the shipped weights (a new toy
@@ -688,33 +735,25 @@ def test_the_in_llm_note_states_what_the_shipped_toys_supervision_measurement_sh
     assert k2_image["high"] < 0.2 < k1_image["low"]  # "whose last layer barely reads the image" (its mass on image tokens)
 
 
-def test_the_in_llm_notes_trajectory_sentence_states_the_siblings_measurement():
-    """The note's numbers for the shipped toy and its sibling (the same recipe retrained on another CPU) are
-    those of ``docs/toy-experiments/v14-sibling-xeon_world_change.json``, measured on the shipped weights, and
-    FastV's and HIVTP's two intervals are apart (a move, not noise of the questions; HiPrune's touch)."""
+def test_the_in_llm_notes_trajectory_sentence_states_the_toy_trajectories_record():
+    """The note's per-toy numbers are those of ``results/toy_trajectories.json`` (measured on the shipped toy
+    and its siblings, ``tests/test_toy_trajectories.py``), in the record's toy order, and its closing claim
+    holds there: FastV's pairs with HIVTP, DivPrune and random are separated on no toy consistently."""
     import json
     from pathlib import Path
 
     from hivtp.results.tables import OFFLINE_IN_LLM_NOTE
-    from hivtp.toy.calibrate import ALL
-    from hivtp.zoo import weights_digest
 
-    root = Path(__file__).parents[1]
-    doc = json.loads((root / "docs" / "toy-experiments" / "v14-sibling-xeon_world_change.json").read_text())
-    record = json.loads((root / "docs" / "toy-experiments" / "v14-retrain-xeon-20261203.json").read_text())
-    assert doc["before"]["weights_sha256"] == weights_digest("toy-llava") != doc["after"]["weights_sha256"]
-    assert doc["after"]["weights_sha256"] == record["weights_sha256"] and "defaults" in record["command"]
-    n = sum(r["n"] for r in doc["before"]["accuracy"] if r["name"] == "none" and r["family"] != ALL)
-    assert f"{n:,} held-out" in OFFLINE_IN_LLM_NOTE
-    for name, method in (("fastv@64 k_layer=1", "FastV at K=1"), ("hivtp@64", "HIVTP"), ("hiprune@64", "HiPrune")):
-        shipped, sibling = ({r["name"]: r for r in side["ratios"] if r["family"] == ALL}[f"{name} / none"]
-                            for side in (doc["before"], doc["after"]))
-        if method != "HiPrune":
-            assert shipped["high"] < sibling["low"] or sibling["high"] < shipped["low"]
-        sib, ship = f"{100 * sibling['value']:.1f}%", f"{100 * shipped['value']:.1f}%"
-        phrase = (f"{sib} of its unpruned accuracy with {method} where the shipped toy keeps {ship}" if method.startswith("FastV")
-                  else f"{method} {sib} against {ship}")
-        assert phrase in OFFLINE_IN_LLM_NOTE, phrase
+    doc = json.loads((Path(__file__).parents[1] / "results" / "toy_trajectories.json").read_text())
+    n = len(doc["toys"][0]["answers"]["families"].split(","))
+    assert f"at 64 tokens on {n:,} held-out questions" in OFFLINE_IN_LLM_NOTE and doc["budget"] == 64
+    assert f"over {['', '', 'two', 'three', 'four'][len(doc['toys'])]} trainings of the same recipe" in OFFLINE_IN_LLM_NOTE
+    for name, words in (("fastv@64 k_layer=1", "FastV at K=1 keeps "), ("random@64", "random: "), ("hivtp@64", "HIVTP: ")):
+        shares = [f"{100 * v[0]:.1f}%" for v in doc["share"][name]["per_toy"].values()]
+        assert words + ", ".join(shares[:-1]) + " and " + shares[-1] in OFFLINE_IN_LLM_NOTE, (name, shares)
+    fastv = [p for p in doc["pairs"] if "fastv@64 k_layer=1" in (p["a"], p["b"])
+             and {p["a"], p["b"]} & {"hivtp@64", "divprune@64", "random@64"}]
+    assert len(fastv) == 3 and all(p["verdict"] == 0 for p in fastv)
 
 
 def test_ledger_never_counts_or_averages_rows_of_different_setups_together():

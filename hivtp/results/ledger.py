@@ -307,8 +307,64 @@ def _section(title: str, acc: pd.DataFrame, lat: pd.DataFrame, with_ratio: bool)
     return lines
 
 
-def ledger_markdown(acc: pd.DataFrame, lat: pd.DataFrame) -> str:
-    """The whole ledger. Rows are split by their `profile` column; offline never gets a ratio."""
+TRAJECTORIES = "results/toy_trajectories.json"  # make toy-trajectories (scripts/toy_trajectories.py)
+
+
+def trajectory_lines(record: dict, method: str = "hivtp", offline: pd.DataFrame | None = None) -> list[str]:
+    """The offline section's "across toys" table from a ``make toy-trajectories`` record
+    (:func:`hivtp.toy.trajectories.record`): ``method`` against every other configuration at the
+    record's budget, with the mean difference over toys, each toy's sign and the verdict (better or
+    worse only where every toy's paired interval says so)."""
+    toys = [t["model"] for t in record["toys"]]
+    name = f"{method}@{record['budget']}"
+    sign = {1: "+", 0: "0", -1: "-"}
+    rows = []
+    for pair in record["pairs"]:
+        if name not in (pair["a"], pair["b"]):
+            continue
+        flip = 1 if pair["a"] == name else -1  # differences as (method - other)
+        other = pair["b"] if flip == 1 else pair["a"]
+        mean, low, high = (flip * v for v in pair["mean"])
+        low, high = min(low, high), max(low, high)
+        signs = [flip * s for s in pair["signs"]]
+        verdict = {1: "better on every toy", -1: "worse on every toy"}.get(flip * pair["verdict"],
+                  f"not told apart on every toy (better on {signs.count(1)}, worse on {signs.count(-1)})")
+        rows.append(f"| {other} | {100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] | {' '.join(map(sign.get, signs))} | {verdict} |")
+    heading = f"### Across toys of one recipe: {method} vs each selection at {record['budget']} tokens"
+    if not rows:
+        return [heading, "", f"The record ({TRAJECTORIES}) holds no {name}: nothing to compare.", ""]
+    n = len(record["toys"][0]["answers"]["families"].split(","))
+    return [f"{heading}, {len(toys)} toys ({', '.join(toys)}), {n:,} held-out questions ({TRAJECTORIES}, "
+            "`make toy-trajectories`)", "",
+            "The tables' marks compare methods on the shipped toy only. Here each toy's paired 95% interval of the "
+            "difference in share of unpruned accuracy kept (points) decides its sign; better or worse only where every "
+            "toy agrees. Mean over toys with its pigeonhole 95% interval (toys and questions resampled).", "",
+            *_stale(record, offline), f"| other | {method} − other, points [CI] | per toy | verdict |", "|---|---|---|---|",
+            *rows, ""]
+
+
+def _stale(record: dict, offline: pd.DataFrame | None) -> list[str]:
+    """Warnings where the record does not describe this ledger: its first toy is not the weights of the
+    offline rows, or a toy's answers came from other answering code than this checkout's."""
+    from ..toy.trajectories import code_digest
+
+    first, warnings = record["toys"][0], []
+    measured = set() if offline is None or "weights_digest" not in offline else set(offline["weights_digest"].dropna().astype(str))
+    if measured and not any(first["weights_sha256"].startswith(d) for d in measured):
+        warnings.append(f"**Not the weights of the offline rows above** ({', '.join(sorted(measured))}): the first toy "
+                        f"here is {first['model']} with weights {first['weights_sha256'][:12]}. Measure again with "
+                        "`make toy-trajectories`.")
+    code = code_digest()
+    older = [t["model"] for t in record["toys"] if t.get("measured", {}).get("code_digest", code) != code]
+    if older:
+        warnings.append(f"**Measured with other code than this checkout's** ({', '.join(older)}): a method may have "
+                        "changed since. Measure again with `make toy-trajectories`.")
+    return [line for text in warnings for line in (text, "")]
+
+
+def ledger_markdown(acc: pd.DataFrame, lat: pd.DataFrame, trajectories: dict | None = None) -> str:
+    """The whole ledger. Rows are split by their `profile` column; offline never gets a ratio.
+    ``trajectories``: a ``make toy-trajectories`` record, whose table ends the offline section."""
     def part(frame: pd.DataFrame, profile: str) -> pd.DataFrame:
         return frame[frame["profile"] == profile] if len(frame) else frame
 
@@ -324,4 +380,6 @@ def ledger_markdown(acc: pd.DataFrame, lat: pd.DataFrame) -> str:
     lines += _section("Paper profile (real checkpoints / real-shape latency on GPU)", part(acc, "paper"), part(lat, "paper"), True)
     lines += _section("Offline profile (small models on CPU: wiring only, NOT comparable with the paper)",
                       part(acc, "offline"), part(lat, "offline"), False)
+    if trajectories:
+        lines += trajectory_lines(trajectories, offline=part(acc, "offline"))
     return "\n".join(lines)

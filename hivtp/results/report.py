@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from ..atomic import write_text
 from ..errors import ConfigError
 from .collect import ACCURACY_COLUMNS, LATENCY_COLUMNS, file_stem, latency_protocols, setups
 from .figures import all_figures
-from .ledger import ledger_markdown
+from .ledger import TRAJECTORIES, ledger_markdown
 from .tables import (
     ACCURACY_LEGEND,
     IN_LLM,
@@ -34,6 +35,20 @@ def read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
                           "collected by an older hivtp; collect it again: python -m hivtp.results RUNS_ROOT "
                           f"{path.parent}.")
     return frame
+
+
+def read_trajectories(path: Path) -> dict | None:
+    """``make toy-trajectories``' record if this results folder holds one (None if not); a file there that
+    is not such a record is an error naming it."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        _ = record["toys"][0]["answers"]["families"], record["pairs"], record["budget"]  # what the ledger reads
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise ConfigError(f"{path} is not a toy-trajectories record ({type(e).__name__}: {e}); write it again with "
+                          "`make toy-trajectories`, or remove it.") from e
+    return record
 
 
 def _accuracy_blocks(key: tuple, rows: pd.DataFrame) -> list[tuple[str, tuple, pd.DataFrame]]:
@@ -87,7 +102,7 @@ def write_reports(results: Path) -> list[Path]:
     written = write_tables(acc, lat, results)
     for paths in all_figures(acc, lat, results / "figures").values():
         written += paths
-    write_text(results / "ledger.md", ledger_markdown(acc, lat))
+    write_text(results / "ledger.md", ledger_markdown(acc, lat, read_trajectories(results / Path(TRAJECTORIES).name)))
     for stale in sorted(before - {Path(p) for p in written}):
         stale.unlink()
         print(f"[hivtp.results] removed {stale}: no longer written from the CSVs", file=sys.stderr)

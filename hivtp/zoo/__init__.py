@@ -50,6 +50,9 @@ __all__ = [
     "load_pretrained",
     "trained_dir",
     "TRAINED",
+    "TOY_SIBLINGS",
+    "TOY_SIBLING_SEEDS",
+    "TOY_TRAJECTORIES",
     "CHAT_TEMPLATES",
 ]
 
@@ -160,7 +163,15 @@ def checkpoint_dir(name: str) -> Path:
 
 #: shipped trained checkpoints (``make toy-model`` writes them): name -> directory
 TRAINED_DIR = Path(__file__).parent / "trained"
-TRAINED = ("toy-llava",)
+#: siblings of the shipped toy: the same recipe (``make toy-model`` at seeds 0 and 1), trained on an Intel
+#: Xeon (2 cores, AVX-512) where the shipped one was trained on an AMD EPYC, so each follows its own
+#: trajectory (``make toy-siblings`` retrains them; bit-identical only on the same CPU). They exist so that
+#: an offline method row can be measured on several trainings of the recipe (``make toy-trajectories``).
+TOY_SIBLING_SEEDS = {"toy-llava-xeon-seed0": 0, "toy-llava-xeon-seed1": 1}
+TOY_SIBLINGS = tuple(TOY_SIBLING_SEEDS)
+#: the toys whose method rows ``make toy-trajectories`` compares: the shipped one (the reference) first
+TOY_TRAJECTORIES = ("toy-llava", *TOY_SIBLINGS)
+TRAINED = TOY_TRAJECTORIES
 
 
 def trained_dir(name: str) -> Path:
@@ -184,12 +195,13 @@ def resolve_checkpoint(name_or_path: str) -> str:
         return str(folder) if name_or_path.startswith("~") else name_or_path  # from_pretrained does not expand ~
     if name_or_path in TRAINED:
         path = trained_dir(name_or_path)
+        retrain = f"python scripts/train_toy.py --sibling {name_or_path}" if name_or_path in TOY_SIBLINGS else "make toy-model"
         if not (path / "model.safetensors").is_file():
             raise MissingArtifactError(
                 f"the trained checkpoint {name_or_path!r} is missing from {path}; it ships with the repository "
-                "(restore it with `git checkout -- hivtp/zoo/trained`) or retrain it with `make toy-model`."
+                f"(restore it with `git checkout -- hivtp/zoo/trained`) or retrain it with `{retrain}`."
             )
-        check_weights(path, fix="restore it with `git checkout -- hivtp/zoo/trained` (or retrain: `make toy-model`)")
+        check_weights(path, fix=f"restore it with `git checkout -- hivtp/zoo/trained` (or retrain: `{retrain}`)")
         return str(path)
     if name_or_path in available_shapes():
         path = checkpoint_dir(name_or_path)
