@@ -51,7 +51,7 @@ toy-model: setup  ## train the small LLaVA on the procedural world (2 CPU cores:
 toy-siblings: setup  ## retrain the shipped toy's siblings (hivtp.zoo.TOY_SIBLINGS: its recipe at seeds 0 and 1) into hivtp/zoo/trained (2 cores: 32-41 min each; bit-identical only on the CPU that trained them, an Intel Xeon)
 	for name in $$($(PY) -c "from hivtp.zoo import TOY_SIBLINGS; print(*TOY_SIBLINGS)"); do $(PY) scripts/train_toy.py --sibling $$name; done
 
-toy-trajectories: setup  ## offline method rows on the shipped toy and its siblings, same 1,800 questions, intervals over toys and questions (2 cores: ~20 min) -> results/toy_trajectories.{json,md}
+toy-trajectories: setup  ## offline method rows on the shipped toy and its siblings, same 1,800 questions, intervals over toys and questions (2 cores: about 16 min) -> results/toy_trajectories.{json,md}
 	$(PY) scripts/toy_trajectories.py --out results/toy_trajectories.json
 
 calibrate: setup  ## the offline testbed's calibration targets on the shipped toy (300 held-out questions per family, CIs) -> results/toy_calibration.json
