@@ -45,7 +45,7 @@ reproduce: setup models  ## the offline experiment end to end (CPU, minutes); FU
 data: setup  ## build the offline mini-benchmarks under artifacts/data (POPE, GQA, MME, ScienceQA-IMG schemas; 1000 questions each)
 	$(PY) scripts/build_data.py --size 1000 --seed 0
 
-toy-model: setup  ## train the small LLaVA on the procedural world (2 CPU cores: 39-66 min, with the machine's speed; bit-identical only on the same CPU)
+toy-model: setup  ## train the small LLaVA on the plain procedural world (the benchmarks ask in the textured one; 2 CPU cores: 39-66 min, with the machine's speed; bit-identical only on the same CPU)
 	$(PY) scripts/train_toy.py
 
 toy-siblings: setup  ## retrain the shipped toy's siblings (hivtp.zoo.TOY_SIBLINGS: its recipe at seeds 0 and 1) into hivtp/zoo/trained (2 cores: 32-41 min each; bit-identical only on the CPU that trained them, an Intel Xeon)

@@ -164,10 +164,19 @@ def build_all(out_dir: str | Path, size: int, seed: int = 0, progress: Callable[
             built["gqa_instructions"], built["gqa_images"] = build_gqa(size, seed)
         else:
             built[name] = BENCHMARKS[name](size, seed)
+    return save(out, built, progress)
+
+
+def save(out_dir: str | Path, built: dict[str, DatasetDict], progress: Callable[[str], None] | None = None) -> dict[str, Path]:
+    """``save_to_disk`` each of ``built`` (folder name -> dataset) under ``out_dir`` and record that they
+    were drawn in the benchmarks' world (the lmms-eval runner refuses folders without that record:
+    ``hivtp.world.builds``); returns folder name -> path."""
+    out = Path(out_dir)
     paths = {}
     for name, ds in built.items():
         paths[name] = out / name
         ds.save_to_disk(str(paths[name]))
-        progress(f"wrote {paths[name]} ({', '.join(f'{k}={len(v)}' for k, v in ds.items())})")
+        if progress:
+            progress(f"wrote {paths[name]} ({', '.join(f'{k}={len(v)}' for k, v in ds.items())})")
     record_worlds(out, list(built))
     return paths

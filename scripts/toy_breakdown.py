@@ -28,7 +28,7 @@ def _group(scene, q) -> str:
 def main() -> None:
     from hivtp.toy.data import QAItem
     from hivtp.toy.evaluate import evaluate
-    from hivtp.toy.cli import trained_world
+    from hivtp.toy.cli import measuring_world
     from hivtp.world import WORLDS, ask, draw_scene, prompt_text, render, target_text
     from hivtp.zoo import load_pretrained
 
@@ -38,9 +38,9 @@ def main() -> None:
     ap.add_argument("--model", default="toy-llava")
     ap.add_argument("--method", default="none", help="a registered method, applied with hivtp.attach")
     ap.add_argument("--budget", type=int, default=None, help="the method's token budget")
-    ap.add_argument("--world", default=None, choices=WORLDS, help="default: the world the model was trained on")
+    ap.add_argument("--world", default=None, choices=WORLDS, help="default: the benchmarks' (hivtp.world.BENCHMARK_WORLD)")
     args = ap.parse_args()
-    world = args.world or trained_world(args.model)
+    world = measuring_world(args.model, args.world)
     torch.set_num_threads(1)
     model, processor = load_pretrained(args.model)
     if args.method != "none":

@@ -35,7 +35,7 @@ def parser():
     ap.add_argument("--budget", type=int, default=64, help="tokens each method keeps; its pairs are compared")
     ap.add_argument("--per-family", type=int, default=300, help="held-out questions per family (default 300)")
     ap.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="held-out scene stream")
-    ap.add_argument("--world", default=None, choices=WORLDS, help="default: the world the toys were trained on")
+    ap.add_argument("--world", default=None, choices=WORLDS, help="default: the benchmarks' (hivtp.world.BENCHMARK_WORLD)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--batch-size", type=int, default=16, help="questions per generate call")
     ap.add_argument("--resamples", type=int, default=RESAMPLES)
@@ -47,15 +47,16 @@ def parser():
     return ap
 
 
-def world_of(ap, models: list[str]) -> str:
-    """The one world every toy was trained on (toys of one recipe share it)."""
-    from hivtp.toy.cli import trained_world
+def world_of(ap, models: list[str], world: str | None) -> str:
+    """The world to measure every toy in: ``world``, or else the benchmarks'. Toys trained on different
+    worlds are not one recipe's trajectories: refused unless ``world`` is given."""
+    from hivtp.toy.cli import measuring_world, trained_world
 
     worlds = {m: trained_world(m) for m in models}
-    if len(set(worlds.values())) > 1:
+    if world is None and len(set(worlds.values())) > 1:
         ap.error(f"the toys were trained on different worlds ({worlds}); they are not one recipe's trajectories. "
                  "Give --world to measure them all in one world anyway.")
-    return next(iter(worlds.values()))
+    return measuring_world(models[0], world)
 
 
 def measured_on(argv: list[str]) -> dict:
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    world = args.world or world_of(ap, args.models)
+    world = world_of(ap, args.models, args.world)
     toys = trajectories.measure_toys(args.models, configurations(args.budget), args.per_family, args.seed, world,
                                      batch_size=args.batch_size, cache=Path(args.cache), progress=progress,
                                      provenance=measured_on(sys.argv[1:] if argv is None else argv))

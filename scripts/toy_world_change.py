@@ -6,7 +6,7 @@
 Issue 19, item 2: change the procedural world only where a measurement shows that it brings the testbed
 closer to real images, without losing a calibration target. The two worlds draw the same objects and
 questions from a seed (:mod:`hivtp.world.scene`), so *before* (``--model`` in ``--world``) and *after*
-(``--after-model`` in ``--after-world``; each world defaults to the one its model was trained on)
+(``--after-model`` in ``--after-world``; each world defaults to the benchmarks', ``BENCHMARK_WORLD``)
 answer the very same held-out questions (:func:`hivtp.toy.evaluate.held_out_items`); only the pixels
 around the objects differ. Two measurements, each in both worlds:
 
@@ -123,19 +123,19 @@ def report(worlds: list[tuple[str, str]], pixels: list[dict], summaries: list) -
 def main(argv: list[str] | None = None) -> int:
     from hivtp.bootstrap import mean_interval
     from hivtp.toy import calibrate
-    from hivtp.toy.cli import load_model, measurement_parser, progress, trained_world, write_measurement
+    from hivtp.toy.cli import load_model, measurement_parser, measuring_world, progress, write_measurement
     from hivtp.toy.evaluate import held_out_items
     from hivtp.world import WORLDS
     from hivtp.zoo import load_pretrained, weights_digest
 
     ap = measurement_parser(__doc__.splitlines()[0], per_family=300, batch_size=True)
-    ap.add_argument("--after-model", required=True, help="the toy trained on --after-world (checkpoint name or folder)")
-    ap.add_argument("--after-world", default=None, choices=WORLDS, help="default: the world --after-model was trained on")
+    ap.add_argument("--after-model", required=True, help="the toy measured in --after-world (checkpoint name or folder)")
+    ap.add_argument("--after-world", default=None, choices=WORLDS, help="default: the benchmarks' (hivtp.world.BENCHMARK_WORLD)")
     ap.add_argument("--budget", type=int, default=64, help="tokens each method keeps (besides the calibration's configurations)")
     args = ap.parse_args(argv)
     before, before_processor, before_digest = load_model(ap, args)
     after_digest = weights_digest(args.after_model)
-    args.after_world = args.after_world or trained_world(args.after_model)
+    args.after_world = measuring_world(args.after_model, args.after_world)
     after, after_processor = load_pretrained(args.after_model)
     sides = [(args.model, args.world, before, before_processor), (args.after_model, args.after_world, after, after_processor)]
     configs = configurations(args.budget)

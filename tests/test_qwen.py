@@ -471,12 +471,11 @@ def test_lmms_plugin_builds_the_method_from_model_args(tiny_qwen_dir):
 @pytest.mark.slow  # two lmms-eval subprocesses on 3 local GQA docs
 def test_lmms_method_none_answers_equal_stock_qwen2_5_vl(tiny_qwen_dir, tmp_path):
     pytest.importorskip("lmms_eval")
-    from eval.builders import build_gqa
+    from eval.builders import build_gqa, save
     from hivtp.lmms.runner import read_answers, run_lmms_eval
 
     questions, images = build_gqa(6, seed=0)
-    questions.save_to_disk(str(tmp_path / "data" / "gqa_instructions"))
-    images.save_to_disk(str(tmp_path / "data" / "gqa_images"))
+    save(tmp_path / "data", {"gqa_instructions": questions, "gqa_images": images})
     args = f"pretrained={tiny_qwen_dir},device_map=cpu,min_pixels=3136,max_pixels=50176"  # --device cpu is the runner's
     run = lambda model, extra, out: run_lmms_eval(model, args + extra, ["hivtp_gqa"], tmp_path / out, limit=3,
                                                   device="cpu", data_dir=tmp_path / "data")

@@ -233,10 +233,10 @@ def test_tiny_sweep_end_to_end_with_real_backends(tmp_path):
     from hivtp.results import collect
     from hivtp.results.report import write_reports
 
-    from eval.builders import build_pope
+    from eval.builders import build_pope, save
 
     runs, results, data = tmp_path / "runs", tmp_path / "results", tmp_path / "data"
-    build_pope(4, seed=0).save_to_disk(str(data / "pope"))
+    save(data, {"pope": build_pope(4, seed=0)})
     cmd = [sys.executable, "-m", "hivtp.run", "-m", f"runs_root={runs}", "model=toy-llava", "method=none,hivtp",
            "benchmark.tasks=[hivtp_pope_adv]", "benchmark.limit=2", f"benchmark.data_dir={data}",
            "latency.repeats=1", "latency.warmup=0",

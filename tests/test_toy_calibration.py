@@ -320,24 +320,48 @@ def test_world_change_measures_both_worlds_on_the_same_questions(tmp_path, capsy
     assert "what the pixels give away" in capsys.readouterr().out
 
 
-def test_a_toy_is_measured_in_the_world_it_was_trained_on_unless_told(tmp_path, capsys):
-    """--world unset: the checkpoint's own train_config.json says where it learned (none recorded: plain,
-    the only world before there were two); a checkpoint that is no trained toy gets the benchmarks'."""
+def test_a_toy_is_measured_in_the_benchmarks_world_unless_told(tmp_path, capsys):
+    """--world unset: the benchmarks' world, whatever the toy learned on (and it says so when that differs);
+    ``trained_world`` reads the checkpoint's own train_config.json (none recorded: plain, the only world
+    before there were two; no trained toy at all: the benchmarks')."""
     import shutil
 
-    from hivtp.toy.cli import trained_world
+    from hivtp.toy.cli import measuring_world, trained_world
+    from hivtp.toy.train import TRAINING_WORLD
     from hivtp.world import BENCHMARK_WORLD
     from hivtp.zoo import trained_dir
 
     shipped = json.loads((trained_dir("toy-llava") / "train_config.json").read_text())
-    assert trained_world("toy-llava") == shipped.get("world", "plain")
+    assert trained_world("toy-llava") == shipped.get("world", "plain") == TRAINING_WORLD != BENCHMARK_WORLD
     copy = tmp_path / "toy"
     shutil.copytree(trained_dir("toy-llava"), copy)
     for world in ("plain", "cluttered"):
         (copy / "train_config.json").write_text(json.dumps({**shipped, "world": world}))
         assert trained_world(str(copy)) == world
+        assert measuring_world(str(copy)) == BENCHMARK_WORLD and measuring_world(str(copy), world) == world
+        assert f"trained on the {world} world; measuring in the benchmarks' {BENCHMARK_WORLD}" in capsys.readouterr().err
     (copy / "train_config.json").unlink()
     assert trained_world(str(copy)) == BENCHMARK_WORLD
     (copy / "train_config.json").write_text(json.dumps({**shipped, "world": "cluttered"}))
-    assert calibrate.main(["--per-family", "1", "--model", str(copy), "--resamples", "10"]) in (0, 1)
+    out = tmp_path / "cal.json"
+    assert calibrate.main(["--per-family", "1", "--model", str(copy), "--resamples", "10", "--out", str(out)]) in (0, 1)
     assert "trained on the cluttered world" in capsys.readouterr().err
+    assert json.loads(out.read_text())["world"] == BENCHMARK_WORLD
+
+
+# --- the committed records under results/ --------------------------------------------------
+@pytest.mark.parametrize("name, command", [
+    ("toy_calibration", "make calibrate"),
+    ("toy_inllm_supervision", "python scripts/toy_inllm_supervision.py --per-family 100 --out results/toy_inllm_supervision.json"),
+    ("toy_pool_probe", "python scripts/toy_pool_probe.py --per-family 100 --out results/toy_pool_probe.json"),
+    ("toy_selection_anatomy", "python scripts/toy_selection_anatomy.py --per-family 20 --out results/toy_selection_anatomy.json"),
+])
+def test_each_committed_toy_record_was_measured_on_the_shipped_toy_in_the_benchmarks_world(name, command):
+    """The README quotes these records as the testbed's: each must be the shipped weights' answers to
+    questions drawn in the benchmarks' world (a record from before worlds were recorded: plain)."""
+    from hivtp.world import BENCHMARK_WORLD
+    from hivtp.zoo import weights_digest
+
+    doc = json.loads((Path(__file__).parents[1] / "results" / f"{name}.json").read_text())
+    assert (doc["model"], doc["weights_sha256"]) == ("toy-llava", weights_digest("toy-llava")), f"other weights: run {command}"
+    assert doc.get("world", "plain") == BENCHMARK_WORLD, f"measured in the {doc.get('world', 'plain')} world: run {command}"

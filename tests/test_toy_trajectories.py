@@ -20,7 +20,7 @@ from hivtp.bootstrap import interval, resample_weights
 from hivtp.errors import ConfigError
 from hivtp.toy.calibrate import ALL, UNPRUNED, Measurement, label, summarise
 from hivtp.toy.trajectories import Toys, code_digest, compare, from_record, record, report, toy_draws
-from hivtp.world import FAMILIES
+from hivtp.world import BENCHMARK_WORLD, FAMILIES
 from hivtp.zoo import TOY_SIBLINGS, TOY_TRAJECTORIES, trained_dir, weights_digest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -268,6 +268,7 @@ def test_the_recorded_trajectories_are_the_shipped_toys_and_their_report_is_thei
     doc = json.loads(RECORD.read_text())
     assert [t["model"] for t in doc["toys"]] == list(TOY_TRAJECTORIES)
     assert [t["weights_sha256"] for t in doc["toys"]] == [weights_digest(m) for m in TOY_TRAJECTORIES]
+    assert {t["answers"]["world"] for t in doc["toys"]} == {BENCHMARK_WORLD}, "measured in another world than the benchmarks'"
     cmp = from_record(doc)
     assert record(cmp) == doc
     for toy in doc["toys"]:

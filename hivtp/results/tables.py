@@ -151,8 +151,8 @@ OFFLINE_IN_LLM_NOTE = (
     "depends on the toy's training trajectory, more than any other row: over three trainings of the same recipe "
     "(the shipped toy and two siblings, one apart from it by floating-point rounding only, one by the seed as well; "
     "results/toy_trajectories.json, "
-    "`make toy-trajectories`), at 64 tokens on 1,800 held-out questions, FastV at K=1 keeps 88.1%, 99.2% and 73.1% "
-    "of the unpruned accuracy (random: 78.4%, 77.8% and 75.9%; HIVTP: 94.7%, 97.4% and 94.3%), so no order between "
+    "`make toy-trajectories`), at 64 tokens on 1,800 held-out questions, FastV at K=1 keeps 88.3%, 99.3% and 72.8% "
+    "of the unpruned accuracy (random: 78.4%, 77.7% and 75.9%; HIVTP: 94.4%, 97.0% and 93.9%), so no order between "
     "FastV and HIVTP, DivPrune or random holds on every toy."
 )
 

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_open
-from ..world import BENCHMARK_WORLD, FAMILIES, KINDS, WORLDS, Scene
+from ..world import FAMILIES, KINDS, WORLDS, Scene
 from .data import Batch, QAItem, encode_items, mentions_of, patch_labels, sample_items
 from .evaluate import evaluate, family_accuracy, held_out_items
 from .forward import SHAPE, build
@@ -58,6 +58,11 @@ HIDDEN_ANSWERS = ("truth", "skip")
 #: how a pruned step draws its K in [min_keep, 576): uniformly ("linear") or uniformly in log K ("log",
 #: which puts as many steps in [64, 128) as in [288, 576), the budgets pruning is measured at)
 KEEP_SCALES = ("linear", "log")
+#: the world the recipe trains on: plain, though the benchmarks ask in ``hivtp.world.BENCHMARK_WORLD``
+#: (textured). Trained on plain, the toy meets every calibration target in the textured world; trained on
+#: textured (v22) it met three of five (README, "The procedural world"). So texture is, as in real images,
+#: something the vision tower never learned to look for.
+TRAINING_WORLD = "plain"
 #: the config fields that take one of a few named values (checked here, offered as choices by scripts/train_toy.py)
 CHOICES = {"retrieve_targets": RETRIEVE_TARGETS, "hidden_answers": HIDDEN_ANSWERS, "world": WORLDS, "keep_scale": KEEP_SCALES}
 
@@ -87,7 +92,7 @@ class TrainConfig:
     bind_layer: int = 0  # ... and this layer's heads 1 / 2 bring an option's question noun / letter to its word
     retrieve_targets: str = "objects+bos"  # how retrieval scores a mention naming several objects (``objectives.RETRIEVE_TARGETS``)
     count_focus: float = 0.3  # this share of scenes is shape-heavy and counts its most common shape (``data.sample_items``)
-    world: str = BENCHMARK_WORLD  # the scenes trained and evaluated on (``hivtp.world.WORLDS``): "textured" adds texture, "cluttered" also distractors
+    world: str = TRAINING_WORLD  # the scenes trained and evaluated on (``hivtp.world.WORLDS``): "textured" adds texture, "cluttered" also distractors
     hidden_answers: str = "skip"  # a question whose named object the kept tokens hide entirely: trained on ("truth") or not ("skip"); ``answerable``
     # the weight of each objective (``objectives``); 0 switches it off. The answer loss has weight 1.
     colour_weight: float = 0.5
