@@ -170,7 +170,8 @@ def build_all(out_dir: str | Path, size: int, seed: int = 0, progress: Callable[
 def save(out_dir: str | Path, built: dict[str, DatasetDict], progress: Callable[[str], None] | None = None) -> dict[str, Path]:
     """``save_to_disk`` each of ``built`` (folder name -> dataset) under ``out_dir`` and record that they
     were drawn in the benchmarks' world (the lmms-eval runner refuses folders without that record:
-    ``hivtp.world.builds``); returns folder name -> path."""
+    ``hivtp.world.builds``); returns folder name -> path. It cannot check the images: pass only what this
+    module's builders drew (they draw in ``BENCHMARK_WORLD``)."""
     out = Path(out_dir)
     paths = {}
     for name, ds in built.items():

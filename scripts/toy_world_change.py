@@ -1,7 +1,7 @@
 """Does a world change make the offline testbed more like real images? Before / after on the same questions.
 
-    python scripts/toy_world_change.py --model toy-llava-plain --after-model toy-llava \
-        [--world W] [--after-world W] [--per-family 300] [--budget 64] [--out FILE.json]
+    python scripts/toy_world_change.py --model toy-llava --world plain --after-model toy-llava --after-world textured \
+        [--per-family 300] [--budget 64] [--out FILE.json]
 
 Issue 19, item 2: change the procedural world only where a measurement shows that it brings the testbed
 closer to real images, without losing a calibration target. The two worlds draw the same objects and
@@ -25,8 +25,9 @@ around the objects differ. Two measurements, each in both worlds:
    ``hivtp.attach`` (:func:`hivtp.toy.calibrate.measure`), as a share of the unpruned accuracy with a
    95% paired bootstrap interval; and the five calibration targets in each world.
 
-Mean over images / questions with 95% bootstrap intervals. The before and after models differ (each is
-trained on its world): the second table compares two testbeds, not one model under two inputs.
+Mean over images / questions with 95% bootstrap intervals. Both worlds default to the benchmarks' (give
+them). When the before and after models differ (e.g. each trained on its world), the second table
+compares two testbeds, not one model under two inputs.
 """
 
 from __future__ import annotations

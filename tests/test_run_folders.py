@@ -176,9 +176,10 @@ def test_accuracy_runs_on_its_configured_device(tmp_path, env, monkeypatch):
     monkeypatch.setattr("hivtp.run.load_callable", lambda spec: backend)
     folder = execute(cfg_of(tmp_path, "accuracy.device=cuda:1"))
     assert seen["device"] == "cuda:1"
-    settings = json.loads((folder / "config.json").read_text())["identity"]["accuracy"]
-    settings.pop("world", None)  # the benchmarks' world (tests/test_run.py)
-    assert settings == {"device": "cuda:1", "dtype": "auto"}
+    from hivtp.world import BENCHMARK_WORLD
+
+    world = {} if BENCHMARK_WORLD == "plain" else {"world": BENCHMARK_WORLD}  # plain: runs from before worlds (tests/test_run.py)
+    assert json.loads((folder / "config.json").read_text())["identity"]["accuracy"] == {"device": "cuda:1", "dtype": "auto", **world}
     assert folder.name == run_hash(plain(cfg_of(tmp_path, "accuracy.device=cuda:1")))
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import hivtp
+from hivtp.toy.cli import trained_world
 from hivtp.toy.data import chat_prompt, encode_items, patch_labels, sample_items
 from hivtp.toy.evaluate import evaluate, family_accuracy, held_out_items
 from hivtp.toy.forward import build, loss_of, loss_of_full
@@ -100,6 +101,28 @@ def test_a_finished_run_writes_a_llava_checkpoint_that_names_its_world(tmp_path,
     assert (stamp["world"], stamp["seed"], stamp["weights"]) == (world, cfg.seed, "trained")
     assert json.loads((tmp_path / "out" / "train_config.json").read_text())["world"] == world
     assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_training_draws_and_checks_itself_in_the_recipes_world_not_the_benchmarks(tmp_path, monkeypatch):
+    """The recipe trains on TRAINING_WORLD (plain) although the benchmarks ask in another: both the
+    training scenes and the held-out check in eval_log.jsonl must come from the training world, or a
+    retrain would no longer reproduce the shipped logs."""
+    import importlib
+
+    from hivtp.toy.train import TRAINING_WORLD
+
+    train_module = importlib.import_module("hivtp.toy.train")  # the package exports a function of that name
+    from hivtp.world import BENCHMARK_WORLD
+
+    seen = {"sample_items": set(), "held_out_items": set()}
+    for name in seen:
+        real = getattr(train_module, name)
+        monkeypatch.setattr(train_module, name, lambda *a, _real=real, _name=name, **kw: (
+            seen[_name].add(kw.get("world")), _real(*a, **kw))[1])
+    cfg = TrainConfig(steps=1, encoder_steps=0, images_per_step=1, log_every=100, eval_every=1, eval_per_family=1)
+    train(cfg, tmp_path / "work", progress=False)
+    assert TRAINING_WORLD != BENCHMARK_WORLD and cfg.world == TRAINING_WORLD
+    assert seen == {"sample_items": {TRAINING_WORLD}, "held_out_items": {TRAINING_WORLD}}
 
 
 def test_a_state_saved_before_the_new_fields_resumes_with_their_v9_values(tmp_path):
@@ -306,7 +329,8 @@ def test_shipped_weights_reproduce_their_logged_held_out_accuracy_through_attach
     cfg = json.loads((SHIPPED / "train_config.json").read_text())
     logged = json.loads((SHIPPED / "eval_log.jsonl").read_text().splitlines()[-1])
     assert logged["step"] == cfg["steps"]
-    images, items = held_out_items(seed=cfg["seed"], per_family=cfg["eval_per_family"])
+    # training checks itself in its own world (plain), not the benchmarks'
+    images, items = held_out_items(seed=cfg["seed"], per_family=cfg["eval_per_family"], world=trained_world("toy-llava"))
     acc = family_accuracy(evaluate(hivtp.attach(model, method="none"), processor, images, items))
     assert set(acc) == set(FAMILIES)
     assert {k: round(v, 4) for k, v in acc.items()} == {k: logged[k] for k in FAMILIES}

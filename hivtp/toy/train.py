@@ -59,9 +59,10 @@ HIDDEN_ANSWERS = ("truth", "skip")
 #: which puts as many steps in [64, 128) as in [288, 576), the budgets pruning is measured at)
 KEEP_SCALES = ("linear", "log")
 #: the world the recipe trains on: plain, though the benchmarks ask in ``hivtp.world.BENCHMARK_WORLD``
-#: (textured). Trained on plain, the toy meets every calibration target in the textured world; trained on
-#: textured (v22) it met three of five (README, "The procedural world"). So texture is, as in real images,
-#: something the vision tower never learned to look for.
+#: (textured). The shipped toy, trained on plain, meets every calibration target in the textured world;
+#: the one run of the recipe trained on textured (v22) met three of five (README, "The procedural world").
+#: The texture is background the vision tower never saw in training, as a pretrained CLIP never saw a
+#: given benchmark's backgrounds.
 TRAINING_WORLD = "plain"
 #: the config fields that take one of a few named values (checked here, offered as choices by scripts/train_toy.py)
 CHOICES = {"retrieve_targets": RETRIEVE_TARGETS, "hidden_answers": HIDDEN_ANSWERS, "world": WORLDS, "keep_scale": KEEP_SCALES}

@@ -1,5 +1,6 @@
-"""Scenes of the procedural world: a few coloured shapes on a plain background, or (``world="cluttered"``)
-on a textured one among distractors that no question names.
+"""Scenes of the procedural world: a few coloured shapes on a flat background (``world="plain"``), over a
+low-frequency texture (``"textured"``, the benchmarks' world), or over the texture among distractors that
+no question names (``"cluttered"``).
 
 Everything is drawn from a ``numpy.random.Generator``, so a seed fixes a scene, its image and its
 questions. Objects are unique by (colour, shape) within a scene, so a phrase such as "the red circle"
