@@ -107,9 +107,10 @@ def offline_world(cfg: dict[str, Any]) -> str | None:
     ``hivtp.world.BENCHMARK_WORLD`` (the runner refuses data from another); None for other tasks. A run
     is part of the world it answered in, so changing the benchmarks' world redoes every offline run."""
     from .world import BENCHMARK_WORLD
+    from .world.builds import is_offline_task
 
     tasks = (cfg.get("benchmark") or {}).get("tasks") or []
-    return BENCHMARK_WORLD if any(str(t).startswith("hivtp_") for t in tasks) else None
+    return BENCHMARK_WORLD if any(map(is_offline_task, tasks)) else None
 
 
 def accuracy_settings(cfg: dict[str, Any]) -> dict[str, str]:
@@ -329,7 +330,9 @@ def data_folder(cfg: dict[str, Any]) -> Path | None:
         return None
     if bench.get("data_dir"):
         return Path(bench["data_dir"]).expanduser()
-    if not any(str(t).startswith("hivtp_") for t in bench.get("tasks") or []):
+    from .world.builds import is_offline_task
+
+    if not any(map(is_offline_task, bench.get("tasks") or [])):
         return None
     from .lmms.runner import DATA_DIR
 

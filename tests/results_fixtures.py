@@ -127,16 +127,17 @@ def pope_value(answers: list[str], truths: list[str], metric: str) -> float:
 def write_run(runs: Path, name: str, method: str, params: dict, samples: dict[str, list[dict]],
               rows: list[dict] | None = None, seal: bool = True, limit: int | None = None,
               device: str = "cpu", date: str = "2026-01-01", weights: str | None = None, data: str | None = None,
-              checkpoint_files: str | None = None, per_image: int | None = None) -> Path:
+              checkpoint_files: str | None = None, per_image: int | None = None, identity: dict | None = None) -> Path:
     """A complete accuracy run folder as hivtp.run leaves it: config.json, accuracy.json with one row per
     (task, metric) whose value the samples give, lmms-eval's logged samples, and the DONE manifest
     (naming ``weights``, the checkpoint's sha256, as hivtp.run does, and ``checkpoint_files`` / ``data``
     where given). ``per_image``: the accounting names each question's image, ``per_image`` questions each
-    (doc_id // per_image), as the plugins do; None: no image recorded."""
+    (doc_id // per_image), as the plugins do; None: no image recorded. ``identity``: the recorded identity
+    (``hivtp.run.identity``) where it is more than the config."""
     folder = runs / name
     config = {"method": {"name": method, "params": params}, "benchmark": {"limit": limit},
               "accuracy": {"device": device, "dtype": "auto"}}
-    write_json(folder / "config.json", {"identity": config, "config": config})
+    write_json(folder / "config.json", {"identity": identity or config, "config": config})
     if rows is None:
         rows = []
         for task, s in samples.items():

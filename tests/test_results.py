@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
+from unittest import mock
 import sys
 
 import pandas as pd
@@ -160,6 +162,45 @@ def test_runs_on_other_benchmark_data_are_neither_paired_nor_tabled_together(tmp
     write_tables(acc, latency_frame().iloc[:0], tmp_path / "out")
     titles = [line for line in (tmp_path / "out" / "tables.md").read_text().splitlines() if line.startswith("## ")]
     assert titles == [f"## accuracy: offline / toy-llava / data_digest {d * 12}" for d in "cd"]
+
+
+def test_runs_in_other_worlds_are_neither_paired_nor_tabled_together_and_the_csv_names_the_world(tmp_path):
+    """The world a run's offline images were drawn in comes from its recorded identity (``hivtp.run.identity``,
+    the one thing that differs here): a textured run is not paired with a plain one, the tables split them,
+    an offline identity from before worlds were recorded reads ``plain``, and a run on other benchmarks has none."""
+    from hivtp.results.report import write_tables
+    from hivtp.run import identity
+
+    runs = tmp_path / "runs"
+
+    def recorded(method, params, tasks, world):
+        cfg = {"method": {"name": method, "params": params}, "benchmark": {"limit": 200, "tasks": tasks},
+               "accuracy": {"device": "cpu", "dtype": "auto"}, "mode": "accuracy"}
+        with mock.patch("hivtp.world.BENCHMARK_WORLD", world):
+            return identity(cfg)
+
+    offline, paper = [POPE_TASK], ["pope_adv"]
+    write_run(runs, "none_plain", "none", {}, {POPE_TASK: pope_samples(TRUTHS, TRUTHS)}, limit=200,
+              identity=recorded("none", {}, offline, "plain"))
+    write_run(runs, "hivtp_textured", "hivtp", {"budget": 64}, {POPE_TASK: pope_samples(_flip(TRUTHS, 10), TRUTHS)},
+              limit=200, identity=recorded("hivtp", {"budget": 64}, offline, "textured"))
+    write_run(runs, "hivtp_plain", "hivtp", {"budget": 128}, {POPE_TASK: pope_samples(_flip(TRUTHS, 4), TRUTHS)},
+              limit=200, identity=recorded("hivtp", {"budget": 128}, offline, "plain"))
+    write_run(runs, "hub", "none", {}, {POPE_TASK: pope_samples(TRUTHS, TRUTHS)}, limit=200,
+              identity=recorded("none", {}, paper, "textured"))
+    assert "world" not in json.loads((runs / "none_plain" / "config.json").read_text())["identity"]["accuracy"]
+    acc = collect(runs, tmp_path / "results", resamples=200)["accuracy"]
+    f1 = acc[acc["metric"] == "pope_f1_score"].set_index("run")
+    assert (f1.loc["none_plain", "world"], f1.loc["hivtp_textured", "world"]) == ("plain", "textured")
+    assert pd.isna(f1.loc["hub", "world"])
+    assert pd.isna(f1.loc["hivtp_textured", "diff_vs_none"])  # another world: no difference rather than a mixed one
+    assert f1.loc["hivtp_plain", "diff_vs_none"] == pytest.approx(f1.loc["hivtp_plain", "value"] - 1.0)
+    written = pd.read_csv(tmp_path / "results" / "accuracy.csv")
+    assert written.groupby("run")["world"].first().dropna().to_dict() == {"hivtp_plain": "plain", "hivtp_textured": "textured",
+                                                                  "none_plain": "plain"}  # (hub: empty, left out)
+    write_tables(acc[acc["run"] != "hub"], latency_frame().iloc[:0], tmp_path / "out")
+    titles = [line for line in (tmp_path / "out" / "tables.md").read_text().splitlines() if line.startswith("## ")]
+    assert titles == [f"## accuracy: offline / toy-llava / world {w}" for w in ("plain", "textured")]
 
 
 def test_collect_resamples_the_images_a_run_recorded_and_pairs_a_run_without_them_by_question(tmp_path):

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 from ..atomic import write_text
 from ..errors import ConfigError, HivtpError
 from ..latency.fingerprint import git_commit
+from ..world.builds import is_offline_task
 from ..zoo import TRAINED, available_shapes, resolve_checkpoint
 from .accounting import read_samples, summarize
 
@@ -207,7 +208,7 @@ def _prepare(tasks: Sequence[str], output_dir: Path | str, data_dir: Path | str 
     data = Path(data_dir) if data_dir is not None else DATA_DIR
     include = Path(include_path).resolve() if include_path is not None else TASKS_DIR
     if include == TASKS_DIR.resolve():  # the repo's YAMLs name data relative to the repo: render them
-        offline = [t for t in tasks if t.startswith("hivtp_")]
+        offline = [t for t in tasks if is_offline_task(t)]
         if offline and not data.is_dir():
             raise EvalRunError(
                 f"the offline mini-benchmarks are not built: {data} does not exist (tasks {offline}). "
@@ -356,7 +357,7 @@ def _rows(results, tasks, pretrained, method, params, accounting: Path, weights:
             "model": pretrained, "method": method, "params": json.dumps(params, sort_keys=True),
             "budget": params.get("budget"), "benchmark": task, "metric": metric, "value": value, "n_samples": n,
             "tokens_kept_mean": stats.get("tokens_kept_mean"), "tokens_kept_std": stats.get("tokens_kept_std"),
-            "profile": "offline" if task.startswith("hivtp_") else "paper", "weights": weights,
+            "profile": "offline" if is_offline_task(task) else "paper", "weights": weights,
             "commit": commit, "date": date,
         })
     return rows

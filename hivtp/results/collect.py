@@ -36,6 +36,7 @@ import pandas as pd
 from ..atomic import write_text
 from ..errors import MissingArtifactError
 from ..runfolder import CHECKPOINT_FILES, DATA, MANIFEST, WEIGHTS, IncompleteRunError, read_manifest, read_part, recorded_inputs, verify_run
+from ..world.builds import is_offline_task
 from .stats import (
     LEVEL,
     MME_METRICS,
@@ -58,10 +59,11 @@ DIFF_COLUMNS = [f"diff_vs_{ref}{end}" for ref in ("hivtp", "none") for end in ("
 #: device and dtype (from its config.json), and the first 12 hex digits of the sha256 of the checkpoint
 #: it answered with (from its manifest; empty for a hub id or a run sealed before manifests named it),
 #: and likewise of the checkpoint's other files and of the benchmark's local data (``runfolder.recorded_inputs``;
-#: empty for hub checkpoints and datasets). Rows differing in these are different measurements: a
-#: retrained toy's rows, or rows on an edited config or rebuilt data, are never compared with, or
-#: averaged into, those before them
-SETUP = ["limit", "device", "dtype", "weights_digest", "checkpoint_files_digest", "data_digest"]
+#: empty for hub checkpoints and datasets), and the procedural world the offline mini-benchmarks' images
+#: were drawn in (``world``, from the run's identity; empty for other benchmarks). Rows differing in these
+#: are different measurements: a retrained toy's rows, or rows on an edited config, rebuilt data or
+#: another world, are never compared with, or averaged into, those before them
+SETUP = ["limit", "device", "dtype", "weights_digest", "checkpoint_files_digest", "data_digest", "world"]
 ACCURACY_COLUMNS = (IDENTITY + ["benchmark", "metric", "value", "n", "ci_low", "ci_high", "ci_unit", "tokens_kept_mean",
                                 "tokens_kept_std"] + SETUP + TAIL + DIFF_COLUMNS)
 #: the columns that make two accuracy rows of one model comparable: the kind of weights (``trained``,
@@ -207,15 +209,30 @@ def _accuracy_units(folder: Path, rows: list[dict[str, Any]], found: Collected) 
 
 def _accuracy_setup(folder: Path) -> dict[str, Any]:
     """The run's :data:`SETUP` from its resolved config (runs from before the ``accuracy`` config
-    section ran on the latency device in the checkpoint's dtype) and its manifest (the weights' digest)."""
-    cfg = json.loads((folder / "config.json").read_text())["config"]
+    section ran on the latency device in the checkpoint's dtype), its identity (the world) and its
+    manifest (the weights' digest)."""
+    written = json.loads((folder / "config.json").read_text())
+    cfg = written["config"]
     accuracy = cfg.get("accuracy") or {}
     device = accuracy.get("device") or (cfg.get("latency") or {}).get("device", "cpu")
     inputs = recorded_inputs(folder) or {}
     digests = {"weights_digest": read_manifest(folder).get(WEIGHTS), "checkpoint_files_digest": inputs.get(CHECKPOINT_FILES),
                "data_digest": inputs.get(DATA)}
     return {"limit": (cfg.get("benchmark") or {}).get("limit"), "device": device, "dtype": accuracy.get("dtype", "auto"),
-            **{column: d[:12] if d else None for column, d in digests.items()}}
+            **{column: d[:12] if d else None for column, d in digests.items()},
+            "world": _recorded_world(written.get("identity") or {})}
+
+
+def _recorded_world(ident: dict[str, Any]) -> str | None:
+    """The world a run's offline benchmarks were drawn in, as its identity records it
+    (``hivtp.run.identity``): ``plain`` where an offline run's identity names none (the one world before
+    worlds were recorded, left out of identities so that those runs kept their hash); None for a run on
+    other benchmarks."""
+    world = (ident.get("accuracy") or {}).get("world")
+    if world is not None:
+        return world
+    tasks = (ident.get("benchmark") or {}).get("tasks") or []
+    return "plain" if any(map(is_offline_task, tasks)) else None
 
 
 def read_runs(runs_root: Path) -> Collected:

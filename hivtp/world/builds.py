@@ -13,9 +13,16 @@ from pathlib import Path
 from ..atomic import write_text
 from .scene import BENCHMARK_WORLD
 
-__all__ = ["WORLD_FILE", "built_worlds", "record_worlds", "stale_worlds"]
+__all__ = ["WORLD_FILE", "OFFLINE_TASK_PREFIX", "is_offline_task", "built_worlds", "record_worlds", "stale_worlds"]
 
 WORLD_FILE = "world.json"
+#: the lmms-eval task names of the offline mini-benchmarks (``eval/``), whose images this world draws
+OFFLINE_TASK_PREFIX = "hivtp_"
+
+
+def is_offline_task(task: object) -> bool:
+    """Whether an lmms-eval task name is one of the offline mini-benchmarks (``hivtp_pope_adv``, ...)."""
+    return str(task).startswith(OFFLINE_TASK_PREFIX)
 
 
 def _recorded(out_dir: Path) -> dict[str, str]:
