@@ -92,6 +92,38 @@ def test_stages_arms_reach_matched_token_counts():
     assert counts[0.001] == (0, 144)  # floor(144 x 0.001) = 0 global: stage 2 alone
 
 
+@pytest.mark.parametrize("name", [s for s in SWEEPS if s != "stages"])  # stages drops a stage on purpose
+def test_hivtp_under_a_budget_keeps_both_stages_in_every_sweep(name):
+    """A sweep job that gives HIVTP a budget (``budget`` or Qwen2.5-VL's ``keep``) must run HIVTP: global
+    and local tokens on a 24x24 grid. Giving the paper's geometry with budget 128 (the layers sweeps did)
+    keeps 144 global tokens, so the correction drops every local one: a global-only top-k labelled HIVTP."""
+    import torch
+
+    from hivtp.adapters.qwen2_5_vl import keep_count
+    from hivtp.methods.hivtp import HIVTP
+    from hivtp.selection import fit_to_budget, select_masks
+
+    scores = torch.rand(1, 24, 24, generator=torch.Generator().manual_seed(0))
+    checked = 0
+    for job in sweep_jobs(name):
+        cfg = plain(compose_([f"+sweep={name}", *job]))
+        p = method_params(cfg)
+        if cfg["method"]["name"] != "hivtp" or (p.get("budget") is None and p.get("keep") is None):
+            continue
+        keep = p.pop("keep", None)
+        budget = p["budget"] if keep is None else keep_count(24 * 24, keep)
+        if cfg["model"]["family"] == "llava_next":
+            budget //= 5  # a full-resolution NeXT image: its budget split over 5 crops of 24x24
+        method = HIVTP(**p)
+        regions, keep_ratio, window = method.geometry_for(budget, 24 * 24)
+        counts = fit_to_budget(scores, select_masks(scores, regions, keep_ratio, window), [budget]).counts()
+        assert int(counts["tokens_kept"]) == budget
+        assert int(counts["tokens_global"]) > 0 and int(counts["tokens_local"]) > 0, (name, job)
+        checked += 1
+    if name in ("layers", "layers_offline", "layers_qwen", "budgets"):
+        assert checked > 0
+
+
 @pytest.mark.parametrize("model", ["tiny-llava", "toy-llava"])
 def test_layers_sweep_is_invalid_exactly_past_the_models_feature_layer(model):
     """sweep/layers is written for a 24-layer CLIP; on toy-llava's 12-layer encoder the points past its

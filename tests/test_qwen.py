@@ -149,6 +149,24 @@ def test_keep_ratio_budget(tiny_qwen, batch, method, keep):
     assert keep_count(10, 0.29) == 2 and keep_count(100, 0.29) == 29 and keep_count(3, 0.1) == 1
 
 
+def test_hivtp_keep_selects_as_the_same_budget_does_with_both_stages(tiny_qwen, batch):
+    """keep=r reaches HIVTP as per-image budgets, not as ``budget=``: each image must still get the
+    exact-budget preset nearest its budget (global and local tokens), as budget=that count gives it,
+    not the paper's geometry trimmed to the budget (which keeps global tokens only: the audit's case,
+    64 tokens at keep 0.25 kept 16 global and 0 local)."""
+    model, processor = tiny_qwen
+    inputs = qwen_inputs(processor, [0], [SQUARE])  # 8 x 8 merged tokens
+    keep = 0.25
+    by_keep = hivtp.attach(model, "hivtp", keep=keep).prepare_inputs(**inputs)
+    budget = keep_count(64, keep)
+    by_budget = hivtp.attach(model, "hivtp", budget=budget).prepare_inputs(**inputs)
+    stats = by_keep.stats[0]
+    assert stats["tokens_kept"] == budget and stats["tokens_global"] > 0 and stats["tokens_local"] > 0
+    counts = ("tokens_kept", "tokens_global", "tokens_local", "tokens_corrected")
+    assert {k: stats[k] for k in counts} == {k: by_budget.stats[0][k] for k in counts}
+    assert torch.equal(by_keep.merged.inputs_embeds, by_budget.merged.inputs_embeds)
+
+
 # --- HIVTP scores ----------------------------------------------------------------------------
 def window_order(grid: tuple[int, int], side: int) -> list[int]:
     """Raster merged-token indices in the order the ViT's window attention visits them: windows of

@@ -74,9 +74,12 @@ class HIVTP(PruningMethod):
         budget: int | None = None,
     ) -> None:
         check_budget(budget)
-        #: exact-budget presets per crop (budget given, geometry left to the presets)
-        self.auto_preset = budget is not None and regions is None and keep_ratio is None and window is None
-        if self.auto_preset:
+        #: geometry left unset: every crop that gets a budget -- from ``budget``, or per image from the
+        #: family (Qwen2.5-VL's ``keep=``) -- uses the exact-budget preset nearest it; a crop without one,
+        #: the paper's rule. (Paper geometry under a budget of 128 keeps 144 global tokens, so the
+        #: correction would drop the whole local stage: not HIVTP.)
+        self.auto_preset = regions is None and keep_ratio is None and window is None
+        if self.auto_preset and budget is not None:
             preset = preset_for(budget)
             regions, keep_ratio, window = preset["regions"], preset["keep_ratio"], preset["window"]
         regions = PAPER_DEFAULTS["regions"] if regions is None else regions
@@ -118,7 +121,7 @@ class HIVTP(PruningMethod):
     def check(self, grid: tuple[int, int] | None, num_layers: int, feature_attention_layer: int) -> None:
         if grid is None:
             pass  # grids vary per image (Qwen2.5-VL): the uneven partition applies to any grid
-        elif self.auto_preset:
+        elif self.auto_preset and self.budget is not None:
             for p in load_presets()["presets"]:
                 validate_geometry(grid[0], grid[1], p["regions"], p["keep_ratio"], p["window"])
         else:
@@ -146,7 +149,7 @@ class HIVTP(PruningMethod):
             # taken out of the rule's result, so that the budget correction only ever adds valid ones.
             valid = crops.valid.to(scores.device).view_as(scores).bool()
             scores = torch.where(valid, scores, scores.amin(dim=(1, 2), keepdim=True) - 1.0)
-        if self.auto_preset:
+        if self.auto_preset and any(b is not None for b in crops.budgets):
             selection = self._select_with_presets(scores, crops)
         else:
             rule = select_masks(scores, self.regions, self.keep_ratio, self.window, uneven=crops.uneven_partition)
