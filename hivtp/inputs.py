@@ -15,7 +15,7 @@ import torch
 
 from .errors import InputMismatchError
 
-__all__ = ["MergedInputs", "merge_image_tokens", "split_images_by_sample"]
+__all__ = ["MergedInputs", "left_padded", "merge_image_tokens", "split_images_by_sample"]
 
 
 @dataclass
@@ -75,6 +75,12 @@ def split_images_by_sample(placeholders_per_sample: list[int], tokens_per_image:
             "Put one <image> in the prompt per image."
         )
     return out
+
+
+def left_padded(attention_mask: torch.Tensor) -> bool:
+    """Whether every row of ``attention_mask`` [B, L] is pads then real tokens (no 0 after a 1)."""
+    mask = attention_mask.bool()
+    return not (~mask[:, 1:] & mask[:, :-1]).any().item()
 
 
 def merge_image_tokens(

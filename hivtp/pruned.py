@@ -30,7 +30,7 @@ from torch import nn
 
 from .adapters.base import CropLayout, ImageFeatures, ModelAdapter
 from .errors import ConfigError, InputMismatchError
-from .inputs import MergedInputs, merge_image_tokens, split_images_by_sample
+from .inputs import MergedInputs, left_padded, merge_image_tokens, split_images_by_sample
 from .methods.base import CropBatch, CropSelection, PruningMethod
 
 __all__ = ["PrunedModel", "PreparedInputs", "STAT_KEYS"]
@@ -294,7 +294,8 @@ class PrunedModel:
         **kwargs: Any,
     ):
         """One forward pass over the *pruned* sequence (e.g. for log-likelihoods). The logits are
-        right-aligned with the caller's sequence: ``logits[:, -k:]`` covers its last k tokens.
+        right-aligned with the caller's sequence: ``logits[:, -k:]`` covers its last k tokens (so the
+        inputs must be left-padded; right padding is refused).
 
         Position ids are those ``generate`` uses (each sample counts from its first real token), so a
         sample's logits do not depend on the left padding its batch needs."""
@@ -308,6 +309,14 @@ class PrunedModel:
                     "re-padded, so positions move); the forward computes its own position ids, and a loss "
                     "comes from the right-aligned logits."
                 )
+        if attention_mask is not None and not left_padded(attention_mask):
+            # The pruned sequence is re-padded on the left, so with right padding ``logits[:, -k:]``
+            # would be the caller's pads' positions: a shifted loss, without an error.
+            raise InputMismatchError(
+                "the pruned forward needs left-padded inputs (every 0 of attention_mask before the row's "
+                "first 1): its logits are right-aligned with the caller's sequence. Pad on the left "
+                "(processor.tokenizer.padding_side = 'left'); generate takes either side."
+            )
         layout_inputs = self._layout_inputs(kwargs)
         prepared = self.prepare_inputs(input_ids, attention_mask, pixel_values, image_sizes, sample_ids, **layout_inputs)
         self.last_stats = prepared.stats

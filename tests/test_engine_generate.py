@@ -141,6 +141,25 @@ def test_forward_refuses_position_ids_of_the_unpruned_sequence(tiny_llava, batch
         pruned(**batch, position_ids=torch.arange(batch["input_ids"].shape[1])[None])
 
 
+def test_forward_refuses_right_padding_that_would_shift_its_logits_and_generate_takes_it(tiny_llava, batch):
+    """The pruned sequence is re-padded on the left: with a right-padded batch the promised
+    ``logits[:, -k:]`` would be pads' positions (the audit found a shifted loss and no error). The same
+    batch padded on the right generates what the left-padded one does."""
+    mask = batch["attention_mask"]
+    assert not mask.all(), "the test needs a padded batch"
+    shift = (mask == 0).sum(1)  # [B] each row's left pads, moved to its right end
+    right = {**batch, **{k: torch.stack([row.roll(-int(n)) for row, n in zip(batch[k], shift)])
+                         for k in ("input_ids", "attention_mask")}}
+    pruned = hivtp.attach(tiny_llava[0], "hivtp", budget=64)
+    with pytest.raises(hivtp.InputMismatchError, match="left-padded.*padding_side = 'left'"):
+        pruned(**right)
+    pruned(**batch)  # left padding: accepted
+    new = batch["input_ids"].shape[1]
+    left_out = pruned.generate(**batch, max_new_tokens=3, do_sample=False)[:, new:]
+    right_out = pruned.generate(**right, max_new_tokens=3, do_sample=False)[:, new:]
+    assert torch.equal(left_out, right_out)
+
+
 # --- item 5: image features on the embeddings' device -----------------------------------------------
 class _Traced(torch.Tensor):
     """A tensor that records the devices it is explicitly moved to (``.to(device, ...)``); the
