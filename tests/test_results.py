@@ -891,6 +891,23 @@ def test_keep_ratio_rows_are_labelled_by_their_ratio_and_prior_budgets_listed_in
     assert [c["budget"] for c in prior_comparisons(acc)] == ["64", "128", "192"]
 
 
+def test_the_ledger_compares_each_setting_of_a_prior_method_on_its_own_line():
+    """FastV at K=1 and at K=2, both at 64 tokens, are two methods: HIVTP better than one and worse than
+    the other is two lines, not one line saying both (and the tally counts each once)."""
+    from hivtp.results.ledger import accuracy_vs_prior, prior_comparisons
+
+    diff = lambda d: {"diff_vs_hivtp": d, "diff_vs_hivtp_low": d - 0.02, "diff_vs_hivtp_high": d + 0.02}  # noqa: E731
+    rows = [acc_row("none", {}, "gqa", 0.6),
+            acc_row("fastv", {"budget": 64, "k_layer": 1}, "gqa", 0.5, tokens=64, **diff(-0.1)),
+            acc_row("fastv", {"budget": 64, "k_layer": 2}, "gqa", 0.7, tokens=64, **diff(+0.1)),
+            acc_row("random", {"budget": 64}, "gqa", 0.4, tokens=64, **diff(-0.2))]
+    found = prior_comparisons(pd.DataFrame(rows, columns=ACCURACY_COLUMNS))
+    assert [(c["method"], c["setting"], len(c["better"]), len(c["worse"])) for c in found] == [
+        ("fastv", "k_layer=1", 1, 0), ("fastv", "k_layer=2", 0, 1), ("random", "", 1, 0)]
+    lines = accuracy_vs_prior(pd.DataFrame(rows, columns=ACCURACY_COLUMNS))
+    assert any("fastv (in-LLM), k_layer=1 |" in line for line in lines) and any("fastv (in-LLM), k_layer=2 |" in line for line in lines)
+
+
 def test_committed_gpu_measurements_join_the_collected_latency_rows_and_the_ledger(tmp_path):
     """``make bench-gpu`` writes results/latency/gpu-<device>-<date>/latency.csv (hivtp.latency's columns,
     not a run folder): the collector reads those folders too, so that the paper profile's speed lines and

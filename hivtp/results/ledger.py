@@ -199,13 +199,22 @@ def prior_comparisons(acc: pd.DataFrame) -> list[dict]:
     for model, own in _setups(acc):
         rows = _primary(own[~own["method"].isin(["none", "hivtp"]) & ~own["method"].map(is_offline_only)])
         axes = rows.apply(_axis, axis=1) if len(rows) else rows
-        groups = rows.groupby([axes.astype(str), "method"]) if len(rows) else []
-        for (budget, method), g in sorted(groups, key=lambda kv: (_axis_order(kv[0][0]), kv[0][1])):
+        # one line per setting: FastV at K=1 and at K=2 (same budget) are two methods, never one line
+        settings = rows.apply(_setting, axis=1) if len(rows) else rows
+        groups = rows.groupby([axes.astype(str), "method", settings]) if len(rows) else []
+        for (budget, method, setting), g in sorted(groups, key=lambda kv: (_axis_order(kv[0][0]), kv[0][1], kv[0][2])):
             better, worse, apart = _split(g, "hivtp", sign=-1)  # the column holds method - hivtp
             if better or worse or apart:
-                out.append({"model": model, "budget": budget, "method": method, "better": better, "worse": worse,
-                            "apart": apart})
+                out.append({"model": model, "budget": budget, "method": method, "setting": setting, "better": better,
+                            "worse": worse, "apart": apart})
     return out
+
+
+def _setting(row: pd.Series) -> str:
+    """A row's parameters other than its budget (``k_layer=2``), "" for none: what makes two runs of one
+    method at one budget different methods."""
+    p = {k: v for k, v in _params(row.get("params")).items() if k not in BUDGET_KEYS}
+    return ", ".join(f"{k}={v}" for k, v in sorted(p.items()))
 
 
 def accuracy_vs_prior(acc: pd.DataFrame) -> list[str]:
@@ -215,7 +224,8 @@ def accuracy_vs_prior(acc: pd.DataFrame) -> list[str]:
         return []
     lines = ["| model | budget | method | HIVTP better | HIVTP worse | not told apart |", "|---|---|---|---|---|---|"]
     for c in found:
-        lines.append(f"| {c['model']} | {c['budget']} | {method_label(c['method'])} | {_cell(c['better'])} | {_cell(c['worse'])} | "
+        method = method_label(c["method"]) + (f", {c['setting']}" if c["setting"] else "")
+        lines.append(f"| {c['model']} | {c['budget']} | {method} | {_cell(c['better'])} | {_cell(c['worse'])} | "
                      f"{_cell(c['apart'])} |")
     return lines
 
