@@ -92,6 +92,21 @@ def test_stages_arms_reach_matched_token_counts():
     assert counts[0.001] == (0, 144)  # floor(144 x 0.001) = 0 global: stage 2 alone
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_a_model_configs_family_is_the_one_its_results_are_read_as(model):
+    """Result rows name a model by ``pretrained``, and the ledger takes the family's claims and standard
+    budgets from that name (``claims.family_of``); ``model.family`` (in the run identity) must say the same,
+    and so must the checkpoint's own config where the harness ships it."""
+    from hivtp.claims import family_of
+    from hivtp.zoo import local_config
+
+    cfg = plain(compose_([f"model={model}"]))["model"]
+    assert cfg["family"] == family_of(cfg["pretrained"]) == family_of(cfg["name"])
+    config = local_config(cfg["pretrained"])
+    if config is not None:
+        assert {"llava": "llava15", "llava_next": "llava_next", "qwen2_5_vl": "qwen2_5_vl"}[config.model_type] == cfg["family"]
+
+
 @pytest.mark.parametrize("name", [s for s in SWEEPS if s != "stages"])  # stages drops a stage on purpose
 def test_hivtp_under_a_budget_keeps_both_stages_in_every_sweep(name):
     """A sweep job that gives HIVTP a budget (``budget`` or Qwen2.5-VL's ``keep``) must run HIVTP: global
