@@ -677,12 +677,33 @@ def test_presets_land_near_their_budget_on_fresh_maps():
             assert abs(mean_n - preset["budget"]) <= tol * preset["budget"], (preset, mean_n)
 
 
+def test_half_the_grid_runs_the_papers_rule_not_the_largest_preset_topped_up():
+    """At 288 of 576 (Qwen2.5-VL's keep=0.5) the paper's geometry is the nearest candidate: on fresh maps
+    its rule needs a far smaller correction than the largest preset (256), which the score would top up
+    by 32 tokens (the review measured 20.6 moved against 0.9 on random maps)."""
+    from hivtp.methods.hivtp import preset_for
+    from hivtp.selection import fit_to_budget, select_masks
+
+    maps = torch.rand(64, 24, 24, generator=torch.Generator().manual_seed(7))
+
+    def moved(geometry):
+        sel = fit_to_budget(maps, select_masks(maps, geometry["regions"], geometry["keep_ratio"], geometry["window"]), [288] * 64)
+        return sel.corrected.float().mean().item()
+
+    chosen = preset_for(288)
+    largest = max(load_presets()["presets"], key=lambda p: p["budget"])
+    assert (chosen["regions"], chosen["keep_ratio"], chosen["window"]) == (2, 0.25, 2)
+    assert moved(chosen) < 5 < 20 < moved(largest)
+
+
 def test_hivtp_parameters_default_to_paper_or_presets():
     assert {k: build_method("hivtp").params()[k] for k in ("regions", "keep_ratio", "window")} == {
         "regions": 2, "keep_ratio": 0.25, "window": 2,
     }
     by_budget = {p["budget"]: p for p in load_presets()["presets"]}
-    for budget, nearest in [(64, 64), (128, 128), (192, 192), (140, 128), (150, 160), (1000, 256)]:
+    by_budget["paper"] = {"regions": 2, "keep_ratio": 0.25, "window": 2}  # the candidate of half the grid, 288
+    for budget, nearest in [(64, 64), (128, 128), (192, 192), (140, 128), (150, 160), (270, 256), (280, "paper"),
+                            (1000, "paper")]:
         p = build_method("hivtp", budget=budget).params()
         assert (p["regions"], p["keep_ratio"], p["window"]) == tuple(by_budget[nearest][k] for k in ("regions", "keep_ratio", "window"))
     # a budget with explicit geometry: what is not given takes the paper's default

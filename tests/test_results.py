@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-from unittest import mock
 import sys
+from unittest import mock
 
 import pandas as pd
 import pytest
@@ -186,19 +186,25 @@ def test_runs_in_other_worlds_are_neither_paired_nor_tabled_together_and_the_csv
               limit=200, identity=recorded("hivtp", {"budget": 64}, offline, "textured"))
     write_run(runs, "hivtp_plain", "hivtp", {"budget": 128}, {POPE_TASK: pope_samples(_flip(TRUTHS, 4), TRUTHS)},
               limit=200, identity=recorded("hivtp", {"budget": 128}, offline, "plain"))
-    write_run(runs, "hub", "none", {}, {POPE_TASK: pope_samples(TRUTHS, TRUTHS)}, limit=200,
+    write_run(runs, "hub", "none", {}, {"pope_adv": pope_samples(TRUTHS, TRUTHS)}, limit=200,
               identity=recorded("none", {}, paper, "textured"))
+    # one run on an offline and a hub task: only the offline task's rows have a world
+    write_run(runs, "mixed", "random", {"budget": 64}, {POPE_TASK: pope_samples(TRUTHS, TRUTHS),
+                                                        "pope_adv": pope_samples(TRUTHS, TRUTHS)},
+              limit=200, identity=recorded("random", {"budget": 64}, [POPE_TASK, "pope_adv"], "textured"))
     assert "world" not in json.loads((runs / "none_plain" / "config.json").read_text())["identity"]["accuracy"]
     acc = collect(runs, tmp_path / "results", resamples=200)["accuracy"]
-    f1 = acc[acc["metric"] == "pope_f1_score"].set_index("run")
+    mixed = acc[(acc["run"] == "mixed") & (acc["metric"] == "pope_f1_score")].set_index("benchmark")["world"]
+    assert mixed[POPE_TASK] == "textured" and pd.isna(mixed["pope_adv"])
+    f1 = acc[(acc["metric"] == "pope_f1_score") & (acc["run"] != "mixed")].set_index("run")
     assert (f1.loc["none_plain", "world"], f1.loc["hivtp_textured", "world"]) == ("plain", "textured")
     assert pd.isna(f1.loc["hub", "world"])
     assert pd.isna(f1.loc["hivtp_textured", "diff_vs_none"])  # another world: no difference rather than a mixed one
     assert f1.loc["hivtp_plain", "diff_vs_none"] == pytest.approx(f1.loc["hivtp_plain", "value"] - 1.0)
     written = pd.read_csv(tmp_path / "results" / "accuracy.csv")
-    assert written.groupby("run")["world"].first().dropna().to_dict() == {"hivtp_plain": "plain", "hivtp_textured": "textured",
-                                                                  "none_plain": "plain"}  # (hub: empty, left out)
-    write_tables(acc[acc["run"] != "hub"], latency_frame().iloc[:0], tmp_path / "out")
+    assert written.groupby("run")["world"].first().dropna().to_dict() == {
+        "hivtp_plain": "plain", "hivtp_textured": "textured", "none_plain": "plain", "mixed": "textured"}  # hub: empty
+    write_tables(acc[~acc["run"].isin(["hub", "mixed"])], latency_frame().iloc[:0], tmp_path / "out")
     titles = [line for line in (tmp_path / "out" / "tables.md").read_text().splitlines() if line.startswith("## ")]
     assert titles == [f"## accuracy: offline / toy-llava / world {w}" for w in ("plain", "textured")]
 

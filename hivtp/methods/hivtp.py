@@ -6,14 +6,16 @@ the method is built, geometry and layer indices when it is attached to a model.
 
 Parameters ``regions`` / ``keep_ratio`` / ``window`` default to None:
 
-* without a ``budget``, None means the paper's defaults (2, 0.25, 2): the pure rule (about 50%);
-* with a ``budget`` and all three None, the exact-budget presets apply (``presets.json`` beside this
+* without any budget, None means the paper's defaults (2, 0.25, 2): the pure rule (about 50%);
+* with a budget and all three None, the exact-budget presets apply (``presets.json`` beside this
   file, chosen and measured by ``scripts/hivtp_presets.py``, table in docs/presets.md): each crop uses
   the preset whose per-grid budget is nearest to its own budget (LLaVA-1.5: the budget; LLaVA-NeXT:
-  the crop's share of the image budget), so the pure rule lands near the budget, and
-  :func:`hivtp.selection.fit_to_budget` makes it exact; ``last_stats[i]["tokens_corrected"]`` counts
-  the tokens that correction added or dropped;
-* with a ``budget`` and some of the three given, the missing ones take the paper's defaults.
+  the crop's share of the image budget; Qwen2.5-VL's ``keep=r``: each image's budget), the paper's
+  geometry counting as the preset of half the grid (its rule keeps at most 144 + 144 of 576), so the
+  pure rule lands near the budget, and :func:`hivtp.selection.fit_to_budget` makes it exact;
+  ``last_stats[i]["tokens_corrected"]`` counts the tokens that correction added or dropped;
+* with a budget and some of the three given, the missing ones take the paper's defaults, and the
+  correction trims the rule to the budget (``+sweep=stages`` uses that to drop a stage on purpose).
 """
 
 from __future__ import annotations
@@ -51,13 +53,23 @@ def load_presets() -> dict[str, Any]:
     return data
 
 
+def preset_candidates() -> list[dict[str, Any]]:
+    """The measured presets, and the paper's geometry as the preset of half the presets' grid: its
+    rule keeps at most every region's quarter plus one token per window (144 + 144 of 576), so a
+    budget near half the grid (Qwen2.5-VL's keep=0.5) is the paper's rule, barely corrected, rather
+    than the largest preset (256) topped up by score."""
+    data = load_presets()
+    half = data["grid"][0] * data["grid"][1] // 2
+    return [*data["presets"], {"budget": half, **PAPER_DEFAULTS}]
+
+
 def preset_for(budget: int, num_patches: int | None = None) -> dict[str, Any]:
-    """The preset whose per-grid budget is nearest to ``budget`` tokens of a grid of ``num_patches``
-    (scaled to the presets' grid when it differs); ties go to the larger preset."""
+    """The candidate (``preset_candidates``) whose per-grid budget is nearest to ``budget`` tokens of
+    a grid of ``num_patches`` (scaled to the presets' grid when it differs); ties go to the larger."""
     data = load_presets()
     grid_tokens = data["grid"][0] * data["grid"][1]
     scaled = budget if num_patches is None else budget * grid_tokens / num_patches
-    return min(data["presets"], key=lambda p: (abs(p["budget"] - scaled), -p["budget"]))
+    return min(preset_candidates(), key=lambda p: (abs(p["budget"] - scaled), -p["budget"]))
 
 
 @register_method
@@ -122,7 +134,7 @@ class HIVTP(PruningMethod):
         if grid is None:
             pass  # grids vary per image (Qwen2.5-VL): the uneven partition applies to any grid
         elif self.auto_preset and self.budget is not None:
-            for p in load_presets()["presets"]:
+            for p in preset_candidates():
                 validate_geometry(grid[0], grid[1], p["regions"], p["keep_ratio"], p["window"])
         else:
             validate_geometry(grid[0], grid[1], self.regions, self.keep_ratio, self.window)
@@ -149,7 +161,7 @@ class HIVTP(PruningMethod):
             # taken out of the rule's result, so that the budget correction only ever adds valid ones.
             valid = crops.valid.to(scores.device).view_as(scores).bool()
             scores = torch.where(valid, scores, scores.amin(dim=(1, 2), keepdim=True) - 1.0)
-        if self.auto_preset and any(b is not None for b in crops.budgets):
+        if self.auto_preset and (self.budget is not None or any(b is not None for b in crops.budgets)):
             selection = self._select_with_presets(scores, crops)
         else:
             rule = select_masks(scores, self.regions, self.keep_ratio, self.window, uneven=crops.uneven_partition)

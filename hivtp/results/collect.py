@@ -227,7 +227,7 @@ def _recorded_world(ident: dict[str, Any]) -> str | None:
     """The world a run's offline benchmarks were drawn in, as its identity records it
     (``hivtp.run.identity``): ``plain`` where an offline run's identity names none (the one world before
     worlds were recorded, left out of identities so that those runs kept their hash); None for a run on
-    other benchmarks."""
+    other benchmarks only. (Its rows on hub benchmarks get none: ``read_runs``.)"""
     world = (ident.get("accuracy") or {}).get("world")
     if world is not None:
         return world
@@ -260,7 +260,8 @@ def read_runs(runs_root: Path) -> Collected:
             continue
         setup = _accuracy_setup(folder) if parts["accuracy"] else {}
         for row in parts["accuracy"]:
-            row.update(setup)
+            # a run may mix offline and hub tasks: only the offline benchmarks' images have a world
+            row.update(setup, world=setup["world"] if is_offline_task(row.get("benchmark")) else None)
         for kind, rows in parts.items():
             found.rows[kind].extend(rows)
         found.scores.extend(units)

@@ -192,7 +192,7 @@ def accuracy_vs_unpruned(acc: pd.DataFrame) -> list[str]:
 
 
 def prior_comparisons(acc: pd.DataFrame) -> list[dict]:
-    """Per (model and setup, budget, prior method): the benchmarks where HIVTP (default geometry, same
+    """Per (model and setup, budget, prior method and its setting): the benchmarks where HIVTP (default geometry, same
     budget) is better / worse than the method / not told apart. Offline-only methods (``oracle``, the
     reference, which knows the objects by construction) are references, not prior methods: left out."""
     out = []
@@ -218,7 +218,7 @@ def _setting(row: pd.Series) -> str:
 
 
 def accuracy_vs_prior(acc: pd.DataFrame) -> list[str]:
-    """The table: one line per (model, budget, prior method)."""
+    """The table: one line per (model, budget, prior method and its setting)."""
     found = prior_comparisons(acc)
     if not found:
         return []
