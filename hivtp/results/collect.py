@@ -223,16 +223,12 @@ def _accuracy_setup(folder: Path) -> dict[str, Any]:
             "world": _recorded_world(written.get("identity") or {})}
 
 
-def _recorded_world(ident: dict[str, Any]) -> str | None:
+def _recorded_world(ident: dict[str, Any]) -> str:
     """The world a run's offline benchmarks were drawn in, as its identity records it
-    (``hivtp.run.identity``): ``plain`` where an offline run's identity names none (the one world before
-    worlds were recorded, left out of identities so that those runs kept their hash); None for a run on
-    other benchmarks only. (Its rows on hub benchmarks get none: ``read_runs``.)"""
-    world = (ident.get("accuracy") or {}).get("world")
-    if world is not None:
-        return world
-    tasks = (ident.get("benchmark") or {}).get("tasks") or []
-    return "plain" if any(map(is_offline_task, tasks)) else None
+    (``hivtp.run.identity``): ``plain`` where it names none (the one world before worlds were recorded,
+    left out of identities so that those runs kept their hash). Rows on other benchmarks get none
+    (``read_runs``)."""
+    return (ident.get("accuracy") or {}).get("world") or "plain"
 
 
 def read_runs(runs_root: Path) -> Collected:
