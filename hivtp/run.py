@@ -228,6 +228,35 @@ def stamp(rows: list[dict[str, Any]], cfg: dict[str, Any], key: str, commit: str
 
 
 # ---------------------------------------------------------------------------- one run
+#: a checkpoint's ``model_type`` -> the family (``hivtp.claims.FAMILIES``) whose claims and budgets apply
+FAMILY_OF_MODEL_TYPE = {"llava": "llava15", "llava_next": "llava_next", "qwen2_5_vl": "qwen2_5_vl"}
+
+
+def check_model_family(model: dict[str, Any], mode: str = "both") -> None:
+    """Result rows name a model by ``model.name``, and the ledger and the standard budgets read its family
+    from that name (``hivtp.claims.family_of``: ``qwen``, ``next`` / ``v1.6``, else LLaVA-1.5). A config
+    whose name reads as another family than its ``family`` field, or than the local checkpoint a part of
+    the run loads (``pretrained`` for accuracy, ``latency_model`` for latency), would have its rows held
+    against the wrong paper claims without an error: refused."""
+    from .claims import family_of
+    from .zoo import local_config
+
+    read_as = family_of(model["name"])
+    said = {"model.family": model.get("family")}
+    loads = {"pretrained": mode != "latency", "latency_model": mode != "accuracy" and "latency_model" in model}
+    for key in (k for k, used in loads.items() if used):
+        config = local_config(model[key])
+        if config is not None:
+            said[f"the model_type of model.{key}"] = FAMILY_OF_MODEL_TYPE.get(config.model_type)
+    wrong = {where: family for where, family in said.items() if family is not None and family != read_as}
+    if wrong:
+        raise ConfigError(
+            f"model.name {model['name']!r} reads as family {read_as} (hivtp.claims.family_of), but "
+            + ", ".join(f"{where} says {family}" for where, family in wrong.items())
+            + ". Results, budgets and the ledger's claims follow the name: name a LLaVA-NeXT model with 'next' "
+            "or 'v1.6', a Qwen2.5-VL one with 'qwen', a LLaVA-1.5 one with neither, and set model.family to match.")
+
+
 def check_method(cfg: dict[str, Any]) -> None:
     """Build the method and check it against the model's vision geometry (patch grid, encoder depth,
     feature layer), read from the model's config without loading it, so that a bad name, param,
@@ -408,6 +437,7 @@ def execute(cfg_in: Any) -> Path:
     mode = cfg.get("mode", "both")
     if mode not in ("accuracy", "latency", "both"):
         raise ConfigError(f"mode must be accuracy, latency or both, got {mode!r}.")
+    check_model_family(cfg["model"], mode)
     final = Path(cfg["runs_root"]) / run_hash(cfg)
     commit = git_commit()
     force = bool(cfg.get("force", False))

@@ -1,4 +1,4 @@
-"""Offline method rows over several toys of one recipe: which differences between methods survive retraining?
+"""Offline method rows over several toys: which differences between methods survive retraining?
 
     python scripts/toy_trajectories.py [--models toy-llava toy-llava-xeon-seed0 ...] [--budget 64]
         [--per-family 300] [--threads 2] [--out results/toy_trajectories.json]
@@ -31,7 +31,7 @@ def parser():
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(TOY_TRAJECTORIES),
-                    help="toys of one recipe (checkpoint names or folders), the reference first (default: %(default)s)")
+                    help="trained toys (checkpoint names or folders), the reference first; the report names how their recipes differ (default: %(default)s)")
     ap.add_argument("--budget", type=int, default=64, help="tokens each method keeps; its pairs are compared")
     ap.add_argument("--per-family", type=int, default=300, help="held-out questions per family (default 300)")
     ap.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="held-out scene stream")

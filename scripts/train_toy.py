@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hivtp.toy.train import CHOICES, TrainConfig, recipe_changes, train  # noqa: E402
-from hivtp.zoo import TOY_SIBLING_SEEDS, TRAINED, TRAINED_DIR, trained_dir, weights_digest  # noqa: E402
+from hivtp.zoo import TOY_SIBLING_RECIPES, TRAINED, TRAINED_DIR, trained_dir, weights_digest  # noqa: E402
 
 SHIPPED = TRAINED_DIR / "toy-llava"  # the weights make reproduce measures
 
@@ -53,17 +53,21 @@ def compare_weights(before: tuple[str, dict | None] | None, out: Path, cfg: Trai
         why = "no recorded recipe" if changes is None else "; ".join(changes)
         return f"{head}, which another recipe trained ({why})."
     restore = " (git restores the shipped weights)" if out.resolve() in {trained_dir(n).resolve() for n in TRAINED} else ""
-    return (f"{head}, which this recipe trained: on another CPU or torch build it rounds differently and trains a "
+    return (f"{head}, which this recipe trained: on another CPU, torch build or --threads it rounds differently and trains a "
             f"sibling model. Check its calibration before measuring with it: python -m hivtp.toy.calibrate --model {out}"
             f"{restore}.")
 
 
 def sibling_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """``--sibling NAME``: its seed, its shipped folder and its own work dir, unless given otherwise."""
-    seed = TOY_SIBLING_SEEDS[args.sibling]
-    if args.seed not in (None, seed):
-        parser.error(f"--sibling {args.sibling} is the recipe at seed {seed}; drop --seed {args.seed}.")
-    args.seed = seed
+    """``--sibling NAME``: its recipe (``TOY_SIBLING_RECIPES``: its seed and steps), its shipped folder and
+    its own work dir; the folders can be given otherwise, the recipe cannot."""
+    recipe = TOY_SIBLING_RECIPES[args.sibling]
+    said = ", ".join(f"{field} {value}" for field, value in recipe.items())
+    for field, value in recipe.items():
+        given = getattr(args, field)
+        if given not in (None, value):  # given on the command line as another value (the default's included)
+            parser.error(f"--sibling {args.sibling} is the recipe at {said}; drop --{field.replace('_', '-')} {given}.")
+        setattr(args, field, value)
     if args.out == parser.get_default("out"):
         args.out = str(trained_dir(args.sibling))
     if args.work_dir == parser.get_default("work_dir"):
@@ -73,14 +77,14 @@ def sibling_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for f in fields(TrainConfig):
-        # --seed's default is filled in by parse(), so that --sibling can tell a seed given from none
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None if f.name == "seed" else f.default,
-                            choices=CHOICES.get(f.name), help=f"default {f.default}" if f.name == "seed" else None)
+        # defaults are filled in by parse(), so that --sibling can tell a field given from one not given
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
+                            choices=CHOICES.get(f.name), help=f"default {f.default}")
     parser.add_argument("--work-dir", default=str(ROOT / "artifacts" / "toy-train"), help="checkpoints and logs (resumed from)")
     parser.add_argument("--out", default=str(SHIPPED), help="final checkpoint")
     parser.add_argument("--no-save", action="store_true", help="do not write the final checkpoint")
-    parser.add_argument("--sibling", default=None, choices=list(TOY_SIBLING_SEEDS),
-                        help="train this shipped sibling of the toy (hivtp.zoo.TOY_SIBLING_SEEDS: the recipe at its seed) "
+    parser.add_argument("--sibling", default=None, choices=list(TOY_SIBLING_RECIPES),
+                        help="train this shipped sibling of the toy (hivtp.zoo.TOY_SIBLING_RECIPES: its seed and steps) "
                              "into hivtp/zoo/trained/<name>, work dir artifacts/toy-train-<name>")
     return parser
 
@@ -90,8 +94,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.sibling:
         sibling_defaults(parser, args)
-    if args.seed is None:
-        args.seed = TrainConfig.seed
+    for f in fields(TrainConfig):
+        if getattr(args, f.name) is None:
+            setattr(args, f.name, f.default)
     return args
 
 

@@ -98,13 +98,14 @@ def test_a_model_configs_family_is_the_one_its_results_are_read_as(model):
     budgets from that name (``claims.family_of``); ``model.family`` (in the run identity) must say the same,
     and so must the checkpoint's own config where the harness ships it."""
     from hivtp.claims import family_of
+    from hivtp.run import FAMILY_OF_MODEL_TYPE
     from hivtp.zoo import local_config
 
     cfg = plain(compose_([f"model={model}"]))["model"]
     assert cfg["family"] == family_of(cfg["pretrained"]) == family_of(cfg["name"])
     config = local_config(cfg["pretrained"])
     if config is not None:
-        assert {"llava": "llava15", "llava_next": "llava_next", "qwen2_5_vl": "qwen2_5_vl"}[config.model_type] == cfg["family"]
+        assert FAMILY_OF_MODEL_TYPE[config.model_type] == cfg["family"]
 
 
 @pytest.mark.parametrize("name", [s for s in SWEEPS if s != "stages"])  # stages drops a stage on purpose

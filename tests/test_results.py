@@ -764,7 +764,9 @@ def test_the_in_llm_note_states_what_the_shipped_toys_supervision_measurement_sh
     blind, fastv, without = (reads[k]["objects_in_top64"] for k in
                              ("content-blind (uniform / random)", "K=1 FastV (mean of heads)", "K=1 mean without head 0"))
     assert fastv["low"] > blind["high"]  # "the tokens it keeps hold far more object patches than random's"
-    assert without["low"] <= fastv["high"] and fastv["low"] <= without["high"]  # "keeps as many without that head"
+    assert without["low"] >= fastv["low"] and without["mean"] >= fastv["mean"]  # "without it holds as many or more"
+    head0 = reads["K=1 head 0"]["objects_in_top64"]  # the supervised head's own ranking at the last token
+    assert head0["high"] < 2 * blind["high"] and head0["high"] < fastv["low"] / 3  # "about as few ... as random's"
     heads = [reads[f"K=1 head {h}"]["objects_in_top64"] for h in (1, 2)]
     assert all(h["low"] > blind["high"] for h in heads)  # "the toy's other layer-1 heads learned to look at objects too"
     import pandas as pd
@@ -772,14 +774,14 @@ def test_the_in_llm_note_states_what_the_shipped_toys_supervision_measurement_sh
     table = pd.read_csv(Path(__file__).parents[1] / "results" / "accuracy.csv")
     sqa = table[(table["benchmark"] == "hivtp_scienceqa_img") & (table["budget"] == 64) & (table["metric"] == "exact_match")]
     fastv_sqa, random_sqa = (sqa[sqa["method"] == m].iloc[0] for m in ("fastv", "random"))
-    assert fastv_sqa["ci_high"] < random_sqa["ci_low"]  # "far below random on SQA-IMG"
+    assert fastv_sqa["value"] <= random_sqa["value"]  # "no better than random on SQA-IMG"
     k1, random, oracle = (acc[(name, "all")] for name in ("fastv@64 k_layer=1", "random@64", "oracle@64"))
     assert random["high"] < k1["low"] and k1["high"] < oracle["low"]  # "at K=1 and 64 tokens ... between random and the oracle"
     for budget in (64, 192):
         k2, none = acc[(f"fastv@{budget} k_layer=2", "all")], acc[("none", "all")]
         assert k2["low"] <= none["high"] and none["low"] <= k2["high"]  # "at K=2 as well as the unpruned model"
     k2_image, k1_image = (reads[k]["image"] for k in ("K=2 FastV (mean of heads)", "K=1 FastV (mean of heads)"))
-    assert k2_image["high"] < 0.2 < k1_image["low"]  # "whose last layer barely reads the image" (its mass on image tokens)
+    assert 0.15 < k2_image["low"] and k2_image["high"] < 0.35 and k1_image["low"] > 0.5  # "about a quarter ... (layer 1: most of it)"
 
 
 def test_the_in_llm_notes_trajectory_sentence_states_the_toy_trajectories_record():
@@ -794,7 +796,7 @@ def test_the_in_llm_notes_trajectory_sentence_states_the_toy_trajectories_record
     doc = json.loads((Path(__file__).parents[1] / "results" / "toy_trajectories.json").read_text())
     n = len(doc["toys"][0]["answers"]["families"].split(","))
     assert f"at 64 tokens on {n:,} held-out questions" in OFFLINE_IN_LLM_NOTE and doc["budget"] == 64
-    assert f"over {['', '', 'two', 'three', 'four'][len(doc['toys'])]} trainings of the same recipe" in OFFLINE_IN_LLM_NOTE
+    assert f"over {['', '', 'two', 'three', 'four'][len(doc['toys'])]} trainings" in OFFLINE_IN_LLM_NOTE
     for name, words in (("fastv@64 k_layer=1", "FastV at K=1 keeps "), ("random@64", "random: "), ("hivtp@64", "HIVTP: ")):
         shares = [f"{100 * v[0]:.1f}%" for v in doc["share"][name]["per_toy"].values()]
         assert words + ", ".join(shares[:-1]) + " and " + shares[-1] in OFFLINE_IN_LLM_NOTE, (name, shares)
@@ -905,11 +907,13 @@ def test_the_ledger_compares_each_setting_of_a_prior_method_on_its_own_line():
     diff = lambda d: {"diff_vs_hivtp": d, "diff_vs_hivtp_low": d - 0.02, "diff_vs_hivtp_high": d + 0.02}  # noqa: E731
     rows = [acc_row("none", {}, "gqa", 0.6),
             acc_row("fastv", {"budget": 64, "k_layer": 1}, "gqa", 0.5, tokens=64, **diff(-0.1)),
+            acc_row("fastv", {"budget": 64, "k_layer": 10}, "gqa", 0.7, tokens=64, **diff(+0.1)),
             acc_row("fastv", {"budget": 64, "k_layer": 2}, "gqa", 0.7, tokens=64, **diff(+0.1)),
             acc_row("random", {"budget": 64}, "gqa", 0.4, tokens=64, **diff(-0.2))]
     found = prior_comparisons(pd.DataFrame(rows, columns=ACCURACY_COLUMNS))
+    # settings in numeric order: K=2 before K=10
     assert [(c["method"], c["setting"], len(c["better"]), len(c["worse"])) for c in found] == [
-        ("fastv", "k_layer=1", 1, 0), ("fastv", "k_layer=2", 0, 1), ("random", "", 1, 0)]
+        ("fastv", "k_layer=1", 1, 0), ("fastv", "k_layer=2", 0, 1), ("fastv", "k_layer=10", 0, 1), ("random", "", 1, 0)]
     lines = accuracy_vs_prior(pd.DataFrame(rows, columns=ACCURACY_COLUMNS))
     assert any("fastv (in-LLM), k_layer=1 |" in line for line in lines) and any("fastv (in-LLM), k_layer=2 |" in line for line in lines)
 

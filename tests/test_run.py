@@ -184,6 +184,21 @@ def test_bad_config_errors_clearly(tmp_path, fake_log):
     assert calls(fake_log) == []
 
 
+def test_a_model_whose_name_reads_as_another_family_is_refused(tmp_path, fake_log):
+    """Rows name the model by ``model.name`` and the ledger takes its family's claims and budgets from that
+    name: a LLaVA-NeXT checkpoint under a name without 'next' would be read as LLaVA-1.5 silently."""
+    with pytest.raises(ConfigError, match="reads as family llava15.*model_type of model.pretrained says llava_next.*'next'"):
+        execute(cfg_of([f"runs_root={tmp_path}", "model=tiny-llava-next", "model.name=my-model", "model.family=llava15", *FAKE]))
+    with pytest.raises(ConfigError, match="model.family says qwen2_5_vl"):
+        execute(cfg_of([f"runs_root={tmp_path}", "model.family=qwen2_5_vl", *FAKE]))
+    # the latency part times latency_model: a NeXT one under a LLaVA-1.5 name is refused there too
+    with pytest.raises(ConfigError, match="model_type of model.latency_model says llava_next"):
+        execute(cfg_of([f"runs_root={tmp_path}", "model.latency_model=tiny-llava-next", "mode=latency", *FAKE]))
+    assert calls(fake_log) == []
+    execute(cfg_of([f"runs_root={tmp_path}", "model=tiny-llava-next", "model.name=my-llava-next", *FAKE]))  # named right: runs
+    assert len(calls(fake_log)) > 0
+
+
 def test_the_offline_only_oracle_is_refused_in_the_paper_profile(tmp_path, fake_log):
     with pytest.raises(ConfigError, match="offline-only reference.*experiment=offline"):
         execute(cfg_of([f"runs_root={tmp_path}", "profile=paper", "method=oracle", *FAKE]))

@@ -1,4 +1,4 @@
-"""Offline method rows over several toys of one recipe (:mod:`hivtp.toy.trajectories`,
+"""Offline method rows over several toys (:mod:`hivtp.toy.trajectories`,
 ``scripts/toy_trajectories.py``, ``make toy-trajectories``).
 
 The statistics are checked on answers built by hand, against the calibration's own statistic and a
@@ -19,6 +19,7 @@ import pytest
 from hivtp.bootstrap import interval, resample_weights
 from hivtp.errors import ConfigError
 from hivtp.toy.calibrate import ALL, UNPRUNED, Measurement, label, summarise
+from hivtp.toy.cli import trained_recipe
 from hivtp.toy.trajectories import Toys, code_digest, compare, from_record, record, report, toy_draws
 from hivtp.world import BENCHMARK_WORLD, FAMILIES
 from hivtp.zoo import TOY_SIBLINGS, TOY_TRAJECTORIES, trained_dir, weights_digest
@@ -123,6 +124,20 @@ def test_a_separated_pair_is_written_better_first_by_its_verdict_not_by_its_mean
     assert _ordered(Pair("a@64", "b@64", [-0.1], [-0.2], [0.1], -0.1, -0.2, 0.1))[:2] == ("b@64", "a@64")  # no verdict: the mean
 
 
+def test_the_report_says_how_each_toys_recipe_differs_from_the_first():
+    """Toys of different recipes (the shipped toy at 4,000 steps, siblings at 3,200) are compared only with
+    the difference named; a toy whose recipe was not recorded is said to be unknown, not guessed."""
+    rng = np.random.default_rng(0)
+    toys = _toys(*(_random_toy(rng, 20, P) for _ in range(3)))
+    recipe = {"seed": 0, "steps": 4000, "world": "plain", "threads": 2}
+    toys.provenance = [{"recipe": recipe}, {"recipe": {**recipe, "steps": 3200}}, {"recipe": dict(recipe)}]
+    text = report(compare(toys, 64, resamples=50))
+    assert "- toy1: steps 4000 -> 3200\n" in text and "- toy2: the same (other weights" in text
+    assert "toys of one recipe" not in text
+    toys.provenance[2] = {}
+    assert "- toy2: not known (toy2's recipe was not recorded" in report(compare(toys, 64, resamples=50))
+
+
 def test_a_record_gives_back_the_same_comparison():
     rng = np.random.default_rng(3)
     cmp = compare(_toys(_random_toy(rng, 10, P), _random_toy(rng, 10, P)), 64, resamples=200, seed=5)
@@ -164,6 +179,7 @@ def test_the_script_measures_every_toy_on_the_same_questions_and_resumes_from_it
     assert {"hivtp@64", "oracle@64", "fastv@64 k_layer=1"} <= set(doc["share"])
     for toy in doc["toys"]:
         assert toy["measured"]["code_digest"] == code_digest() and "--per-family 1" in toy["measured"]["command"]
+        assert toy["measured"]["recipe"] == trained_recipe(toy["model"]) and toy["measured"]["recipe"]["steps"] > 0
     assert len(list((tmp_path / "cache").iterdir())) == 2  # one entry per toy
     first = capsys.readouterr().out
 
@@ -232,31 +248,38 @@ def test_the_script_refuses_one_toy_and_toys_of_different_worlds(tmp_path, capsy
 
 # --- the shipped siblings and the recorded result ---------------------------------------------------------
 @pytest.mark.parametrize("name", TOY_SIBLINGS)
-def test_each_shipped_sibling_is_the_shipped_recipe_at_its_seed(name):
+def test_each_shipped_sibling_is_the_shipped_recipe_with_its_recorded_changes(name):
     from hivtp.toy.train import recorded_recipe
-    from hivtp.zoo import TOY_SIBLING_SEEDS
+    from hivtp.zoo import TOY_SIBLING_RECIPES
 
     shipped = recorded_recipe(json.loads((trained_dir("toy-llava") / "train_config.json").read_text()))
     sibling = recorded_recipe(json.loads((trained_dir(name) / "train_config.json").read_text()))
-    assert sibling == {**shipped, "seed": TOY_SIBLING_SEEDS[name]}
-    assert json.loads((trained_dir(name) / "hivtp_build.json").read_text())["seed"] == TOY_SIBLING_SEEDS[name]
+    assert sibling == {**shipped, **TOY_SIBLING_RECIPES[name]}
+    build = json.loads((trained_dir(name) / "hivtp_build.json").read_text())
+    assert {field: build[field] for field in TOY_SIBLING_RECIPES[name]} == TOY_SIBLING_RECIPES[name]
     assert weights_digest(name) != weights_digest("toy-llava")
 
 
-def test_train_toy_sibling_trains_the_recipe_at_its_seed_into_its_shipped_folder(capsys):
+def test_train_toy_sibling_trains_its_recipe_into_its_shipped_folder(capsys):
     spec = importlib.util.spec_from_file_location("train_toy", ROOT / "scripts" / "train_toy.py")
     train_toy = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train_toy)
     args = train_toy.parse(["--sibling", "toy-llava-xeon-seed1"])
-    assert (args.seed, Path(args.out), Path(args.work_dir).name) == (1, trained_dir("toy-llava-xeon-seed1"),
-                                                                    "toy-train-toy-llava-xeon-seed1")
+    assert (args.seed, args.steps, Path(args.out), Path(args.work_dir).name) == (
+        1, 3200, trained_dir("toy-llava-xeon-seed1"), "toy-train-toy-llava-xeon-seed1")
     assert train_toy.parse(["--sibling", "toy-llava-xeon-seed0", "--out", "/tmp/x"]).out == "/tmp/x"
     assert train_toy.parse(["--sibling", "toy-llava-xeon-seed0"]).seed == 0
+    assert train_toy.parse(["--sibling", "toy-llava-xeon-seed1", "--seed", "1", "--steps", "3200"]).steps == 3200  # the recipe's own
     for seed in ("5", "0"):  # 0 is the recipe's default seed, given here explicitly
         with pytest.raises(SystemExit):
             train_toy.parse(["--sibling", "toy-llava-xeon-seed1", "--seed", seed])
-        assert f"is the recipe at seed 1; drop --seed {seed}" in capsys.readouterr().err
+        assert f"is the recipe at seed 1, steps 3200; drop --seed {seed}" in capsys.readouterr().err
+    for steps in ("50", "4000"):  # 4000 is the default, given here explicitly
+        with pytest.raises(SystemExit):
+            train_toy.parse(["--sibling", "toy-llava-xeon-seed1", "--steps", steps])
+        assert f"drop --steps {steps}" in capsys.readouterr().err
     assert (train_toy.parse([]).seed, train_toy.parse(["--seed", "3"]).seed) == (0, 3)
+    assert train_toy.parse([]).steps == train_toy.TrainConfig.steps
 
 
 RECORD = ROOT / "results" / "toy_trajectories.json"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pandas as pd
 
@@ -202,12 +203,18 @@ def prior_comparisons(acc: pd.DataFrame) -> list[dict]:
         # one line per setting: FastV at K=1 and at K=2 (same budget) are two methods, never one line
         settings = rows.apply(_setting, axis=1) if len(rows) else rows
         groups = rows.groupby([axes.astype(str), "method", settings]) if len(rows) else []
-        for (budget, method, setting), g in sorted(groups, key=lambda kv: (_axis_order(kv[0][0]), kv[0][1], kv[0][2])):
+        for (budget, method, setting), g in sorted(groups, key=lambda kv: (_axis_order(kv[0][0]), kv[0][1], _natural(kv[0][2]))):
             better, worse, apart = _split(g, "hivtp", sign=-1)  # the column holds method - hivtp
             if better or worse or apart:
                 out.append({"model": model, "budget": budget, "method": method, "setting": setting, "better": better,
                             "worse": worse, "apart": apart})
     return out
+
+
+def _natural(text: str) -> tuple:
+    """A sort key that reads the numbers in ``text`` as numbers: ``k_layer=2`` before ``k_layer=10``,
+    ``ratio=0.25`` before ``ratio=0.5``."""
+    return tuple(float(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+(?:\.\d+)?)", text)))
 
 
 def _setting(row: pd.Series) -> str:
@@ -340,7 +347,7 @@ def trajectory_lines(record: dict, method: str = "hivtp", offline: pd.DataFrame 
         verdict = {1: "better on every toy", -1: "worse on every toy"}.get(flip * pair["verdict"],
                   f"not told apart on every toy (better on {signs.count(1)}, worse on {signs.count(-1)})")
         rows.append(f"| {other} | {100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] | {' '.join(map(sign.get, signs))} | {verdict} |")
-    heading = f"### Across toys of one recipe: {method} vs each selection at {record['budget']} tokens"
+    heading = f"### Across toys: {method} vs each selection at {record['budget']} tokens"
     if not rows:
         return [heading, "", f"The record ({TRAJECTORIES}) holds no {name}: nothing to compare.", ""]
     n = len(record["toys"][0]["answers"]["families"].split(","))
@@ -348,7 +355,8 @@ def trajectory_lines(record: dict, method: str = "hivtp", offline: pd.DataFrame 
             "`make toy-trajectories`)", "",
             "The tables' marks compare methods on the shipped toy only. Here each toy's paired 95% interval of the "
             "difference in share of unpruned accuracy kept (points) decides its sign; better or worse only where every "
-            "toy agrees. Mean over toys with its pigeonhole 95% interval (toys and questions resampled).", "",
+            f"toy agrees (how the toys' recipes differ: {TRAJECTORIES.replace('.json', '.md')}). Mean over toys with its "
+            "pigeonhole 95% interval (toys and questions resampled).", "",
             *_stale(record, offline), f"| other | {method} − other, points [CI] | per toy | verdict |", "|---|---|---|---|",
             *rows, ""]
 

@@ -10,8 +10,8 @@ import json
 import sys
 from typing import Any
 
-__all__ = ["accuracy_summary", "load_model", "measurement_parser", "measuring_world", "progress", "trained_world",
-           "write_measurement"]
+__all__ = ["accuracy_summary", "load_model", "measurement_parser", "measuring_world", "progress", "trained_recipe",
+           "trained_world", "write_measurement"]
 
 
 def measurement_parser(description: str, per_family: int, prog: str | None = None,
@@ -51,20 +51,30 @@ def accuracy_summary(model, processor, args: argparse.Namespace, configurations,
     return calibrate.summarise(measurement, ratios=ratios)
 
 
+def trained_recipe(model: str) -> dict | None:
+    """The recipe a toy checkpoint was trained with, from its ``train_config.json``
+    (:func:`hivtp.toy.train.recorded_recipe`, with the thread count, which changes how the CPU rounds
+    its sums though no formula); None for a checkpoint without that record (not a trained toy)."""
+    from pathlib import Path
+
+    from ..zoo import resolve_checkpoint
+    from .train import recorded_recipe
+
+    path = Path(resolve_checkpoint(model)) / "train_config.json"
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return {**recorded_recipe(saved), "threads": saved.get("threads")}
+
+
 def trained_world(model: str) -> str:
     """The world a toy checkpoint was trained on, from its ``train_config.json`` (one trained before worlds
     existed: ``plain``); a checkpoint without that record (not a trained toy): the benchmarks' world.
     A toy is measured in the benchmarks' world unless told otherwise (:func:`measuring_world`)."""
-    from pathlib import Path
-
     from ..world import BENCHMARK_WORLD
-    from ..zoo import resolve_checkpoint
-    from .train import recorded_recipe
 
-    record = Path(resolve_checkpoint(model)) / "train_config.json"
-    if not record.is_file():
-        return BENCHMARK_WORLD
-    return recorded_recipe(json.loads(record.read_text()))["world"]
+    recipe = trained_recipe(model)
+    return BENCHMARK_WORLD if recipe is None else recipe["world"]
 
 
 def measuring_world(model: str, world: str | None = None) -> str:

@@ -1,15 +1,16 @@
-"""Offline method rows over several toys of one recipe: is a method's offline result the method's, or the toy's?
+"""Offline method rows over several toys: is a method's offline result the method's, or the toy's?
 
 The measurement behind ``scripts/toy_trajectories.py`` (``make toy-trajectories``).
 
-Why. Two trainings of the shipped recipe that differ only by floating-point rounding (the shipped
-``toy-llava``, trained on an AMD EPYC, and a sibling trained on an Intel Xeon) keep 94.7% and 97.4% of
+Why. Two trainings of one recipe that differ only by floating-point rounding (toy v14, shipped until
+2026-12-03 and trained on an AMD EPYC, and a sibling trained on an Intel Xeon) keep 94.7% and 97.4% of
 the unpruned accuracy with HIVTP at 64 tokens, and 88.1% and 99.2% with FastV
 (``docs/toy-experiments/v14-sibling-xeon_world_change.json``). A question bootstrap on one toy cannot
 see that: its interval covers which questions were asked, not which training answered them. So each
-configuration is measured on several toys of the recipe (the *trajectories*: ``hivtp.zoo.TOY_TRAJECTORIES``,
-the shipped toy first), every toy answering the same held-out questions (:func:`hivtp.toy.calibrate.measure`),
-and reported three ways (:func:`compare`):
+configuration is measured on several toys (the *trajectories*: ``hivtp.zoo.TOY_TRAJECTORIES``, the shipped
+toy first, its siblings differing by seed, CPU or steps: the report lists how each toy's recorded recipe
+differs from the first's), every toy answering the same held-out questions
+(:func:`hivtp.toy.calibrate.measure`), and reported three ways (:func:`compare`):
 
 1. **per toy**: the share of the unpruned accuracy a configuration keeps, over every family, with its
    paired question interval (the statistic of :mod:`hivtp.toy.calibrate`);
@@ -138,6 +139,7 @@ def measure_toys(models: Sequence[str], configurations: Sequence[Configuration],
     from ..atomic import write_text
     from ..zoo import load_pretrained, weights_digest
     from .calibrate import measure
+    from .cli import trained_recipe
 
     digests = [weights_digest(m) for m in models]  # every name resolves before any work
     refuse_same_weights(models, digests)
@@ -154,10 +156,12 @@ def measure_toys(models: Sequence[str], configurations: Sequence[Configuration],
             continue
         if progress:
             progress(f"[trajectories] toy {i}/{len(models)} {model}: measuring {len(configurations)} configurations")
+        recipe = trained_recipe(model)  # read before the work: a bad record fails here, not after it
         net, processor = load_pretrained(model)
         m = measure(net, processor, configurations, per_family=per_family, seed=seed, batch_size=batch_size,
                     progress=progress, world=world)
-        stamp = {**(provenance or {}), "code_digest": code, "batch_size": batch_size, "seconds": round(m.seconds, 1)}
+        stamp = {**(provenance or {}), "code_digest": code, "batch_size": batch_size, "seconds": round(m.seconds, 1),
+                 "recipe": recipe}
         if path is not None:
             write_text(path, json.dumps({**_measurement_json(m), "provenance": stamp}) + "\n")
         measurements.append(m)
@@ -289,7 +293,7 @@ def report(comparison: Comparison) -> str:
     m0, T = toys.measurements[0], len(toys.models)
     pct = int(round(cmp.level * 100))
     lines = [f"{len(m0.families)} held-out questions (seed {m0.seed}, {m0.per_family} per family, {m0.world} world), "
-             f"{T} toys of one recipe; {pct}% intervals from {cmp.resamples} resamples",
+             f"{T} toys; {pct}% intervals from {cmp.resamples} resamples", *_recipe_lines(toys),
              "", f"share of the unpruned accuracy kept, over every family: per toy [paired {pct}% CI over questions]; "
                  f"over toys: mean [pigeonhole {pct}% CI over toys and questions] and range (max - min)",
              "| configuration | " + " | ".join(toys.models) + f" | mean over {T} toys | range |",
@@ -307,6 +311,23 @@ def report(comparison: Comparison) -> str:
             lines.append(f"- {model}: {len(rows) - len(missed)} of {len(rows)}" + (f"; missed: {'; '.join(missed)}" if missed else ""))
     lines += _pair_lines(cmp)
     return "\n".join(lines)
+
+
+def _recipe_lines(toys: Toys) -> list[str]:
+    """How each toy's training recipe (recorded when its answers were measured) differs from the first
+    toy's: seed, steps, anything else; "not known" where either recipe was not recorded."""
+    recipes = [(stamp or {}).get("recipe") for stamp in (toys.provenance or [{} for _ in toys.models])]
+    lines = ["", f"each toy's training recipe against {toys.models[0]}'s (its train_config.json)"]
+    first = recipes[0]
+    for model, recipe in zip(toys.models[1:], recipes[1:]):
+        if first is None or recipe is None:
+            unknown = toys.models[0] if first is None else model
+            lines.append(f"- {model}: not known ({unknown}'s recipe was not recorded with its answers)")
+            continue
+        changes = [f"{k} {first.get(k)!r} -> {recipe.get(k)!r}" for k in sorted(set(first) | set(recipe))
+                   if first.get(k) != recipe.get(k)]
+        lines.append(f"- {model}: " + (", ".join(changes) or "the same (other weights: another CPU or software rounded otherwise)"))
+    return lines
 
 
 def _pair_lines(cmp: Comparison) -> list[str]:
