@@ -48,7 +48,7 @@ data: setup  ## build the offline mini-benchmarks under artifacts/data (POPE, GQ
 toy-model: setup  ## train the small LLaVA on the plain procedural world (the benchmarks ask in the textured one; 4,000 steps, 2 CPU cores: 43 min on the Xeon that trained the shipped one, more on slower machines; bit-identical only on the same CPU and thread count)
 	$(PY) scripts/train_toy.py
 
-toy-siblings: setup  ## retrain the shipped toy's siblings (hivtp.zoo.TOY_SIBLING_RECIPES: the recipe at 3,200 steps, seeds 0 and 1) into hivtp/zoo/trained (2 cores: 32-41 min each; bit-identical only on the CPU that trained them, an Intel Xeon)
+toy-siblings: setup  ## retrain the shipped toy's siblings (hivtp.zoo.TOY_SIBLING_RECIPES: make toy-model's recipe at seeds 1 and 2) into hivtp/zoo/trained (2 cores: about 43 min each; bit-identical only on the CPU and thread count that trained them, an Intel Xeon at two threads)
 	for name in $$($(PY) -c "from hivtp.zoo import TOY_SIBLINGS; print(*TOY_SIBLINGS)"); do $(PY) scripts/train_toy.py --sibling $$name; done
 
 toy-trajectories: setup  ## offline method rows on the shipped toy and its siblings, same 1,800 questions, intervals over toys and questions (2 cores: about 16 min) -> results/toy_trajectories.{json,md}

@@ -25,6 +25,7 @@ __all__ = [
     "CLAIMED_FAMILIES",
     "FAMILIES",
     "FAMILY_NAMES",
+    "FAMILY_OF_MODEL_TYPE",
     "STANDARD_BUDGETS",
     "PAPER_BASELINES",
     "Claim",
@@ -36,6 +37,8 @@ __all__ = [
 
 #: model families the harness serves, as configs/model/*.yaml name them (``family:``)
 FAMILIES = ("llava15", "llava_next", "qwen2_5_vl")
+#: a checkpoint's ``model_type`` (its config.json) -> its family (``hivtp.run.check_model_family``)
+FAMILY_OF_MODEL_TYPE = {"llava": "llava15", "llava_next": "llava_next", "qwen2_5_vl": "qwen2_5_vl"}
 #: the families the paper reports (and so makes claims about); it has no Qwen2.5-VL numbers
 CLAIMED_FAMILIES = ("llava15", "llava_next")
 #: how the paper (or, for Qwen, its model card) names each family's 7B model

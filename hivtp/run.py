@@ -30,6 +30,7 @@ import hashlib
 import importlib
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -171,8 +172,26 @@ def _if_accepted(fn: Callable[..., Any], **kw: Any) -> dict[str, Any]:
     return {k: v for k, v in kw.items() if k in names}
 
 
+def release_accuracy_model(device: str) -> None:
+    """Before a CUDA latency part: the in-process accuracy runner keeps the last model it loaded (and its
+    tower cache) on the device for the next configuration, and ``torch.cuda.max_memory_allocated`` would
+    count that second model in every latency row's peak memory (a 7B at fp16: about 14 GB more on every
+    method, pulling their ratios towards 1). Forget it; the next accuracy part loads it again. Looked up in
+    ``sys.modules`` so that a latency-only machine (no lmms-eval) imports nothing."""
+    inprocess = sys.modules.get("hivtp.lmms.inprocess")
+    if inprocess is None or not str(device).startswith("cuda"):
+        return
+    import torch
+
+    from .latency.measure import free_device_memory
+
+    inprocess.clear_caches()
+    free_device_memory(torch.device(device))
+
+
 def run_latency_part(cfg: dict[str, Any], folder: Path) -> list[dict[str, Any]]:
     lat = cfg["latency"]
+    release_accuracy_model(lat["device"])
     fn = load_callable(cfg["backend"]["latency"])
     return fn(
         model=cfg["model"]["latency_model"],
@@ -228,17 +247,13 @@ def stamp(rows: list[dict[str, Any]], cfg: dict[str, Any], key: str, commit: str
 
 
 # ---------------------------------------------------------------------------- one run
-#: a checkpoint's ``model_type`` -> the family (``hivtp.claims.FAMILIES``) whose claims and budgets apply
-FAMILY_OF_MODEL_TYPE = {"llava": "llava15", "llava_next": "llava_next", "qwen2_5_vl": "qwen2_5_vl"}
-
-
 def check_model_family(model: dict[str, Any], mode: str = "both") -> None:
     """Result rows name a model by ``model.name``, and the ledger and the standard budgets read its family
     from that name (``hivtp.claims.family_of``: ``qwen``, ``next`` / ``v1.6``, else LLaVA-1.5). A config
     whose name reads as another family than its ``family`` field, or than the local checkpoint a part of
     the run loads (``pretrained`` for accuracy, ``latency_model`` for latency), would have its rows held
     against the wrong paper claims without an error: refused."""
-    from .claims import family_of
+    from .claims import FAMILY_OF_MODEL_TYPE, family_of
     from .zoo import local_config
 
     read_as = family_of(model["name"])

@@ -1,6 +1,6 @@
 """Offline method rows over several toys: which differences between methods survive retraining?
 
-    python scripts/toy_trajectories.py [--models toy-llava toy-llava-xeon-seed0 ...] [--budget 64]
+    python scripts/toy_trajectories.py [--models toy-llava toy-llava-xeon-seed1 ...] [--budget 64]
         [--per-family 300] [--threads 2] [--out results/toy_trajectories.json]
     python scripts/toy_trajectories.py --from-record results/toy_trajectories.json   # the report again, no model
 

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hivtp.toy.train import CHOICES, TrainConfig, recipe_changes, train  # noqa: E402
+from hivtp.toy.train import BOOKKEEPING, CHOICES, TrainConfig, recipe_changes, train  # noqa: E402
 from hivtp.zoo import TOY_SIBLING_RECIPES, TRAINED, TRAINED_DIR, trained_dir, weights_digest  # noqa: E402
 
 SHIPPED = TRAINED_DIR / "toy-llava"  # the weights make reproduce measures
@@ -59,14 +59,18 @@ def compare_weights(before: tuple[str, dict | None] | None, out: Path, cfg: Trai
 
 
 def sibling_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """``--sibling NAME``: its recipe (``TOY_SIBLING_RECIPES``: its seed and steps), its shipped folder and
-    its own work dir; the folders can be given otherwise, the recipe cannot."""
-    recipe = TOY_SIBLING_RECIPES[args.sibling]
-    said = ", ".join(f"{field} {value}" for field, value in recipe.items())
+    """``--sibling NAME``: ``make toy-model``'s recipe with the sibling's changes (``TOY_SIBLING_RECIPES``),
+    its shipped folder and its own work dir. The folders and the bookkeeping (``BOOKKEEPING``: threads,
+    logging) can be given otherwise; a recipe field given as another value is refused, since it would
+    train another model into the sibling's shipped folder."""
+    changes = TOY_SIBLING_RECIPES[args.sibling]
+    recipe = {f.name: changes.get(f.name, f.default) for f in fields(TrainConfig) if f.name not in BOOKKEEPING}
+    said = ", ".join(f"{field} {value}" for field, value in changes.items())
     for field, value in recipe.items():
         given = getattr(args, field)
         if given not in (None, value):  # given on the command line as another value (the default's included)
-            parser.error(f"--sibling {args.sibling} is the recipe at {said}; drop --{field.replace('_', '-')} {given}.")
+            parser.error(f"--sibling {args.sibling} is make toy-model's recipe at {said}; "
+                         f"drop --{field.replace('_', '-')} {given}.")
         setattr(args, field, value)
     if args.out == parser.get_default("out"):
         args.out = str(trained_dir(args.sibling))
@@ -84,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=str(SHIPPED), help="final checkpoint")
     parser.add_argument("--no-save", action="store_true", help="do not write the final checkpoint")
     parser.add_argument("--sibling", default=None, choices=list(TOY_SIBLING_RECIPES),
-                        help="train this shipped sibling of the toy (hivtp.zoo.TOY_SIBLING_RECIPES: its seed and steps) "
+                        help="train this shipped sibling of the toy (hivtp.zoo.TOY_SIBLING_RECIPES: the recipe at its own seed) "
                              "into hivtp/zoo/trained/<name>, work dir artifacts/toy-train-<name>")
     return parser
 

@@ -98,7 +98,7 @@ def test_a_model_configs_family_is_the_one_its_results_are_read_as(model):
     budgets from that name (``claims.family_of``); ``model.family`` (in the run identity) must say the same,
     and so must the checkpoint's own config where the harness ships it."""
     from hivtp.claims import family_of
-    from hivtp.run import FAMILY_OF_MODEL_TYPE
+    from hivtp.claims import FAMILY_OF_MODEL_TYPE
     from hivtp.zoo import local_config
 
     cfg = plain(compose_([f"model={model}"]))["model"]

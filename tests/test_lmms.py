@@ -254,6 +254,30 @@ def test_accounting_files_per_rank_are_merged(tmp_path):
     assert read_samples(tmp_path, "other") == []
 
 
+def test_a_later_run_with_another_process_count_is_not_overridden_by_the_earlier_ones_files(tmp_path):
+    """The same output folder, first two ranks at 192 tokens, then one process at 64, then three ranks at
+    32: each run's counts are what ``read_samples`` gives (the earlier run's rank files would otherwise
+    replace the later rows, since every rank's file is read); a task whose name extends this one's is kept."""
+    from hivtp.lmms.accounting import AccountingWriter, summarize
+
+    def run(world_size: int, tokens: int) -> float:
+        for rank in range(world_size):
+            writer = AccountingWriter(tmp_path)
+            for d in range(rank, 6, world_size):
+                writer.add("t", d, {"tokens_kept": tokens})
+            writer.flush(rank, world_size)
+        return summarize(read_samples(tmp_path, "t"))["tokens_kept_mean"]
+
+    other = AccountingWriter(tmp_path)
+    other.add("t_long", 0, {"tokens_kept": 1})
+    other.flush(1, 2)
+    assert run(2, 192) == 192.0
+    assert run(1, 64) == 64.0
+    assert run(3, 32) == 32.0
+    assert run(2, 16) == 16.0  # a smaller rank count: rank 2's file from the 3-rank run goes too
+    assert read_samples(tmp_path, "t_long") == [{"doc_id": 0, "task": "t_long", "tokens_kept": 1}]
+
+
 def test_render_tasks_makes_data_paths_absolute(tmp_path):
     from hivtp.lmms.runner import TASKS_DIR, render_tasks
 

@@ -486,6 +486,47 @@ def test_lmms_plugin_builds_the_method_from_model_args(tiny_qwen_dir):
         HivtpQwen2_5_VL(pretrained=str(tiny_qwen_dir), method="fastervlm", device="cpu", device_map="cpu")
 
 
+def test_lmms_plugin_tells_each_generate_call_its_documents(tiny_qwen_dir, monkeypatch, tmp_path):
+    """The stock ``generate_until`` calls ``model.generate`` without saying which documents it answers; the
+    plugin tells each call (``sample_ids``: ``task/doc_id``), so ``random`` draws per document: four
+    images of one grid keep four different sets, and batch 1 and batch 2 keep the same set per document
+    (without the ids, every image of a grid kept the same positions, and the draw moved with the batch)."""
+    pytest.importorskip("lmms_eval")
+    from lmms_eval.api.instance import Instance
+
+    from hivtp.lmms.qwen2_5_vl import HivtpQwen2_5_VL
+    from hivtp.methods.random import RandomTokens
+
+    kept: dict[str, list[int]] = {}
+    select = RandomTokens.select
+
+    def spy(self, crops):
+        out = select(self, crops)
+        assert len(crops.crop_keys) == crops.num_crops  # keys given, not the "#<index in batch>" fallback
+        kept.update({key: p.tolist() for key, p in zip(crops.crop_keys, out.positions)})
+        return out
+
+    monkeypatch.setattr(RandomTokens, "select", spy)
+    images = [make_image(seed, SQUARE) for seed in range(4)]
+    to_messages = lambda image: [{"role": "user", "content": [{"type": "image", "url": image},
+                                                              {"type": "text", "text": "What is in the picture?"}]}]
+    gen = {"max_new_tokens": 2, "do_sample": False, "until": []}
+    requests = [Instance("generate_until", ("", to_messages, gen, doc, "toy_task", "test"), idx=0,
+                         metadata={"task": "toy_task", "doc_id": doc, "repeats": 1}) for doc in range(4)]
+    lm = HivtpQwen2_5_VL(pretrained=str(tiny_qwen_dir), method="random", budget=8, device="cpu", device_map="cpu",
+                         min_pixels=3136, max_pixels=50176, accounting_dir=str(tmp_path))
+    lm.task_dict = {"toy_task": {"test": images}}
+    by_batch = {}
+    for batch_size in (1, 2):
+        kept.clear()
+        lm.batch_size_per_gpu = batch_size
+        lm.generate_until(requests)
+        by_batch[batch_size] = dict(kept)
+    assert sorted(by_batch[1]) == [f"toy_task/{doc}/0/0" for doc in range(4)]
+    assert by_batch[1] == by_batch[2]
+    assert len({tuple(p) for p in by_batch[1].values()}) == 4 and all(len(p) == 8 for p in by_batch[1].values())
+
+
 @pytest.mark.slow  # two lmms-eval subprocesses on 3 local GQA docs
 def test_lmms_method_none_answers_equal_stock_qwen2_5_vl(tiny_qwen_dir, tmp_path):
     pytest.importorskip("lmms_eval")

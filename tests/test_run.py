@@ -117,6 +117,25 @@ def test_run_writes_rows_and_skips_when_finished(tmp_path, fake_log):
     assert len(calls(fake_log)) == 4
 
 
+def test_a_cuda_latency_part_first_forgets_the_in_process_accuracy_model(tmp_path, fake_log, monkeypatch):
+    """mode=both in one process: the in-process accuracy runner keeps its model for the next configuration;
+    a CUDA latency part would count that model in every row's peak memory, so it is forgotten first (on the
+    CPU, where no peak memory is read, it is kept for the next configuration)."""
+    pytest.importorskip("lmms_eval")
+    import importlib
+
+    from hivtp.lmms import inprocess
+
+    measure = importlib.import_module("hivtp.latency.measure")  # the module (hivtp.latency.measure is also a function)
+    freed = []
+    monkeypatch.setattr(measure, "free_device_memory", lambda dev: freed.append(str(dev)))
+    for device, kept in (("cpu", True), ("cuda", False)):
+        monkeypatch.setattr(inprocess, "_model", "the accuracy model")
+        execute(cfg_of([f"runs_root={tmp_path / device}", f"latency.device={device}", *FAKE]))
+        assert (inprocess._model == "the accuracy model") is kept, device
+    assert freed == ["cuda"] and [c["kind"] for c in calls(fake_log)] == ["accuracy", "latency"] * 2
+
+
 def _killed(folder: Path, started_on: dict) -> None:
     """A folder as a killed run leaves it: its config (with what it answered on) written first, the
     accuracy part finished, then the process died."""

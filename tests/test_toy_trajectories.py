@@ -168,11 +168,11 @@ def _script():
 
 def test_the_script_measures_every_toy_on_the_same_questions_and_resumes_from_its_cache(tmp_path, capsys, monkeypatch):
     script = _script()
-    args = ["--models", "toy-llava", "toy-llava-xeon-seed0", "--per-family", "1", "--resamples", "50",
+    args = ["--models", "toy-llava", "toy-llava-xeon-seed1", "--per-family", "1", "--resamples", "50",
             "--cache", str(tmp_path / "cache")]
     assert script.main([*args, "--out", str(tmp_path / "r.json")]) == 0
     doc = json.loads((tmp_path / "r.json").read_text())
-    assert [t["model"] for t in doc["toys"]] == ["toy-llava", "toy-llava-xeon-seed0"]
+    assert [t["model"] for t in doc["toys"]] == ["toy-llava", "toy-llava-xeon-seed1"]
     first_toy, second_toy = (t["answers"] for t in doc["toys"])
     assert first_toy["families"] == second_toy["families"] and len(first_toy["families"].split(",")) == len(FAMILIES)
     assert [c["label"] for c in first_toy["configurations"]] == [c["label"] for c in second_toy["configurations"]]
@@ -266,18 +266,19 @@ def test_train_toy_sibling_trains_its_recipe_into_its_shipped_folder(capsys):
     spec.loader.exec_module(train_toy)
     args = train_toy.parse(["--sibling", "toy-llava-xeon-seed1"])
     assert (args.seed, args.steps, Path(args.out), Path(args.work_dir).name) == (
-        1, 3200, trained_dir("toy-llava-xeon-seed1"), "toy-train-toy-llava-xeon-seed1")
-    assert train_toy.parse(["--sibling", "toy-llava-xeon-seed0", "--out", "/tmp/x"]).out == "/tmp/x"
-    assert train_toy.parse(["--sibling", "toy-llava-xeon-seed0"]).seed == 0
-    assert train_toy.parse(["--sibling", "toy-llava-xeon-seed1", "--seed", "1", "--steps", "3200"]).steps == 3200  # the recipe's own
+        1, train_toy.TrainConfig.steps, trained_dir("toy-llava-xeon-seed1"), "toy-train-toy-llava-xeon-seed1")
+    assert train_toy.parse(["--sibling", "toy-llava-xeon-seed2", "--out", "/tmp/x"]).out == "/tmp/x"
+    assert train_toy.parse(["--sibling", "toy-llava-xeon-seed2"]).seed == 2
+    assert train_toy.parse(["--sibling", "toy-llava-xeon-seed1", "--seed", "1", "--steps", "4000"]).steps == 4000  # the recipe's own
+    assert train_toy.parse(["--sibling", "toy-llava-xeon-seed1", "--threads", "1"]).threads == 1  # bookkeeping: allowed
     for seed in ("5", "0"):  # 0 is the recipe's default seed, given here explicitly
         with pytest.raises(SystemExit):
             train_toy.parse(["--sibling", "toy-llava-xeon-seed1", "--seed", seed])
-        assert f"is the recipe at seed 1, steps 3200; drop --seed {seed}" in capsys.readouterr().err
-    for steps in ("50", "4000"):  # 4000 is the default, given here explicitly
+        assert f"is make toy-model's recipe at seed 1; drop --seed {seed}" in capsys.readouterr().err
+    for flag, value in (("--steps", "50"), ("--world", "textured"), ("--lr", "0.01")):  # any recipe field, not only the changed ones
         with pytest.raises(SystemExit):
-            train_toy.parse(["--sibling", "toy-llava-xeon-seed1", "--steps", steps])
-        assert f"drop --steps {steps}" in capsys.readouterr().err
+            train_toy.parse(["--sibling", "toy-llava-xeon-seed1", flag, value])
+        assert f"drop {flag} {value}" in capsys.readouterr().err
     assert (train_toy.parse([]).seed, train_toy.parse(["--seed", "3"]).seed) == (0, 3)
     assert train_toy.parse([]).steps == train_toy.TrainConfig.steps
 

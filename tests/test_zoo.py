@@ -166,6 +166,31 @@ def test_local_config_gives_the_adapters_vision_geometry_without_loading():
     assert local_config("someone/other-model") is None
 
 
+def test_a_checkpoint_of_bin_weights_has_a_weights_digest_that_follows_them(tmp_path):
+    """transformers reads ``pytorch_model.bin`` where a checkpoint has no safetensors: its digest is the
+    .bin's, so that retrained .bin weights at the same path are a new measurement, not a finished run."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from hivtp.zoo import local_weights_digest, weights_digest
+
+    folder = tmp_path / "bin"
+    shutil.copytree(trained_dir("toy-llava"), folder)
+    state = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+    first = local_weights_digest(str(folder))
+    assert first is not None and first == weights_digest(str(folder))
+    name = next(iter(state))
+    state[name] = state[name] + 1
+    torch.save(state, folder / "pytorch_model.bin")
+    assert local_weights_digest(str(folder)) not in (None, first)
+    (folder / "pytorch_model.bin").unlink()
+    with pytest.raises(MissingArtifactError, match="no .safetensors or .bin weights"):
+        weights_digest(str(folder))
+
+
 def test_checkpoint_files_digest_follows_what_changes_answers_and_not_the_weights(tmp_path):
     """The non-weight files of a checkpoint (config, processor, tokenizer, chat template) have their own
     digest; the weights' digest (recorded in results rows and calibration files) is untouched by them."""

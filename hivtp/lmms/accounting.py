@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import math
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -77,6 +78,9 @@ class AccountingWriter:
         written = []
         for task, rows in by_task.items():
             path = self.directory / f"hivtp_samples_{task}{suffix}.jsonl"
+            if path not in self._written:  # this run's first rows of the task: an earlier run's files go
+                for stale in self._other_layouts(task, world_size):
+                    stale.unlink(missing_ok=True)
             with path.open("a" if path in self._written else "w") as f:
                 for row in sorted(rows, key=lambda r: r["doc_id"]):
                     f.write(json.dumps(row, sort_keys=True) + "\n")
@@ -84,6 +88,25 @@ class AccountingWriter:
             written.append(path)
         self.records = []
         return written
+
+    def _other_layouts(self, task: str, world_size: int) -> list[Path]:
+        """``task``'s files that no rank of this run writes: an earlier run with another number of processes
+        left them, and :func:`read_samples`, which reads every rank's file, would let their rows replace
+        this run's. A run of one process writes no ``_rank`` file; one of N writes no plain file and no
+        ``_rank{r}`` with r >= N. (Each rank's own file is rewritten on its first write.)"""
+        out = []
+        for path in self.directory.glob(f"hivtp_samples_{task}*.jsonl"):
+            rest = path.name[len(f"hivtp_samples_{task}"):]
+            rank = re.fullmatch(r"_rank(\d+)\.jsonl", rest)
+            if rest == ".jsonl":
+                stale = world_size > 1
+            elif rank is not None:
+                stale = world_size == 1 or int(rank.group(1)) >= world_size
+            else:
+                continue  # another task whose name starts with this one
+            if stale:
+                out.append(path)
+        return out
 
 
 def _plain(v: Any) -> Any:

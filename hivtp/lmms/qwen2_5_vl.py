@@ -6,7 +6,9 @@ The class subclasses ``lmms_eval.models.chat.qwen2_5_vl.Qwen2_5_VL`` and changes
 are lmms-eval's own code, so ``method=none`` answers exactly as ``--model qwen2_5_vl`` (tested).
 Tokens kept per sample (and each question's image) are recorded as by ``hivtp_llava`` (:mod:`hivtp.lmms.accounting`, with
 ``accounting_dir=``): each ``generate`` call's ``last_stats`` is matched to its documents by replaying
-the stock class's ordering (its ``Collator`` over the same requests). With ``device=cpu`` and no
+the stock class's ordering (its ``Collator`` over the same requests), and each call is told which documents
+it answers (``sample_ids``, as ``hivtp_llava`` passes them), so ``random`` draws per document whatever the
+batch. With ``device=cpu`` and no
 ``device_map``, the model loads with ``device_map=cpu`` (the stock default ``auto`` moves inputs to CUDA).
 
 ``--model_args``: the stock class's arguments (``pretrained``, ``device``, ``device_map``, ``batch_size``,
@@ -20,7 +22,7 @@ the stock class's ordering (its ``Collator`` over the same requests). With ``dev
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Iterator
 
 from lmms_eval import utils
 from lmms_eval.api.instance import Instance
@@ -54,14 +56,25 @@ def split_qwen_args(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
 
 
 class _RecordingModel:
-    """The pruned model as the stock class sees it: ``generate`` also keeps each call's ``last_stats``."""
+    """The pruned model as the stock class sees it: each ``generate`` call is told which documents it
+    answers (``sample_ids``, ``"<task>/<doc_id>"`` as ``hivtp_llava`` passes them, so that a per-sample draw
+    such as ``random``'s is the document's, whatever the batch) and keeps its ``last_stats``."""
 
     def __init__(self, pruned: PrunedModel) -> None:
         self.pruned = pruned
         self.calls: list[list[dict[str, Any]]] = []
+        self.pending: Iterator[list[str]] = iter(())
+
+    def expect(self, sample_ids: list[list[str]]) -> None:
+        """The sample ids of the coming ``generate`` calls, one list per call (the stock class's chunks)."""
+        self.calls, self.pending = [], iter(sample_ids)
 
     def generate(self, **kwargs: Any):
-        out = self.pruned.generate(**kwargs)
+        sample_ids = next(self.pending, None)
+        if sample_ids is None:
+            raise ConfigError(f"{MODEL_NAME}: the stock generate_until made more generate calls than it has "
+                              "chunks of documents; report this.")
+        out = self.pruned.generate(**kwargs, sample_ids=sample_ids)
         self.calls.append([dict(s) for s in self.pruned.last_stats])
         return out
 
@@ -109,12 +122,18 @@ class HivtpQwen2_5_VL(Qwen2_5_VLChat):
         visual, _video, _ = ChatMessages(messages=to_messages(self.task_dict[task][split][doc_id])).extract_media()
         return image_key(visual)
 
-    def generate_until(self, requests: list[Instance]):
-        self.recorder.calls = []
-        results = super().generate_until(requests)
-        # the stock class's chunk order: the same Collator over the same requests
+    def _chunks(self, requests: list[Instance]) -> list[list[tuple]]:
+        """The stock class's chunks of request arguments, in its order: the same Collator over the same
+        requests (one ``generate`` call per chunk)."""
         collator = utils.Collator([r.args for r in requests], lambda x: (x[0], x[0]), group_fn=lambda x: x[2], grouping=True)
-        docs = [args for chunk in collator.get_batched(n=self.batch_size, batch_fn=None) for args in chunk]
+        return [list(chunk) for chunk in collator.get_batched(n=self.batch_size, batch_fn=None)]
+
+    def generate_until(self, requests: list[Instance]):
+        chunks = self._chunks(requests)
+        # args = (context, doc_to_messages, gen_kwargs, doc_id, task, split)
+        self.recorder.expect([[f"{args[4]}/{args[3]}" for args in chunk] for chunk in chunks])
+        results = super().generate_until(requests)
+        docs = [args for chunk in chunks for args in chunk]
         stats = [s for call in self.recorder.calls for s in call]
         if len(stats) != len(docs):
             raise ConfigError(f"{MODEL_NAME}: {len(stats)} accounting rows for {len(docs)} documents; report this.")

@@ -71,8 +71,10 @@ ACCURACY_COLUMNS = (IDENTITY + ["benchmark", "metric", "value", "n", "ci_low", "
 #: differences pair them (``_reference_key``). Tables, figures and the ledger never pool rows across
 #: these (``setups``).
 COMPARABLE = ["weights", *SETUP]
-#: latency columns besides device/dtype/batch/backend that make rows other measurements (``LATENCY_PROTOCOL``)
-LATENCY_MACHINE = ["device_name", "new_tokens", "prompt_tokens"]
+#: latency columns besides device/dtype/batch/backend that make rows other measurements (``LATENCY_PROTOCOL``):
+#: the machine, the decode and prompt lengths, and ``tokens_total`` (the unpruned image tokens per sample:
+#: a LLaVA-NeXT or Qwen2.5-VL bench at another ``--image-size`` is another measurement, not a re-run)
+LATENCY_MACHINE = ["device_name", "new_tokens", "prompt_tokens", "tokens_total"]
 LATENCY_COLUMNS = IDENTITY + TAIL + [
     "stage", "batch", "dtype", "backend", "device", "median_ms", "p10_ms", "p90_ms", "repeats",
     "peak_mem_mb", "flops", "tokens_kept", "tokens_per_s", *LATENCY_MACHINE,

@@ -163,15 +163,14 @@ def checkpoint_dir(name: str) -> Path:
 
 #: shipped trained checkpoints (``make toy-model`` writes them): name -> directory
 TRAINED_DIR = Path(__file__).parent / "trained"
-#: siblings of the shipped toy: ``make toy-model``'s recipe as it was before v24 (3,200 steps where the
-#: shipped toy trains 4,000; nothing else differs) at seeds 0 and 1, trained on the Intel Xeon (2 cores,
-#: AVX-512, two threads) that also trained the shipped toy. They exist so that an offline method row can be
-#: measured on several trainings (``make toy-trajectories``): seed 0 differs from the shipped toy by its
-#: 800 fewer steps only, seed 1 by its seed as well, so a method difference that holds on all three is not
-#: one training's (``make toy-siblings`` retrains them; bit-identical only on the same CPU and thread
-#: count). Name -> the recipe fields ``--sibling`` sets (``scripts/train_toy.py``): the rest are ``TrainConfig``'s.
-TOY_SIBLING_RECIPES = {"toy-llava-xeon-seed0": {"seed": 0, "steps": 3200},
-                       "toy-llava-xeon-seed1": {"seed": 1, "steps": 3200}}
+#: siblings of the shipped toy: ``make toy-model``'s recipe exactly (4,000 steps), at seeds 1 and 2 where the
+#: shipped toy is seed 0, trained on the Intel Xeon (2 cores, AVX-512, two threads) that also trained the
+#: shipped toy. They exist so that an offline method row can be measured on three trainings of one recipe
+#: (``make toy-trajectories``): a method difference that holds on all three is not one training's (``make
+#: toy-siblings`` retrains them; bit-identical only on the same CPU and thread count). Name -> the recipe
+#: fields ``--sibling`` sets (``scripts/train_toy.py``): the rest are ``TrainConfig``'s.
+TOY_SIBLING_RECIPES = {"toy-llava-xeon-seed1": {"seed": 1},
+                       "toy-llava-xeon-seed2": {"seed": 2}}
 TOY_SIBLINGS = tuple(TOY_SIBLING_RECIPES)
 #: the toys whose method rows ``make toy-trajectories`` compares: the shipped one (the reference) first
 TOY_TRAJECTORIES = ("toy-llava", *TOY_SIBLINGS)
@@ -251,15 +250,21 @@ def check_weights(folder: Path, fix: str = "copy the checkpoint folder again") -
             raise MissingArtifactError(f"weights file {folder / name} is damaged: {problem}. To fix it, {fix}.")
 
 
+def weight_files(folder: Path) -> list[Path]:
+    """The files ``from_pretrained`` takes a checkpoint's weights from, sorted by name: its safetensors
+    files, or where it has none its PyTorch ``.bin`` files (which transformers then reads)."""
+    return sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+
+
 def weights_digest(name_or_path: str) -> str:
-    """The sha256 of a local checkpoint's safetensors files (sorted by name, concatenated): which
+    """The sha256 of a local checkpoint's weight files (:func:`weight_files`, concatenated): which
     weights a measurement was made on, so that a result file can be checked against the shipped model."""
     folder = Path(resolve_checkpoint(name_or_path))
     if not folder.is_dir():
         raise ConfigError(f"{name_or_path!r} is not a local checkpoint; a digest needs its files.")
-    files = sorted(folder.glob("*.safetensors"))
+    files = weight_files(folder)
     if not files:
-        raise MissingArtifactError(f"{folder} holds no .safetensors weights to digest.")
+        raise MissingArtifactError(f"{folder} holds no .safetensors or .bin weights to digest.")
     digest = hashlib.sha256()
     for path in files:
         with path.open("rb") as f:
@@ -276,7 +281,7 @@ def local_weights_digest(name_or_path: str) -> str | None:
     folder = _local_folder(name_or_path)
     if folder is None:
         return None
-    files = sorted(folder.glob("*.safetensors"))
+    files = weight_files(folder)
     state = tuple((p.name, st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns) for p in files for st in [p.stat()])
     return _digest_of(str(folder.resolve()), state) if files else None
 
