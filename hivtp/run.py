@@ -62,6 +62,24 @@ def plain(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(cfg))
 
 
+def sweep_jobs(name: str, extra: list[str] | tuple[str, ...] = ()) -> list[list[str]]:
+    """The runs of ``configs/sweep/<name>.yaml`` (after ``extra`` overrides) as override lists: its
+    ``hydra.sweeper.params`` expanded as Hydra's basic sweeper does (cartesian product, in order), each
+    run's list holding that run's values only (compose with ``+sweep=<name>`` before them)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"+sweep={name}", *extra], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params or {}
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    jobs: list[list[str]] = [[]]
+    for ov in parsed:
+        values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.get_value_element_as_str()]
+        jobs = [j + [f"{ov.get_key_element()}={v}"] for j in jobs for v in values]
+    return jobs
+
+
 def method_params(cfg: dict[str, Any]) -> dict[str, Any]:
     """The method's params with nulls dropped (null = the method's default / preset). The word ``none``
     (an override ``+method.params.budget=none`` arrives as text) is a null where the parameter's default
@@ -272,6 +290,37 @@ def check_model_family(model: dict[str, Any], mode: str = "both") -> None:
             "or 'v1.6', a Qwen2.5-VL one with 'qwen', a LLaVA-1.5 one with neither, and set model.family to match.")
 
 
+def check_profile(cfg: dict[str, Any], mode: str = "both") -> None:
+    """Rows are marked with ``profile`` and the paper profile's are set beside the paper's claims: a paper
+    run of a small offline model (``hivtp.zoo.is_offline_model``), on the offline mini-benchmarks
+    (``hivtp_*`` tasks, the procedural world) or timing latency off the GPU would put numbers there that the
+    paper's are not comparable with, without an error: refused.
+    (``+sweep=stages`` chooses the offline POPE; after a paper experiment add ``benchmark=paper_pope``.)"""
+    if cfg.get("profile") != "paper":
+        return
+    from .world.builds import is_offline_task
+    from .zoo import is_offline_model
+
+    model = cfg["model"]
+    loads = {"pretrained": mode != "latency", "latency_model": mode != "accuracy" and "latency_model" in model}
+    small = [f"model.{key} = {model[key]!r}" for key, used in loads.items() if used and is_offline_model(model[key])]
+    if small:
+        raise ConfigError(f"profile=paper, but {', '.join(small)} is a small offline model (a shipped small shape or "
+                          "the toy): its rows would stand beside the paper's claims. Run it with +experiment=offline "
+                          "(profile=offline), or choose a real-shape model (model=llava-1.5-7b, ...).")
+    device = str((cfg.get("latency") or {}).get("device", "cpu"))
+    if mode != "accuracy" and not device.startswith("cuda"):
+        raise ConfigError(f"profile=paper times latency on latency.device={device!r}: the paper's speed claims are GPU "
+                          "measurements. Use latency=gpu (the paper experiments' default), mode=accuracy, or profile=offline.")
+    tasks = (cfg.get("benchmark") or {}).get("tasks") or []
+    offline = [t for t in tasks if is_offline_task(t)] if mode != "latency" else []
+    if offline:
+        raise ConfigError(f"profile=paper, but the benchmark's tasks {', '.join(map(str, offline))} are the offline "
+                          "mini-benchmarks (procedural images): their scores would stand beside the paper's claims. Use "
+                          "benchmark=paper (or benchmark=paper_pope, e.g. after +sweep=stages), or run with "
+                          "+experiment=offline.")
+
+
 def check_method(cfg: dict[str, Any]) -> None:
     """Build the method and check it against the model's vision geometry (patch grid, encoder depth,
     feature layer), read from the model's config without loading it, so that a bad name, param,
@@ -453,6 +502,7 @@ def execute(cfg_in: Any) -> Path:
     if mode not in ("accuracy", "latency", "both"):
         raise ConfigError(f"mode must be accuracy, latency or both, got {mode!r}.")
     check_model_family(cfg["model"], mode)
+    check_profile(cfg, mode)
     final = Path(cfg["runs_root"]) / run_hash(cfg)
     commit = git_commit()
     force = bool(cfg.get("force", False))

@@ -85,11 +85,19 @@ def offline_plan(model: str, methods: list[str], limit: int, ablation_limit: int
 PAPER_EXPERIMENTS = (("paper_llava15", "llava15"), ("paper_llava_next", "llava_next"), ("paper_qwen2_5_vl", "qwen2_5_vl"))
 
 
+#: the hallucination claim's stages sweep (configs/sweep/stages.yaml, 144 tokens on a 24 x 24 grid) on the real
+#: POPE splits, in the paper's LLaVA-1.5 experiment
+PAPER_STAGES = ("paper_llava15", "paper_pope")
+
+
 def paper_plan() -> list[list[str]]:
-    """none, HIVTP at its own rule and every method at the family's standard budgets, per experiment.
-    Qwen2.5-VL's tower has no [CLS]: the methods that need one are refused there, so not planned.
-    Offline-only methods (``oracle``) are not in PAPER_BASELINES: they never enter the paper profile."""
+    """none, HIVTP at its own rule and every method at the family's standard budgets, per experiment, and
+    the stages sweep on POPE for LLaVA-1.5 (``PAPER_STAGES``; the paper profile refuses the sweep's
+    default, the offline POPE). Qwen2.5-VL's tower has no [CLS]: the methods that need one are refused
+    there, so not planned. Offline-only methods (``oracle``) are not in PAPER_BASELINES: they never enter
+    the paper profile."""
     from hivtp.methods import METHODS
+    from hivtp.run import sweep_jobs
 
     plan = []
     for exp, family in PAPER_EXPERIMENTS:
@@ -98,6 +106,8 @@ def paper_plan() -> list[list[str]]:
         methods = [m for m in ("hivtp", *PAPER_BASELINES) if not (family == "qwen2_5_vl" and METHODS[m].needs_cls)]
         for m in methods:
             plan += [[f"+experiment={exp}", f"method={m}", f"method.params.budget={b}"] for b in STANDARD_BUDGETS[family]]
+    exp, pope = PAPER_STAGES
+    plan += [[f"+experiment={exp}", "+sweep=stages", f"benchmark={pope}", *job] for job in sweep_jobs("stages")]
     return plan
 
 

@@ -1,6 +1,7 @@
 """What each selection keeps on the toy world: object share, object recall and spread (issue 19).
 
     python scripts/toy_selection_anatomy.py [--per-family 20] [--budgets 64 192] [--model toy-llava] [--out FILE.json]
+    python scripts/toy_selection_anatomy.py --model toy-llava-xeon-seed2 --out results/toy_selection_anatomy.toy-llava-xeon-seed2.json
 
 The offline accuracy table ranks methods; this says what their kept tokens are, on the same held-out
 images the calibration uses (:func:`hivtp.toy.evaluate.held_out_items`, one image per question). For
@@ -11,7 +12,13 @@ inside the language model, ``none`` keeps everything), at each budget, through `
 * ``object share``: the share of the kept tokens whose patch an object covers;
 * ``object recall``: the share of the image's object patches that are kept;
 * ``spread``: the share of the 16 cells of a 4 x 4 partition of the patch grid that hold a kept token
-  (how much of the scene a selection still sees).
+  (how much of the scene a selection still sees);
+* ``fixed positions``: the share of the kept tokens at positions the same selection keeps in more than
+  half of the measured images, i.e. whatever the image shows. Objects are placed at random, so a rule
+  whose choice moves with the image keeps few such tokens (random and the oracle: none, at budgets under
+  half the grid; above it some position must be kept in most images); a rule that follows positions the
+  vision tower's attention favours on every image keeps many (pool, whose cells never move: all). (The
+  positions come from the same images, so its interval is only a guide.)
 
 A patch is an object patch when ``hivtp.methods.oracle.object_patches`` finds object pixels in it: known by
 construction from the pixels, never from a model. Methods whose tokens merge patches
@@ -27,12 +34,14 @@ import sys
 import torch
 
 CELLS = 4  # spread: a CELLS x CELLS partition of the patch grid
-MEASURES = ("tokens", "object share", "object recall", "spread")
+MEASURES = ("tokens", "object share", "object recall", "spread", "fixed positions")
+FIXED_SHARE = 0.5  # a position is fixed when the selection keeps it in more than this share of the images
 
 
-def selection_measures(kept: torch.Tensor, objects: torch.Tensor, grid: int, cells: int = CELLS) -> dict[str, float]:
+def selection_measures(kept: torch.Tensor, objects: torch.Tensor, grid: int, fixed: torch.Tensor,
+                       cells: int = CELLS) -> dict[str, float]:
     """The measures of one image (and its kept tokens): ``kept`` [K] raster positions, ``objects`` [P] bool object patches
-    of a ``grid`` x ``grid`` crop."""
+    of a ``grid`` x ``grid`` crop, ``fixed`` [P] bool the selection's fixed positions (:func:`fixed_positions`)."""
     if grid % cells:
         raise ValueError(f"a {grid} x {grid} grid does not split into {cells} x {cells} cells.")
     side = grid // cells
@@ -43,7 +52,16 @@ def selection_measures(kept: torch.Tensor, objects: torch.Tensor, grid: int, cel
         "object share": float(on.float().mean()) if len(kept) else 0.0,
         "object recall": float(on.sum()) / max(1, int(objects.sum())),
         "spread": len(set(cell.tolist())) / cells**2,
+        "fixed positions": float(fixed[kept].float().mean()) if len(kept) else 0.0,
     }
+
+
+def fixed_positions(kept: list[torch.Tensor], patches: int) -> torch.Tensor:
+    """[P] bool: the positions kept in more than ``FIXED_SHARE`` of the images (``kept``: each image's [K] positions)."""
+    counts = torch.zeros(patches)
+    for k in kept:
+        counts[k] += 1
+    return counts > FIXED_SHARE * len(kept)
 
 
 def projector_methods() -> list[str]:
@@ -68,7 +86,9 @@ def measure(model, processor, images, methods, budgets) -> dict[str, dict[str, l
             pruned = hivtp.attach(model, method=method, budget=budget)
             layout = pruned.layout(pixels)
             selection = pruned.select_tokens(pruned.run_vision(layout), layout)
-            rows = [selection_measures(kept.cpu(), objects[i], grid) for i, kept in enumerate(selection.positions)]
+            kept = [k.cpu() for k in selection.positions]
+            fixed = fixed_positions(kept, grid * grid)
+            rows = [selection_measures(k, objects[i], grid, fixed) for i, k in enumerate(kept)]
             out[f"{method}@{budget}"] = {m: [r[m] for r in rows] for m in MEASURES}
     return out
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 import pytest
 
 from hydra import compose, initialize_config_dir
-from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from hivtp.methods import available_methods
-from hivtp.run import CONFIG_DIR, check_method, identity, method_params, plain, run_hash
+from hivtp.run import CONFIG_DIR, check_method, identity, method_params, plain, run_hash, sweep_jobs
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 SWEEPS = sorted(p.stem for p in (CONFIG_DIR / "sweep").glob("*.yaml"))
@@ -19,18 +18,6 @@ MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
 def compose_(overrides: list[str], hydra_cfg: bool = False):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose("config", overrides=overrides, return_hydra_config=hydra_cfg)
-
-
-def sweep_jobs(name: str, extra: list[str] = ()) -> list[list[str]]:
-    """Expand a sweep's hydra.sweeper.params exactly as the basic sweeper does (cartesian product)."""
-    cfg = compose_([f"+sweep={name}", *extra], hydra_cfg=True)
-    params = cfg.hydra.sweeper.params or {}
-    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
-    jobs: list[list[str]] = [[]]
-    for ov in parsed:
-        values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.get_value_element_as_str()]
-        jobs = [j + [f"{ov.get_key_element()}={v}"] for j in jobs for v in values]
-    return jobs
 
 
 def test_expected_groups_exist():
@@ -206,11 +193,24 @@ def test_reproduce_paper_dry_run_composes(tmp_path, capsys):
     assert _reproduce().main(["--profile", "paper", "--dry-run", "--runs-root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     # 2 x (none + hivtp at its own rule + 8 methods x 3 budgets) + Qwen (none + rule + 6 CLS-free methods x 3)
-    assert "72 runs composed" in out and "llava-1.5-7b hivtp {'budget': 64}" in out
+    # ... + the stages sweep's three arms on the real POPE (LLaVA-1.5)
+    assert "75 runs composed" in out and "llava-1.5-7b hivtp {'budget': 64}" in out
     assert "qwen2.5-vl-7b divprune {'budget': 192}" in out and "qwen2.5-vl-7b fastervlm" not in out
     assert "llava-1.5-7b hivtp {} " in out
     assert "llava-v1.6-vicuna-7b hivtp {'budget': 640}" in out
     assert not any(tmp_path.iterdir())  # nothing ran
+
+
+def test_the_paper_plan_measures_the_stages_claim_on_the_real_pope_and_every_run_passes_the_profile_check(tmp_path):
+    from hivtp.run import check_profile
+
+    r = _reproduce()
+    configs = [plain(c) for c in r.compose_all(r.paper_plan(), tmp_path)]
+    for c in configs:
+        check_profile(c, c["mode"])  # a paper run of a small model or on the offline tasks raises
+    stages = [c for c in configs if method_params(c).get("budget") == 144 and c["model"]["name"] == "llava-1.5-7b"]
+    assert sorted(method_params(c)["keep_ratio"] for c in stages) == [0.001, 0.125, 0.25]
+    assert all(c["benchmark"]["tasks"] == ["pope_adv", "pope_pop", "pope_random"] and c["mode"] == "accuracy" for c in stages)
 
 
 def test_reproduce_offline_plan_has_unique_runs(tmp_path):

@@ -349,3 +349,19 @@ def test_method_refusing_the_attention_backend_is_skipped_and_others_kept(monkey
         measure(methods=[("fastv", {"budget": 64, "k_layer": 1})], **kw)
     with pytest.raises(ConfigError, match="k_layer=2 but the language model has 2 layers"):
         measure(methods=[("none", {}), ("fastv", {"budget": 64, "k_layer": 2})], **kw)
+
+
+def test_a_small_model_timed_on_a_gpu_is_offline_and_a_real_shape_is_paper(tiny_llava_dir, tmp_path):
+    """The paper profile's latency rows are set beside the paper's claims (summary.md, the ledger, which takes
+    a family's best model): a toy or tiny model timed on a GPU was marked paper and could stand for the 7B."""
+    from hivtp.latency.measure import latency_profile
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    for small in ("tiny-llava", "tiny-qwen2.5-vl", "toy-llava", "toy-llava-xeon-seed2", str(tiny_llava_dir)):
+        assert latency_profile(small, cuda) == "offline", small
+    odd = tmp_path / "downloaded"
+    odd.mkdir()
+    (odd / "hivtp_build.json").write_text("[1]")  # not ours: no shape named, so a real checkpoint
+    for real in ("llava-1.5-7b", "qwen2.5-vl-7b", "llava-hf/llava-1.5-7b-hf", str(odd)):
+        assert latency_profile(real, cuda) == "paper", real
+        assert latency_profile(real, cpu) == "offline", real

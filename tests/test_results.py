@@ -67,6 +67,25 @@ def _sweep(runs):
         write_run(runs, name, method, params, {POPE_TASK: pope_samples(pope, TRUTHS), GQA_TASK: mean_samples(correct)})
 
 
+def test_the_collector_counts_pope_answers_that_lmms_evals_f1_leaves_out(tmp_path, capsys):
+    """lmms-eval's POPE F1 counts only answers that are exactly yes or no: a run answering every negative
+    "no, there is not." has F1 1.0. The collector derives the share of such answers and the model's own
+    yes rate (rows with intervals, paired with the unpruned run) and says which runs have any."""
+    runs = tmp_path / "runs"
+    truths = ["yes", "no"] * 20
+    wordy = ["yes" if t == "yes" else "no, there is not." for t in truths]
+    write_run(runs, "r_none", "none", {}, {POPE_TASK: pope_samples(truths, truths)})
+    write_run(runs, "r_wordy", "random", {"budget": 64}, {POPE_TASK: pope_samples(wordy, truths)})
+    back = collect(runs, tmp_path / "results", resamples=200)["accuracy"].set_index(["method", "metric"])
+    assert back.loc[("random", "pope_f1_score"), "value"] == 1.0  # lmms-eval's rule, kept as is
+    assert back.loc[("random", "pope_accuracy"), "value"] == 0.5
+    assert back.loc[("random", "pope_unparsed"), "value"] == 0.5 and back.loc[("none", "pope_unparsed"), "value"] == 0.0
+    assert back.loc[("random", "pope_answered_yes"), "value"] == 0.5
+    assert back.loc[("random", "pope_unparsed"), "ci_low"] > 0 and back.loc[("random", "pope_unparsed"), "diff_vs_none_low"] > 0
+    err = capsys.readouterr().err
+    assert "hivtp_pope_adv random" in err and "50.0% of the answers are neither yes nor no" in err and "none {}" not in err
+
+
 def test_collector_adds_n_intervals_and_paired_differences(tmp_path, capsys):
     runs = tmp_path / "runs"
     _sweep(runs)
@@ -74,7 +93,8 @@ def test_collector_adds_n_intervals_and_paired_differences(tmp_path, capsys):
     acc = collect(runs, tmp_path / "results", resamples=500)["accuracy"]
     back = pd.read_csv(tmp_path / "results" / "accuracy.csv")
     assert list(back.columns[: len(ACCURACY_COLUMNS)]) == ACCURACY_COLUMNS and "n_samples" not in back
-    assert len(back) == 4 * 3 and set(back["method"]) == {"none", "hivtp", "random", "pool"}
+    # per run: POPE accuracy and F1, GQA, and the two POPE answer rows the collector derives
+    assert len(back) == 4 * 5 and set(back["method"]) == {"none", "hivtp", "random", "pool"}
     assert "r_killed" in capsys.readouterr().err  # unfinished: no rows, but said
     f1 = back[back["metric"] == "pope_f1_score"].set_index("method")
     assert (f1["n"] == 200).all() and (back[back["benchmark"] == GQA_TASK]["n"] == 90).all()
@@ -119,7 +139,7 @@ def test_runs_evaluated_otherwise_are_neither_mixed_nor_paired(tmp_path, capsys)
     # ... whose own none (cuda, limit 200) was never run: no difference rather than a mixed one
     assert math.isnan(f1.loc["hivtp", "diff_vs_none"])
     every = pd.DataFrame(_rows_before_superseding(runs))
-    assert len(every) == 4 * 2
+    assert len(every) == 4 * 4  # per run: POPE accuracy and F1, and the two derived POPE answer rows
     cpu = every[(every["metric"] == "pope_f1_score") & (every["method"] == "hivtp") & (every["device"] == "cpu")].iloc[0]
     assert cpu["diff_vs_none"] == pytest.approx(cpu["value"] - 1.0)  # paired with none at 200 (F1 1.0)
 
@@ -414,6 +434,27 @@ def test_ablation_runs_on_a_subset_of_benchmarks_get_their_own_table():
     assert t.iloc[-1]["% unpruned"] == pytest.approx(0.60 / 0.80 * 100)
 
 
+def test_a_run_on_an_extra_benchmark_leaves_the_main_table_to_the_runs_of_the_unpruned_ones():
+    """The stages sweep runs on POPE splits the main runs lack: the main table stays the main runs' (it was
+    emptied, every row moved to the ablations), and a run on a superset of the main benchmarks is an ablation."""
+    main = accuracy_frame()
+    main["run"] = main["method"] + main["params"]
+    stages = pd.DataFrame([acc_row("hivtp", {"budget": 144, "keep_ratio": r}, bench, 0.7, metric="f1", tokens=144)
+                           for r in (0.25, 0.125) for bench in ("pope", "pope_pop")], columns=ACCURACY_COLUMNS)
+    stages["run"] = "stages" + stages["params"]
+    wider = pd.DataFrame([acc_row("random", {"budget": 32}, bench, 0.3, metric=m, tokens=32)
+                          for bench, m in (("gqa", "exact_match"), ("pope", "f1"), ("mme", "score"))], columns=ACCURACY_COLUMNS)
+    wider["run"] = "wider"
+    full, rest = split_ablations(pd.concat([main, stages, wider], ignore_index=True))
+    assert set(full["run"]) == set(main["run"])
+    assert set(rest["run"]) == {"stages" + p for p in stages["params"]} | {"wider"} | set(main.loc[main["method"] == "none", "run"])
+    assert list(accuracy_table(full).index) == list(accuracy_table(main).index)
+    # without an unpruned run: the set most runs cover
+    pruned = pd.concat([main[main["method"] != "none"], stages], ignore_index=True)
+    full, rest = split_ablations(pruned)
+    assert set(full["run"]) == set(main.loc[main["method"] != "none", "run"]) and set(rest["run"]) == set(stages["run"])
+
+
 def test_latency_table():
     t = latency_table(latency_frame())
     assert t.loc[("hivtp", "64"), "ttft ms"] == pytest.approx(40.0)
@@ -528,6 +569,22 @@ def test_accuracy_figure_draws_each_setup_apart(tmp_path):
         assert pope["hivtp"]["value"].iloc[0] == pytest.approx(hivtp64)
     names = {p.name for p in accuracy_vs_tokens(acc, tmp_path)}
     assert names == {f"accuracy_vs_tokens_offline_toy-llava_limit{n}.{ext}" for n in (20, 200) for ext in ("png", "pdf")}
+
+
+def test_digests_that_read_as_numbers_come_back_from_the_csv_as_written_and_stay_apart(tmp_path):
+    """pandas guessed a column of 12-hex digests as numbers when every value looked like one: 012345678901 lost
+    its zero, and 123e45678901 and 987e65432109 both became inf, one setup for two toys' weights."""
+    from hivtp.results.collect import setups
+    from hivtp.results.report import read_csv
+
+    one = accuracy_frame().assign(weights_digest="123e45678901", data_digest="012345678901", commit="40123e567890")
+    two = accuracy_frame().assign(weights_digest="987e65432109", data_digest="012345678901", commit="40123e567890")
+    pd.concat([one, two], ignore_index=True).to_csv(tmp_path / "accuracy.csv", index=False)
+    back = read_csv(tmp_path / "accuracy.csv", ACCURACY_COLUMNS)
+    assert set(back["weights_digest"]) == {"123e45678901", "987e65432109"}
+    assert set(back["data_digest"]) == {"012345678901"} and set(back["commit"]) == {"40123e567890"}
+    parts = setups(back)
+    assert len(parts) == 2 and all(len(part) == len(one) for _, part in parts)
 
 
 def test_reports_remove_the_outputs_a_previous_call_wrote_and_this_one_did_not(tmp_path, capsys):

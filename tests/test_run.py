@@ -220,8 +220,30 @@ def test_a_model_whose_name_reads_as_another_family_is_refused(tmp_path, fake_lo
 
 def test_the_offline_only_oracle_is_refused_in_the_paper_profile(tmp_path, fake_log):
     with pytest.raises(ConfigError, match="offline-only reference.*experiment=offline"):
-        execute(cfg_of([f"runs_root={tmp_path}", "profile=paper", "method=oracle", *FAKE]))
+        execute(cfg_of([f"runs_root={tmp_path}", "+experiment=paper_llava15", "method=oracle", *FAKE]))
     assert calls(fake_log) == []
+
+
+def test_a_paper_run_of_a_small_model_or_on_the_offline_benchmarks_is_refused(tmp_path, fake_log):
+    """Rows take the config's profile, and the paper profile's stand beside the paper's claims: the stages
+    sweep after a paper experiment ran the 7B on the procedural POPE, and profile=paper on a small model
+    would time a toy, both marked paper without an error."""
+    from hivtp.run import check_profile
+
+    with pytest.raises(ConfigError, match="hivtp_pope_adv, hivtp_pope_pop, hivtp_pope_random are the offline"):
+        execute(cfg_of([f"runs_root={tmp_path}", "+experiment=paper_llava15", "+sweep=stages", *FAKE]))
+    with pytest.raises(ConfigError, match="model.pretrained = 'tiny-llava' is a small offline model"):
+        execute(cfg_of([f"runs_root={tmp_path}", "profile=paper", "benchmark=paper", "mode=accuracy", *FAKE]))
+    with pytest.raises(ConfigError, match="model.latency_model = 'toy-llava' is a small offline model"):
+        execute(cfg_of([f"runs_root={tmp_path}", "+experiment=paper_llava15", "model.latency_model=toy-llava",
+                        "mode=latency", *FAKE]))
+    with pytest.raises(ConfigError, match="latency.device='cpu': the paper's speed claims are GPU"):
+        execute(cfg_of([f"runs_root={tmp_path}", "+experiment=paper_llava15", "latency=cpu", *FAKE]))
+    assert calls(fake_log) == []
+    check_profile(plain(cfg_of(["+experiment=paper_llava15", "latency=cpu"])), "accuracy")  # no latency part: accepted
+    check_profile(plain(cfg_of(["+experiment=paper_llava15", "+sweep=stages", "benchmark=paper_pope"])))  # the fix: accepted
+    check_profile(plain(cfg_of(["+experiment=paper_llava15", "+sweep=stages", "mode=latency"])), "latency")  # no tasks read
+    check_profile(plain(cfg_of(["+sweep=stages"])))  # the offline profile: anything goes
 
 
 def test_invalid_geometry_is_marked_when_skip_invalid(tmp_path, fake_log):

@@ -112,6 +112,21 @@ def test_metrics_rebuilt_from_samples_equal_lmms_eval_aggregation():
         assert scores_from_samples("exact_match", logged).point() == expected
 
 
+def test_pope_answer_metrics_read_the_answers_lmms_eval_logs():
+    """lmms-eval's own process_results lowercases and strips an answer; one that is then neither "yes" nor
+    "no" is in no F1 cell (F1 1.0 below, accuracy 0.5), and its yes ratio is the ground truth's. The
+    derived metrics count such answers and the model's own yes rate."""
+    from lmms_eval.tasks.pope import utils as pope
+
+    truths = ["yes", "yes", "no", "no", "no", "no"]
+    raw = [" Yes", "yes", "No, there is not.", "NO", "Yes", "maybe"]
+    logged = [{"doc_id": i, **pope.pope_process_results({"question_id": str(i), "answer": t}, [r])}
+              for i, (r, t) in enumerate(zip(raw, truths))]
+    assert scores_from_samples("pope_unparsed", logged).point() == pytest.approx(2 / 6)  # "no, there is not.", "maybe"
+    assert scores_from_samples("pope_answered_yes", logged).point() == pytest.approx(3 / 6)
+    assert scores_from_samples("pope_yes_ratio", logged).point() == pytest.approx(2 / 6)  # lmms-eval's: the truths'
+
+
 def test_a_resample_scores_as_lmms_eval_scores_the_resampled_questions():
     """Weights are draw counts: the weighted POPE F1 equals lmms-eval's F1 of the list with each
     question repeated as often as it was drawn (F1 recomputed, not averaged per question), and the

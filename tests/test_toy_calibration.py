@@ -211,10 +211,20 @@ def test_selection_measures_by_hand():
     script = _script("toy_selection_anatomy")
     objects = torch.zeros(64, dtype=torch.bool)
     objects[[0, 1, 8, 9]] = True
-    got = script.selection_measures(torch.tensor([0, 1, 63]), objects, grid=8)
-    assert got == {"tokens": 3, "object share": pytest.approx(2 / 3), "object recall": 0.5, "spread": 2 / 16}
+    fixed = torch.zeros(64, dtype=torch.bool)
+    fixed[63] = True
+    got = script.selection_measures(torch.tensor([0, 1, 63]), objects, grid=8, fixed=fixed)
+    assert got == {"tokens": 3, "object share": pytest.approx(2 / 3), "object recall": 0.5, "spread": 2 / 16,
+                   "fixed positions": pytest.approx(1 / 3)}
     with pytest.raises(ValueError, match="does not split"):
-        script.selection_measures(torch.tensor([0]), objects, grid=6)
+        script.selection_measures(torch.tensor([0]), objects, grid=6, fixed=fixed)
+
+
+def test_fixed_positions_are_those_kept_in_more_than_half_of_the_images():
+    script = _script("toy_selection_anatomy")
+    kept = [torch.tensor([0, 5]), torch.tensor([0, 6]), torch.tensor([0, 5]), torch.tensor([1, 6])]
+    # 0: 3 of 4 images (fixed); 5 and 6: 2 of 4 (exactly half: not fixed); 1: 1 of 4
+    assert script.fixed_positions(kept, 8).nonzero().flatten().tolist() == [0]
 
 
 def test_selection_anatomy_covers_every_projector_method_and_the_oracle_keeps_the_most_objects(tmp_path, capsys):
@@ -232,6 +242,9 @@ def test_selection_anatomy_covers_every_projector_method_and_the_oracle_keeps_th
     assert all(0 < sel["tokens"]["mean"] <= 16 for sel in doc["selections"].values())
     share = {name: sel["object share"]["mean"] for name, sel in doc["selections"].items()}
     assert share["oracle@16"] == max(share.values())  # object patches first: no selection of 16 holds more
+    fixed = {name: sel["fixed positions"]["mean"] for name, sel in doc["selections"].items()}
+    assert fixed["pool@16"] == 1.0  # pool's tokens stand for the same grid cells on every image
+    assert fixed["random@16"] == 0.0  # one draw per image: no position in more than half of them
     assert "| oracle@16 |" in capsys.readouterr().out
 
 
@@ -365,3 +378,24 @@ def test_each_committed_toy_record_was_measured_on_the_shipped_toy_in_the_benchm
     doc = json.loads((Path(__file__).parents[1] / "results" / f"{name}.json").read_text())
     assert (doc["model"], doc["weights_sha256"]) == ("toy-llava", weights_digest("toy-llava")), f"other weights: run {command}"
     assert doc.get("world", "plain") == BENCHMARK_WORLD, f"measured in the {doc.get('world', 'plain')} world: run {command}"
+
+
+def test_each_sibling_has_its_selection_anatomy_measured_on_its_own_weights():
+    """The README's per-toy anatomy table (why attention-ranked rows move between trainings) reads one record per
+    sibling: each must be that sibling's weights, in the benchmarks' world, with the shipped record's measures."""
+    from hivtp.world import BENCHMARK_WORLD
+    from hivtp.zoo import TOY_SIBLINGS, weights_digest
+
+    results = Path(__file__).parents[1] / "results"
+    shipped = json.loads((results / "toy_selection_anatomy.json").read_text())
+    measures = set(_script("toy_selection_anatomy").MEASURES)
+    assert all(set(sel) == measures for sel in shipped["selections"].values()), "an older record: run the script again"
+    for name in TOY_SIBLINGS:
+        command = f"python scripts/toy_selection_anatomy.py --per-family 20 --model {name} --out results/toy_selection_anatomy.{name}.json"
+        path = results / f"toy_selection_anatomy.{name}.json"
+        assert path.is_file(), f"no record for {name}: run {command}"
+        doc = json.loads(path.read_text())
+        assert (doc["model"], doc["weights_sha256"]) == (name, weights_digest(name)), f"other weights: run {command}"
+        assert doc["world"] == BENCHMARK_WORLD and doc["images"] == shipped["images"], f"run {command}"
+        assert set(doc["selections"]) == set(shipped["selections"]), f"other selections than the shipped record's: run {command}"
+        assert all(set(sel) == measures for sel in doc["selections"].values()), f"an older record: run {command}"

@@ -76,6 +76,15 @@ def _attach_all(model: Any, methods: Sequence[MethodSpec], refusals: dict[str, s
     return attached
 
 
+def latency_profile(model: str, dev: torch.device) -> str:
+    """The profile a latency row belongs to: "paper" only for a real-shape model timed on a GPU (what the
+    paper measured); a small offline model is "offline" on any device, so that its GPU rows never stand
+    beside the paper's claims (``hivtp.zoo.is_offline_model``)."""
+    from ..zoo import is_offline_model
+
+    return "paper" if dev.type == "cuda" and not is_offline_model(model) else "offline"
+
+
 def _say(progress: bool, text: str) -> None:
     if progress:
         print(f"[latency] {text}", file=sys.stderr, flush=True)
@@ -178,7 +187,7 @@ def measure(
         reasons = "; ".join(f"{method_label(n, p)}: {refused[i]}" for i, (n, p, _) in enumerate(attached))
         raise ConfigError(f"no method could run under attn={attn}, dtype={dtype}: {reasons}")
     ident = {
-        "model": model, "weights": weights, "profile": "paper" if dev.type == "cuda" else "offline",
+        "model": model, "weights": weights, "profile": latency_profile(model, dev),
         "batch": batch, "dtype": dtype, "attn": attn, "backend": attn, "device": dev.type,
         "new_tokens": new_tokens, "prompt_tokens": prompt_tokens, **fingerprint(dev),
     }

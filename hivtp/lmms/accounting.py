@@ -94,19 +94,22 @@ class AccountingWriter:
         left them, and :func:`read_samples`, which reads every rank's file, would let their rows replace
         this run's. A run of one process writes no ``_rank`` file; one of N writes no plain file and no
         ``_rank{r}`` with r >= N. (Each rank's own file is rewritten on its first write.)"""
-        out = []
-        for path in self.directory.glob(f"hivtp_samples_{task}*.jsonl"):
-            rest = path.name[len(f"hivtp_samples_{task}"):]
-            rank = re.fullmatch(r"_rank(\d+)\.jsonl", rest)
-            if rest == ".jsonl":
-                stale = world_size > 1
-            elif rank is not None:
-                stale = world_size == 1 or int(rank.group(1)) >= world_size
-            else:
-                continue  # another task whose name starts with this one
-            if stale:
-                out.append(path)
-        return out
+        def written_now(rank: int | None) -> bool:
+            return world_size == 1 if rank is None else world_size > 1 and rank < world_size
+
+        return [path for path, rank in task_files(self.directory, task) if not written_now(rank)]
+
+
+def task_files(directory: str | Path, task: str) -> list[tuple[Path, int | None]]:
+    """``task``'s sample files in ``directory`` as (path, rank): rank None for the plain file of a run of
+    one process. Another task whose name starts with this one (``pope`` vs ``pope_pop``) is not included."""
+    out = []
+    for path in sorted(Path(directory).glob(f"hivtp_samples_{task}*.jsonl")):
+        rest = path.name[len(f"hivtp_samples_{task}"):]
+        rank = re.fullmatch(r"_rank(\d+)\.jsonl", rest)
+        if rest == ".jsonl" or rank is not None:
+            out.append((path, None if rank is None else int(rank.group(1))))
+    return out
 
 
 def _plain(v: Any) -> Any:
@@ -120,10 +123,7 @@ def _plain(v: Any) -> Any:
 def read_samples(directory: str | Path, task: str) -> list[dict[str, Any]]:
     """All ranks' records for ``task``, one per doc_id (later duplicates replace earlier ones)."""
     by_doc: dict[int, dict] = {}
-    for path in sorted(Path(directory).glob(f"hivtp_samples_{task}*.jsonl")):
-        rest = path.name[len(f"hivtp_samples_{task}"):]
-        if rest not in (".jsonl",) and not rest.startswith("_rank"):
-            continue  # another task whose name starts with this one
+    for path, _ in task_files(directory, task):
         for line in path.read_text().splitlines():
             row = json.loads(line)
             by_doc[row["doc_id"]] = row

@@ -35,11 +35,14 @@ import pandas as pd
 
 from ..atomic import write_text
 from ..errors import MissingArtifactError
+from ..latency.report import TEXT_COLUMNS as LATENCY_TEXT_COLUMNS
 from ..runfolder import CHECKPOINT_FILES, DATA, MANIFEST, WEIGHTS, IncompleteRunError, read_manifest, read_part, recorded_inputs, verify_run
 from ..world.builds import is_offline_task
 from .stats import (
     LEVEL,
     MME_METRICS,
+    POPE_ANSWER_METRICS,
+    POPE_METRICS,
     RESAMPLES,
     SEED,
     Scores,
@@ -75,6 +78,10 @@ COMPARABLE = ["weights", *SETUP]
 #: the machine, the decode and prompt lengths, and ``tokens_total`` (the unpruned image tokens per sample:
 #: a LLaVA-NeXT or Qwen2.5-VL bench at another ``--image-size`` is another measurement, not a re-run)
 LATENCY_MACHINE = ["device_name", "new_tokens", "prompt_tokens", "tokens_total"]
+#: columns of results/accuracy.csv and latency.csv that hold text even when it reads as a number: a digest
+#: such as ``012345678901`` (a leading zero lost) or ``123e45678901`` (read as inf, so two digests become one)
+RESULT_TEXT_COLUMNS = LATENCY_TEXT_COLUMNS | {"benchmark", "metric", "ci_unit", "weights_digest", "checkpoint_files_digest",
+                                              "data_digest", "world"}
 LATENCY_COLUMNS = IDENTITY + TAIL + [
     "stage", "batch", "dtype", "backend", "device", "median_ms", "p10_ms", "p90_ms", "repeats",
     "peak_mem_mb", "flops", "tokens_kept", "tokens_per_s", *LATENCY_MACHINE,
@@ -180,7 +187,8 @@ def image_keys(folder: Path, task: str) -> dict[int, str | None]:
 
 
 def _accuracy_units(folder: Path, rows: list[dict[str, Any]], found: Collected) -> list[Scores | None]:
-    """Each row's resampling units, its score checked against the samples; StatsError when broken."""
+    """Each row's resampling units, its score checked against the samples; StatsError when broken. ``rows``
+    gains the POPE answer rows (``pope_answer_rows``) with theirs."""
     samples: dict[str, list[dict[str, Any]]] = {}
     images: dict[str, dict[int, str | None]] = {}
     out: list[Scores | None] = []
@@ -206,6 +214,23 @@ def _accuracy_units(folder: Path, rows: list[dict[str, Any]], found: Collected) 
         if reported_n not in (None, "") and metric not in MME_METRICS and int(reported_n) != scores.n:
             raise StatsError(f"{task} scored {reported_n} questions but logged {scores.n} samples.")
         out.append(scores)
+    for row, scores in pope_answer_rows(rows, samples, images):
+        rows.append(row)
+        out.append(scores)
+    return out
+
+
+def pope_answer_rows(rows: list[dict[str, Any]], samples: dict[str, list[dict[str, Any]]],
+                     images: dict[str, dict[int, str | None]]) -> list[tuple[dict[str, Any], Scores]]:
+    """Per POPE task of a run, a row (and its units) for each of ``POPE_ANSWER_METRICS``, derived from the
+    answers its samples log: lmms-eval's F1 silently leaves out an answer that is neither "yes" nor "no",
+    and its yes ratio is the ground truth's (``hivtp.results.stats``)."""
+    out = []
+    for task in dict.fromkeys(str(r["benchmark"]) for r in rows if r["metric"] in POPE_METRICS):
+        base = next(r for r in rows if str(r["benchmark"]) == task and r["metric"] in POPE_METRICS)
+        for metric in POPE_ANSWER_METRICS:
+            scores = scores_from_samples(metric, samples[task], images[task])
+            out.append(({**base, "metric": metric, "value": scores.point()}, scores))
     return out
 
 
@@ -437,6 +462,10 @@ def _report(found: Collected, strict: bool) -> None:
         say(f"{len(found.invalid)} run(s) marked INVALID (skip_invalid): " + ", ".join(p.name for p in found.invalid))
     for text in found.no_interval:
         say(f"no confidence interval: {text}")
+    unparsed = [r for r in found.rows["accuracy"] if r["metric"] == "pope_unparsed" and float(r["value"]) > 0]
+    for r in unparsed:
+        say(f"{r['benchmark']} {r['method']} {r['params']} ({r['model']}): {float(r['value']):.1%} of the answers are "
+            "neither yes nor no; lmms-eval's POPE precision, recall and F1 leave them out (pope_accuracy counts them wrong)")
     if not found.broken:
         return
     if strict:

@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..atomic import write_text
 from ..errors import ConfigError
-from .collect import ACCURACY_COLUMNS, LATENCY_COLUMNS, file_stem, latency_protocols, setups
+from .collect import ACCURACY_COLUMNS, LATENCY_COLUMNS, RESULT_TEXT_COLUMNS, file_stem, latency_protocols, setups
 from .figures import all_figures
 from .ledger import TRAJECTORIES, ledger_markdown
 from .tables import (
@@ -28,7 +28,7 @@ from .tables import (
 def read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
     if not path.exists():
         raise ConfigError(f"{path} does not exist; run `make reproduce` (or `python -m hivtp.run` and the collector) first.")
-    frame = pd.read_csv(path)
+    frame = pd.read_csv(path, dtype={c: str for c in RESULT_TEXT_COLUMNS})  # a digest may read as a number
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ConfigError(f"{path} lacks the columns {missing}: it is not a hivtp results CSV (harness.md), or one "

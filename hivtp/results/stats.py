@@ -14,6 +14,11 @@ Units and aggregation, per benchmark (lmms_eval/tasks/*/utils.py, lmms-eval 0.7.
 - POPE: precision, recall and F1 are recomputed from the resample's counts of true positives, false
   positives and false negatives (F1 is not a mean of per-question values). As in lmms-eval, a false
   negative is an answer of exactly "no" to a "yes" question; yes_ratio is the share of "yes" *ground truths*.
+  So an answer that is neither "yes" nor "no" ("No, there is not.") counts in no precision, recall or F1
+  cell: it is wrong only in the accuracy. Two metrics lmms-eval does not log are derived from the same
+  answers (``POPE_ANSWER_METRICS``): ``pope_unparsed``, the share of answers that are neither (a row
+  whose share is above 0 has an F1 that ignored them), and ``pope_answered_yes``, the share of
+  questions answered "yes" (the model's yes bias, which lmms-eval's yes_ratio is not).
 - The unit of these two is the **image** where the run recorded which image each question asks about
   (the plugin's accounting: ``image``): POPE asks several questions of one image and GQA many, and such
   questions are not independent draws, so resampling them one by one gives intervals too narrow. Each
@@ -47,6 +52,7 @@ from ..errors import HivtpError
 __all__ = [
     "LEVEL",
     "MME_METRICS",
+    "POPE_ANSWER_METRICS",
     "POPE_METRICS",
     "RESAMPLES",
     "SEED",
@@ -64,6 +70,8 @@ __all__ = [
 ]
 
 POPE_METRICS = ("pope_accuracy", "pope_precision", "pope_recall", "pope_f1_score", "pope_yes_ratio")
+#: derived by the collector from POPE's logged answers (lmms-eval logs no such metric): module docstring
+POPE_ANSWER_METRICS = ("pope_unparsed", "pope_answered_yes")
 MME_METRICS = ("mme_perception_score", "mme_cognition_score")
 
 
@@ -236,12 +244,16 @@ def scores_from_samples(metric: str, samples: list[dict[str, Any]], images: dict
 
 
 def _question_scores(metric: str, samples: list[dict[str, Any]]) -> Scores:
-    values = _per_sample(samples, metric)
+    values = _per_sample(samples, POPE_METRICS[0] if metric in POPE_ANSWER_METRICS else metric)
     keys = tuple(str(s.get("doc_id", i)) for i, s in enumerate(samples))
     if len(set(keys)) != len(keys):  # units pair two runs by doc_id: each must be one question
         raise StatsError(f"logged samples repeat doc_ids ({len(keys) - len(set(keys))} duplicates); "
                          "one lmms-eval run logs each document once: the file mixes runs.")
     strata = np.zeros(len(samples), dtype=int)
+    if metric in POPE_ANSWER_METRICS:  # from the answers lmms-eval logs under its POPE metrics
+        pred = [str(v["prediction"]) for v in _per_sample(samples, POPE_METRICS[0])]
+        hit = [p not in ("yes", "no") for p in pred] if metric == "pope_unparsed" else [p == "yes" for p in pred]
+        return Scores(metric, keys, strata, {"x": np.array(hit, dtype=float), "count": np.ones(len(pred))}, _mean, len(samples))
     if metric in POPE_METRICS:
         pred = [str(v["prediction"]) for v in values]
         gt = [str(v["ground_truth"]) for v in values]

@@ -61,19 +61,32 @@ def _method_rank(name: str) -> tuple[int, int]:
 
 
 def split_ablations(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(main, ablations): runs that cover every benchmark of the frame make the main table; runs on a
-    subset (e.g. score-layer or geometry ablations on POPE) go to a second table, with the unpruned
-    rows of those benchmarks as its reference. Runs are told apart by the ``run`` column."""
+    """(main, ablations): runs on the main benchmark set (:func:`main_benchmarks`) make the main table;
+    runs on other benchmarks (e.g. score-layer or geometry ablations on one POPE split, the stages sweep on
+    three) go to a second table, with the main unpruned rows of those benchmarks as its reference (a
+    benchmark no main run answered has none). Runs are told apart by the ``run`` column."""
     if "run" not in frame.columns or frame.empty:
         return frame, frame.iloc[:0]
-    benches = set(frame["benchmark"])
-    full = frame.groupby("run")["benchmark"].agg(lambda b: set(b) == benches)
+    benches = main_benchmarks(frame)
+    full = frame.groupby("run")["benchmark"].agg(lambda b: set(map(str, b)) == benches)
     main = frame[frame["run"].map(full)]
     rest = frame[~frame["run"].map(full)]
     if rest.empty:
         return main, rest
     reference = main[(main["method"] == "none") & main["benchmark"].isin(set(rest["benchmark"]))]
     return main, pd.concat([reference, rest])
+
+
+def main_benchmarks(frame: pd.DataFrame) -> set:
+    """The benchmark set of the main table: the one most unpruned runs cover (every run's, where none is
+    unpruned); on a tie, the one most runs of any method cover, then the larger. Not the union of every
+    run's: one run on an extra benchmark (the stages sweep's other POPE splits) would leave no run
+    covering it and the main table empty."""
+    sets = {run: frozenset(map(str, b)) for run, b in frame.groupby("run")["benchmark"]}
+    unpruned = set(frame.loc[frame["method"] == "none", "run"])
+    candidates = [b for run, b in sets.items() if run in unpruned] or list(sets.values())
+    every = list(sets.values())
+    return set(max(set(candidates), key=lambda b: (candidates.count(b), every.count(b), len(b), sorted(b))))
 
 
 def _primary_rows(frame: pd.DataFrame) -> pd.DataFrame:

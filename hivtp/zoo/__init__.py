@@ -53,6 +53,7 @@ __all__ = [
     "TOY_SIBLINGS",
     "TOY_SIBLING_RECIPES",
     "TOY_TRAJECTORIES",
+    "is_offline_model",
     "CHAT_TEMPLATES",
 ]
 
@@ -183,6 +184,25 @@ def trained_dir(name: str) -> Path:
 
 #: a hub repository id as ``from_pretrained`` takes it: ``namespace/name`` (one slash)
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def is_offline_model(name_or_path: str) -> bool:
+    """Whether a model belongs to the offline profile: a trained toy, a shipped shape that copies no hub
+    checkpoint (the small ones), or a folder built or trained here from one (its ``hivtp_build.json``
+    names the shape). A real-shape model (a hub id, a shape that copies one, a downloaded checkpoint) is
+    not, on whatever device it runs: its rows may stand beside the paper's, a small model's never. A folder
+    whose ``hivtp_build.json`` names no shipped shape (or does not parse) is taken for a real checkpoint."""
+    name = str(name_or_path)
+    if name in TRAINED:
+        return True
+    shape = name
+    if shape not in available_shapes():
+        build = Path(name).expanduser() / "hivtp_build.json"
+        try:
+            shape = json.loads(build.read_text()).get("shape") if build.is_file() else None
+        except (ValueError, AttributeError):  # not JSON, or not an object
+            shape = None
+    return shape in available_shapes() and shape_spec(shape).get("hub_id") is None
 
 
 def resolve_checkpoint(name_or_path: str) -> str:
