@@ -33,7 +33,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from . import runfolder
 from .atomic import write_json, write_text
@@ -376,16 +376,36 @@ def _skip(folder: Path, commit: str) -> None:
         _say(f"skip {folder.name}: finished")
 
 
-def accuracy_weights(cfg: dict[str, Any]) -> str | None:
-    """The sha256 of the weights an accuracy part answers with, when they are here
-    (:func:`hivtp.zoo.local_weights_digest`; None for a hub id or a latency-only run). The model's
-    name is the run's identity, not its weights: a retrained ``toy-llava`` keeps its name, so a finished
-    run records the weights it used and is redone when they changed."""
+def loaded_checkpoints(cfg: dict[str, Any]) -> list[str]:
+    """The checkpoints whose files a run reads: the accuracy part's ``model.pretrained``, and the latency
+    part's ``latency_model`` unless it times random weights (built from a shipped shape: code, covered by
+    the commit)."""
+    mode, model = cfg.get("mode", "both"), cfg["model"]
+    names = [model["pretrained"]] if mode != "latency" else []
+    if mode != "accuracy" and not model.get("latency_random_weights", True):
+        names.append(model["latency_model"])
+    return names
+
+
+def _one_digest(digests: Iterable[str | None]) -> str | None:
+    """One checkpoint's digest as it is; two different ones, the digest of both; None when none is local
+    (a hub id: its name is the run's identity and its files are not here to read)."""
+    digests = list(dict.fromkeys(d for d in digests if d))
+    if len(digests) > 1:
+        return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+    return digests[0] if digests else None
+
+
+def run_weights(cfg: dict[str, Any]) -> str | None:
+    """The sha256 of the weights the run answers and times with (:func:`loaded_checkpoints`,
+    :func:`hivtp.zoo.local_weights_digest`; both checkpoints' when a run times another trained one than it
+    answers with). The model's name is the run's identity, not its weights: a retrained ``toy-llava``
+    keeps its name, so a finished run records the weights it used and is redone when they changed. A
+    latency part on trained weights depends on them too: HIVTP's own rule keeps as many tokens as the
+    scores' layout gives (its local stage adds nothing to a window the global stage covered)."""
     from .zoo import local_weights_digest
 
-    if cfg.get("mode", "both") == "latency":
-        return None
-    return local_weights_digest(cfg["model"]["pretrained"])
+    return _one_digest(map(local_weights_digest, loaded_checkpoints(cfg)))
 
 
 def run_inputs(cfg: dict[str, Any]) -> dict[str, str | None]:
@@ -396,22 +416,11 @@ def run_inputs(cfg: dict[str, Any]) -> dict[str, str | None]:
 
 
 def checkpoint_files_digest(cfg: dict[str, Any]) -> str | None:
-    """The digest of the non-weight files (:func:`hivtp.zoo.checkpoint_files`) of the local checkpoints the
-    run loads: the accuracy part's ``model.pretrained``, and the latency part's ``latency_model`` unless
-    it times random weights (built from a shipped shape: code, covered by the commit). A latency part
-    depends on the config (the architecture it times), never on the weights' values. One checkpoint gives
-    its own digest; two different ones, the digest of both. None when neither is local (a hub id: its
-    name is the run's identity and its files are not here to read)."""
+    """The digest of the non-weight files (:func:`hivtp.zoo.checkpoint_files`: config.json, processor, ...)
+    of the local checkpoints the run loads (:func:`loaded_checkpoints`), combined as :func:`run_weights`."""
     from .zoo import local_checkpoint_files_digest
 
-    mode, model = cfg.get("mode", "both"), cfg["model"]
-    names = [model["pretrained"]] if mode != "latency" else []
-    if mode != "accuracy" and not model.get("latency_random_weights", True):
-        names.append(model["latency_model"])
-    digests = list(dict.fromkeys(d for d in map(local_checkpoint_files_digest, names) if d))
-    if len(digests) > 1:
-        return hashlib.sha256("\n".join(digests).encode()).hexdigest()
-    return digests[0] if digests else None
+    return _one_digest(map(local_checkpoint_files_digest, loaded_checkpoints(cfg)))
 
 
 def data_folder(cfg: dict[str, Any]) -> Path | None:
@@ -465,12 +474,12 @@ def _stale(folder: Path, cfg: dict[str, Any], weights: str | None, inputs: dict[
 
 
 def _weights_changed(manifest: dict[str, Any], weights: str | None) -> str | None:
-    """Why a finished run's accuracy no longer holds (the checkpoint's weights changed), or None."""
+    """Why a finished run no longer holds (the checkpoint's weights changed), or None."""
     recorded = manifest.get(runfolder.WEIGHTS)
     if weights is None or recorded == weights:
         return None
     was = f"weights {recorded[:12]}" if recorded else "weights it did not record (made before runs recorded them)"
-    return f"its accuracy was measured on {was}; the checkpoint now holds {weights[:12]}"
+    return f"it was measured on {was}; the checkpoint now holds {weights[:12]}"
 
 
 def _inputs_changed(manifest: dict[str, Any], inputs: dict[str, str | None], cfg: dict[str, Any]) -> str | None:
@@ -506,7 +515,7 @@ def execute(cfg_in: Any) -> Path:
     final = Path(cfg["runs_root"]) / run_hash(cfg)
     commit = git_commit()
     force = bool(cfg.get("force", False))
-    weights, inputs = accuracy_weights(cfg), run_inputs(cfg)
+    weights, inputs = run_weights(cfg), run_inputs(cfg)
     stale = None
     if not force and runfolder.is_complete(final):
         stale = _stale(final, cfg, weights, inputs)

@@ -97,6 +97,22 @@ def test_keep_all_features_are_the_models_own(tiny_qwen, batch):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+def test_the_merger_gets_the_kept_tokens_in_the_models_own_window_order(tiny_qwen, batch):
+    """Keeping every token, the merger's input is the model's own merger input, row for row (its window
+    order): the slots were looked up through argsort(argsort(window_index)), i.e. window_index itself."""
+    model, _ = tiny_qwen
+    inputs, _ = batch
+    seen = []
+    hook = model.model.visual.merger.register_forward_hook(lambda module, args, out: seen.append(args[0].detach().clone()))
+    try:
+        model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+        hivtp.attach(model, "none").encode_images(inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"])
+    finally:
+        hook.remove()
+    own, ours = seen
+    assert torch.equal(own, ours)
+
+
 @pytest.mark.parametrize(
     "method,params",
     [("hivtp", {}), ("hivtp", {"budget": 9}), ("random", {"budget": 7}), ("divprune", {"budget": 7}), ("pool", {}),
@@ -486,6 +502,25 @@ def test_lmms_plugin_builds_the_method_from_model_args(tiny_qwen_dir):
         HivtpQwen2_5_VL(pretrained=str(tiny_qwen_dir), method="fastervlm", device="cpu", device_map="cpu")
 
 
+def test_lmms_plugin_loads_the_dtype_it_is_asked_for_and_auto_is_the_checkpoints_own(tiny_qwen_dir):
+    """The stock loader hard-codes bfloat16: a float32 checkpoint answered in bfloat16 while the run config
+    (and every row) said dtype auto, and any other dtype was refused as an unknown method parameter."""
+    pytest.importorskip("lmms_eval")
+    import lmms_eval.models.simple.qwen2_5_vl as stock
+    import torch
+
+    from hivtp.lmms.qwen2_5_vl import HivtpQwen2_5_VL
+
+    loader = stock.Qwen2_5_VLForConditionalGeneration
+    for dtype, expected in (("auto", torch.float32), ("bfloat16", torch.bfloat16)):
+        extra = {} if dtype == "auto" else {"dtype": dtype}
+        lm = HivtpQwen2_5_VL(pretrained=str(tiny_qwen_dir), device="cpu", device_map="cpu", **extra)
+        assert next(lm.pruned.model.parameters()).dtype == expected, dtype
+    assert stock.Qwen2_5_VLForConditionalGeneration is loader  # the stock module is left as it was
+    with pytest.raises(ConfigError, match="dtype=float8"):
+        HivtpQwen2_5_VL(pretrained=str(tiny_qwen_dir), device="cpu", device_map="cpu", dtype="float8")
+
+
 def test_lmms_plugin_tells_each_generate_call_its_documents(tiny_qwen_dir, monkeypatch, tmp_path):
     """The stock ``generate_until`` calls ``model.generate`` without saying which documents it answers; the
     plugin tells each call (``sample_ids``: ``task/doc_id``), so ``random`` draws per document: four
@@ -539,7 +574,7 @@ def test_lmms_method_none_answers_equal_stock_qwen2_5_vl(tiny_qwen_dir, tmp_path
     run = lambda model, extra, out: run_lmms_eval(model, args + extra, ["hivtp_gqa"], tmp_path / out, limit=3,
                                                   device="cpu", data_dir=tmp_path / "data")
     run("qwen2_5_vl", "", "ref")
-    run("hivtp_qwen2_5_vl", ",method=none", "none")
+    run("hivtp_qwen2_5_vl", ",method=none,dtype=bfloat16", "none")  # the stock class always loads bfloat16
     expected, got = read_answers(tmp_path / "ref", "hivtp_gqa"), read_answers(tmp_path / "none", "hivtp_gqa")
     assert len(expected) == 3 and any(expected.values())
     assert got == expected

@@ -15,7 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from hivtp.errors import ConfigError
-from hivtp.run import CONFIG_DIR, REPO, accuracy_weights, execute, identity, plain, run_hash, run_inputs, write_atomic
+from hivtp.run import CONFIG_DIR, REPO, run_weights, execute, identity, plain, run_hash, run_inputs, write_atomic
 
 FAKE = ["backend.accuracy=fake_backends:accuracy", "backend.latency=fake_backends:latency"]
 
@@ -146,7 +146,7 @@ def _killed(folder: Path, started_on: dict) -> None:
 def test_part_finished_before_a_kill_is_kept(tmp_path, fake_log):
     cfg = cfg_of([f"runs_root={tmp_path}", *FAKE])
     folder = tmp_path / run_hash(plain(cfg))
-    _killed(folder, {"weights": accuracy_weights(plain(cfg)), **run_inputs(plain(cfg))})
+    _killed(folder, {"weights": run_weights(plain(cfg)), **run_inputs(plain(cfg))})
     execute(cfg)
     assert [c["kind"] for c in calls(fake_log)] == ["latency"]
     assert (folder / "DONE").exists()
@@ -160,7 +160,7 @@ def test_part_finished_on_other_inputs_is_redone(tmp_path, fake_log):
     (data / "pope" / "dataset_dict.json").write_text("{}\n")
     cfg = cfg_of([f"runs_root={tmp_path / 'runs'}", f"benchmark.data_dir={data}", *FAKE])
     folder = tmp_path / "runs" / run_hash(plain(cfg))
-    started_on = {"weights": accuracy_weights(plain(cfg)), **run_inputs(plain(cfg))}
+    started_on = {"weights": run_weights(plain(cfg)), **run_inputs(plain(cfg))}
     assert started_on["data"]
     for other in ({**started_on, "data": "0" * 64}, {"weights": started_on["weights"]}):
         _killed(folder, other)

@@ -229,12 +229,12 @@ def test_a_finished_run_is_redone_when_its_checkpoints_weights_change(tmp_path, 
     _local_checkpoint(model, scale=2.0)  # retrained in place: the name (and the run's hash) stay
     capsys.readouterr()
     assert execute(cfg) == folder and n_calls(env) == 2
-    assert f"redo {folder.name}: its accuracy was measured on weights {first[:12]}" in capsys.readouterr().out
+    assert f"redo {folder.name}: it was measured on weights {first[:12]}" in capsys.readouterr().out
     assert json.loads((folder / "DONE").read_text())["weights"] == weights_digest(str(model)) != first
     assert is_complete(folder)
 
 
-def test_a_run_sealed_before_weights_were_recorded_is_redone_and_latency_runs_never_are(tmp_path, env, capsys):
+def test_a_run_sealed_before_weights_were_recorded_is_redone_and_latency_runs_on_random_weights_never_are(tmp_path, env, capsys):
     model = _local_checkpoint(tmp_path / "model")
     cfg = cfg_of(tmp_path / "runs", f"model.pretrained={model}")
     folder = execute(cfg)
@@ -248,8 +248,23 @@ def test_a_run_sealed_before_weights_were_recorded_is_redone_and_latency_runs_ne
     assert json.loads((latency_folder / "DONE").read_text())["weights"] is None
     _local_checkpoint(model, scale=3.0)
     capsys.readouterr()
-    execute(latency)  # timing does not depend on the weights' values
+    execute(latency)  # it times the shape's random weights (latency_random_weights), not the checkpoint's
     assert f"skip {latency_folder.name}: finished" in capsys.readouterr().out
+
+
+def test_a_run_answering_with_one_trained_checkpoint_and_timing_another_records_both(tmp_path, env):
+    from hivtp.zoo import weights_digest
+
+    model, other = _local_checkpoint(tmp_path / "model"), _local_checkpoint(tmp_path / "other", scale=0.5)
+    both = cfg_of(tmp_path / "runs", f"model.pretrained={model}", f"model.latency_model={other}",
+                  "model.latency_random_weights=false", "mode=both")
+    recorded = _done(execute(both))["weights"]
+    assert recorded not in (weights_digest(str(model)), weights_digest(str(other)), None) and n_calls(env) == 2
+    execute(both)
+    assert n_calls(env) == 2  # skipped
+    _local_checkpoint(other, scale=0.25)  # the timed one retrained: the run is redone (both parts)
+    execute(both)
+    assert n_calls(env) == 4
 
 
 def killed_latency(**kwargs):
@@ -369,20 +384,23 @@ def test_a_run_sealed_before_inputs_were_recorded_is_redone(tmp_path, env, capsy
     assert _done(folder)["data"] == done["data"] and is_complete(folder)
 
 
-def test_a_latency_run_follows_its_checkpoints_config_not_its_weights_nor_any_data(tmp_path, env, capsys):
+def test_a_latency_run_follows_its_checkpoints_config_and_weights_not_any_data(tmp_path, env, capsys):
     """Latency times synthetic prompts and images: no data. A checkpoint it loads (not random weights)
-    brings its config (the architecture timed), not its weights' values; random weights bring nothing, so
-    a latency run on them made before inputs were recorded is not redone."""
+    brings its config (the architecture timed) and its weights (HIVTP's rule keeps as many tokens as its
+    scores' layout gives); random weights bring nothing, so a latency run on them made before inputs were
+    recorded is not redone."""
     model = _local_checkpoint(tmp_path / "model")
     cfg = cfg_of(tmp_path / "runs", "mode=latency", f"model.latency_model={model}", "model.latency_random_weights=false")
     folder = execute(cfg)
     assert _done(folder)["data"] is None and _done(folder)["checkpoint_files"] and n_calls(env) == 1
-    _local_checkpoint(model, scale=2.0)
     execute(cfg)
     assert n_calls(env) == 1
-    _edit_json(model / "config.json", vision_feature_layer=-3)
+    _local_checkpoint(model, scale=2.0)
     execute(cfg)
     assert n_calls(env) == 2
+    _edit_json(model / "config.json", vision_feature_layer=-3)
+    execute(cfg)
+    assert n_calls(env) == 3
     random = cfg_of(tmp_path / "runs", "mode=latency")  # tiny-llava: timed on random weights from its shape
     folder = execute(random)
     done = _done(folder)
@@ -390,7 +408,7 @@ def test_a_latency_run_follows_its_checkpoints_config_not_its_weights_nor_any_da
     (folder / "DONE").write_text(json.dumps({k: v for k, v in done.items() if k not in ("checkpoint_files", "data")}))
     capsys.readouterr()
     execute(random)
-    assert n_calls(env) == 3 and f"skip {folder.name}: finished" in capsys.readouterr().out
+    assert n_calls(env) == 4 and f"skip {folder.name}: finished" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("change", ["data", "config.json"])

@@ -203,7 +203,7 @@ class Qwen2_5_VLAdapter(ModelAdapter):
             return [f.new_zeros(0, self.config.vision_config.out_hidden_size) for f in selection.features]
         offsets = [0] + torch.tensor(layout.tokens_per_image).cumsum(0).tolist()[:-1]
         raster = torch.cat([p.to("cpu") + o for p, o in zip(selection.positions, offsets)])  # global unit index
-        window_pos = torch.argsort(torch.argsort(self._window_index(layout)))[raster]  # unit -> its window slot
+        window_pos = torch.argsort(self._window_index(layout))[raster]  # unit -> its window slot (index: slot -> unit)
         order = torch.argsort(window_pos)
         flat = torch.cat(selection.features)  # [N, 4D]
         d = flat.shape[-1] // self.merge**2

@@ -3,7 +3,7 @@
 The class subclasses ``lmms_eval.models.chat.qwen2_5_vl.Qwen2_5_VL`` and changes one thing: the model its
 ``generate_until`` calls is the :func:`hivtp.attach`-wrapped one. Loading, message building,
 ``qwen_vl_utils.process_vision_info``, the processor call, the generation arguments and the decoding
-are lmms-eval's own code, so ``method=none`` answers exactly as ``--model qwen2_5_vl`` (tested).
+are lmms-eval's own code, so ``method=none`` answers exactly as ``--model qwen2_5_vl`` at the same dtype (tested).
 Tokens kept per sample (and each question's image) are recorded as by ``hivtp_llava`` (:mod:`hivtp.lmms.accounting`, with
 ``accounting_dir=``): each ``generate`` call's ``last_stats`` is matched to its documents by replaying
 the stock class's ordering (its ``Collator`` over the same requests), and each call is told which documents
@@ -16,12 +16,16 @@ batch. With ``device=cpu`` and no
 ``system_prompt``, ``reasoning_prompt``, ``interleave_visuals``, ``max_num_frames`` and ``fps``, are refused),
 ``method`` (default ``none``), and the method's / adapter's parameters (``budget``, ``keep``, ``keep_ratio``,
 ``layers=15`` or ``layers=7-15``, ``positions=contiguous`` ...). ``pretrained`` may name an offline shape
-(``tiny-qwen2.5-vl``, built by ``make models``). On CPU pass ``device=cpu,device_map=cpu``.
+(``tiny-qwen2.5-vl``, built by ``make models``). On CPU pass ``device=cpu,device_map=cpu``. ``dtype``
+(``auto``, the checkpoint's own, as ``hivtp_llava``; or bfloat16 / float16 / float32): the stock class
+always loads bfloat16 (:func:`loading_dtype`), so ``method=none`` answers as ``--model qwen2_5_vl`` at
+``dtype=bfloat16``.
 """
 
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 from lmms_eval import utils
@@ -36,9 +40,10 @@ from ..zoo import resolve_checkpoint
 from .accounting import AccountingWriter, default_directory, image_key
 from .args import QWEN_UNREAD, split_args
 
-__all__ = ["MODEL_NAME", "HivtpQwen2_5_VL", "manifest", "split_qwen_args"]
+__all__ = ["MODEL_NAME", "QWEN_DTYPES", "HivtpQwen2_5_VL", "loading_dtype", "manifest", "split_qwen_args"]
 
 MODEL_NAME = "hivtp_qwen2_5_vl"
+QWEN_DTYPES = ("auto", "bfloat16", "float16", "float32")
 CHAT_CLASS_PATH = "hivtp.lmms.qwen2_5_vl.HivtpQwen2_5_VL"
 
 
@@ -50,9 +55,33 @@ def manifest():
 
 
 def split_qwen_args(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """``kwargs`` -> (the stock class's loader kwargs, plugin kwargs, method + adapter params); the stock
-    arguments its chat path never reads (:data:`hivtp.lmms.args.QWEN_UNREAD`) are refused."""
-    return split_args(kwargs, set(inspect.signature(Qwen2_5_VLChat.__init__).parameters) - {"self", "kwargs"}, QWEN_UNREAD)
+    """``kwargs`` -> (the stock class's loader kwargs and ``dtype``, plugin kwargs, method + adapter params);
+    the stock arguments its chat path never reads (:data:`hivtp.lmms.args.QWEN_UNREAD`) are refused."""
+    loader_names = set(inspect.signature(Qwen2_5_VLChat.__init__).parameters) - {"self", "kwargs"}
+    return split_args(kwargs, loader_names | {"dtype"}, QWEN_UNREAD)
+
+
+@contextmanager
+def loading_dtype(dtype: str) -> Iterator[None]:
+    """While the stock class loads: ``Qwen2_5_VLForConditionalGeneration.from_pretrained`` at ``dtype``. The
+    stock loader hard-codes ``torch_dtype="bfloat16"`` whatever the checkpoint, and takes no dtype; here
+    ``auto`` means what it means for ``hivtp_llava`` and in the run config: the checkpoint's own dtype (a
+    float32 checkpoint answered in bfloat16 while its rows said ``auto``). The 7B is stored in bfloat16."""
+    import lmms_eval.models.simple.qwen2_5_vl as stock
+
+    original = stock.Qwen2_5_VLForConditionalGeneration
+
+    class AtDtype:
+        @staticmethod
+        def from_pretrained(path: str, **kwargs: Any):
+            kwargs.pop("torch_dtype", None)
+            return original.from_pretrained(path, **{**kwargs, "dtype": dtype})
+
+    stock.Qwen2_5_VLForConditionalGeneration = AtDtype
+    try:
+        yield
+    finally:
+        stock.Qwen2_5_VLForConditionalGeneration = original
 
 
 class _RecordingModel:
@@ -91,9 +120,13 @@ class HivtpQwen2_5_VL(Qwen2_5_VLChat):
 
     def __init__(self, pretrained: str = "Qwen/Qwen2.5-VL-7B-Instruct", **kwargs: Any) -> None:
         loader, plugin, params = split_qwen_args(kwargs)
+        dtype = str(loader.pop("dtype", "auto"))
+        if dtype not in QWEN_DTYPES:
+            raise ConfigError(f"{MODEL_NAME} model_args dtype={dtype}: one of {', '.join(QWEN_DTYPES)} (auto: the checkpoint's own).")
         if str(loader.get("device", "cuda")).startswith("cpu") and not loader.get("device_map"):
             loader["device_map"] = "cpu"
-        super().__init__(pretrained=resolve_checkpoint(str(pretrained)), **loader)
+        with loading_dtype(dtype):
+            super().__init__(pretrained=resolve_checkpoint(str(pretrained)), **loader)
         self.configure(plugin, params)
 
     def configure(self, plugin: dict[str, Any], params: dict[str, Any]) -> None:
