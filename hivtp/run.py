@@ -265,6 +265,13 @@ def stamp(rows: list[dict[str, Any]], cfg: dict[str, Any], key: str, commit: str
 
 
 # ---------------------------------------------------------------------------- one run
+def parts_loading(model: dict[str, Any], mode: str) -> list[str]:
+    """The ``model`` keys naming what a run of ``mode`` loads: ``pretrained`` (the accuracy part) and
+    ``latency_model`` (the latency part, where the config names one)."""
+    keys = ["pretrained"] if mode != "latency" else []
+    return keys + (["latency_model"] if mode != "accuracy" and "latency_model" in model else [])
+
+
 def check_model_family(model: dict[str, Any], mode: str = "both") -> None:
     """Result rows name a model by ``model.name``, and the ledger and the standard budgets read its family
     from that name (``hivtp.claims.family_of``: ``qwen``, ``next`` / ``v1.6``, else LLaVA-1.5). A config
@@ -276,8 +283,7 @@ def check_model_family(model: dict[str, Any], mode: str = "both") -> None:
 
     read_as = family_of(model["name"])
     said = {"model.family": model.get("family")}
-    loads = {"pretrained": mode != "latency", "latency_model": mode != "accuracy" and "latency_model" in model}
-    for key in (k for k, used in loads.items() if used):
+    for key in parts_loading(model, mode):
         config = local_config(model[key])
         if config is not None:
             said[f"the model_type of model.{key}"] = FAMILY_OF_MODEL_TYPE.get(config.model_type)
@@ -302,8 +308,7 @@ def check_profile(cfg: dict[str, Any], mode: str = "both") -> None:
     from .zoo import is_offline_model
 
     model = cfg["model"]
-    loads = {"pretrained": mode != "latency", "latency_model": mode != "accuracy" and "latency_model" in model}
-    small = [f"model.{key} = {model[key]!r}" for key, used in loads.items() if used and is_offline_model(model[key])]
+    small = [f"model.{key} = {model[key]!r}" for key in parts_loading(model, mode) if is_offline_model(model[key])]
     if small:
         raise ConfigError(f"profile=paper, but {', '.join(small)} is a small offline model (a shipped small shape or "
                           "the toy): its rows would stand beside the paper's claims. Run it with +experiment=offline "
@@ -377,14 +382,11 @@ def _skip(folder: Path, commit: str) -> None:
 
 
 def loaded_checkpoints(cfg: dict[str, Any]) -> list[str]:
-    """The checkpoints whose files a run reads: the accuracy part's ``model.pretrained``, and the latency
-    part's ``latency_model`` unless it times random weights (built from a shipped shape: code, covered by
-    the commit)."""
-    mode, model = cfg.get("mode", "both"), cfg["model"]
-    names = [model["pretrained"]] if mode != "latency" else []
-    if mode != "accuracy" and not model.get("latency_random_weights", True):
-        names.append(model["latency_model"])
-    return names
+    """The checkpoints whose files a run reads (:func:`parts_loading`), but the latency part's when it times
+    random weights (built from a shipped shape: code, covered by the commit)."""
+    model = cfg["model"]
+    random = model.get("latency_random_weights", True)
+    return [model[key] for key in parts_loading(model, cfg.get("mode", "both")) if not (key == "latency_model" and random)]
 
 
 def _one_digest(digests: Iterable[str | None]) -> str | None:

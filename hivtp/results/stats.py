@@ -251,7 +251,7 @@ def _question_scores(metric: str, samples: list[dict[str, Any]]) -> Scores:
                          "one lmms-eval run logs each document once: the file mixes runs.")
     strata = np.zeros(len(samples), dtype=int)
     if metric in POPE_ANSWER_METRICS:  # from the answers lmms-eval logs under its POPE metrics
-        pred = [str(v["prediction"]) for v in _per_sample(samples, POPE_METRICS[0])]
+        pred = [str(v["prediction"]) for v in values]  # the POPE dict lmms-eval logs under its first metric
         hit = [p not in ("yes", "no") for p in pred] if metric == "pope_unparsed" else [p == "yes" for p in pred]
         return Scores(metric, keys, strata, {"x": np.array(hit, dtype=float), "count": np.ones(len(pred))}, _mean, len(samples))
     if metric in POPE_METRICS:
