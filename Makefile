@@ -40,7 +40,7 @@ test-fast: setup  ## skip the real-shape (7B / ViT-L) tests
 	$(PY) -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 reproduce: setup models  ## the offline experiment end to end (CPU, minutes); FULL=1: 1000 questions per benchmark, every ablation point
-	$(PY) scripts/reproduce.py $(if $(FULL),--full,)
+	$(PY) scripts/reproduce.py $(if $(filter 1 yes true,$(FULL)),--full,)
 
 data: setup  ## build the offline mini-benchmarks under artifacts/data (POPE, GQA, MME, ScienceQA-IMG schemas; 1000 questions each)
 	$(PY) scripts/build_data.py --size 1000 --seed 0
@@ -62,13 +62,13 @@ latency-cpu: setup  ## CPU latency of every method on tiny-llava (random weights
 	  --methods none hivtp hivtp:budget=64 hivtp:budget=128 hivtp:budget=192 --faithful --out results/latency/cpu-tiny
 
 reproduce-paper: setup  ## the paper profile (GPU + model hub); DRY_RUN=1 only composes the configs
-	$(PY) scripts/reproduce.py --profile paper $(if $(DRY_RUN),--dry-run,)
+	$(PY) scripts/reproduce.py --profile paper $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run,)
 
 figures: setup  ## regenerate every table and figure from the CSVs under results/
 	$(PY) scripts/figures.py
 
-sweep: setup  ## a Hydra multirun sweep: make sweep SWEEP=geometry
-	$(PY) -m hivtp.run -m +sweep=$(SWEEP)
+sweep: setup  ## a Hydra multirun sweep: make sweep SWEEP=geometry ARGS="+experiment=offline model=toy-llava" (no model=: random-weight tiny-llava)
+	$(PY) -m hivtp.run -m $(ARGS) +sweep=$(SWEEP)
 
 bench-gpu:  ## every GPU measurement (latency at the 7B shapes), most important first within BUDGET_S s (480); torch+transformers only
 	bash scripts/bench_gpu.sh

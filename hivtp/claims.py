@@ -23,6 +23,7 @@ from dataclasses import dataclass
 __all__ = [
     "CLAIMS",
     "CLAIMED_FAMILIES",
+    "CLAIMED_MODELS",
     "FAMILIES",
     "FAMILY_NAMES",
     "FAMILY_OF_MODEL_TYPE",
@@ -33,6 +34,7 @@ __all__ = [
     "claim",
     "claims_for",
     "family_of",
+    "is_claimed_model",
 ]
 
 #: model families the harness serves, as configs/model/*.yaml name them (``family:``)
@@ -43,6 +45,10 @@ FAMILY_OF_MODEL_TYPE = {"llava": "llava15", "llava_next": "llava_next", "qwen2_5
 CLAIMED_FAMILIES = ("llava15", "llava_next")
 #: how the paper (or, for Qwen, its model card) names each family's 7B model
 FAMILY_NAMES = {"llava15": "LLaVA-v1.5-7B", "llava_next": "LLaVA-Next-7B", "qwen2_5_vl": "Qwen2.5-VL-7B"}
+#: the harness's name (configs/model/*.yaml, hivtp.latency.bench.MODELS) of each claimed family's model:
+#: the one the ledger compares a claim with where a family has several (LLaVA-NeXT's mistral sibling, tiny shapes)
+#: (and the names its release and the hub give it: liuhaotian/llava-v1.5-7b, llava-hf/llava-v1.6-vicuna-7b-hf)
+CLAIMED_MODELS = {"llava15": ("llava-1.5-7b", "llava-v1.5-7b"), "llava_next": ("llava-v1.6-vicuna-7b",)}
 #: visual tokens kept at the standard budgets: per 24x24 crop grid (LLaVA-1.5), per image (LLaVA-NeXT),
 #: merged tokens per image (Qwen2.5-VL, whose count varies with resolution: keep ratios are the other
 #: axis, configs/sweep/keep_qwen.yaml)
@@ -100,6 +106,13 @@ def family_of(model: str) -> str:
     if "qwen" in name:
         return "qwen2_5_vl"
     return "llava_next" if ("next" in name or "v1.6" in name) else "llava15"
+
+
+def is_claimed_model(model: str, family: str) -> bool:
+    """Whether ``model`` (a shape name, hub id or folder) is the model the paper's claims about ``family``
+    are about: ``llava-hf/llava-1.5-7b-hf``, ``liuhaotian/llava-v1.5-7b`` and ``llava-1.5-7b`` are;
+    ``tiny-llava``, ``llava-1.5-13b`` and ``llava-v1.6-mistral-7b`` are not."""
+    return any(name in str(model).lower() for name in CLAIMED_MODELS.get(family, ()))
 
 
 def budgets_for(model_or_family: str) -> tuple[int, ...]:

@@ -11,7 +11,11 @@ Backends, identical up to float rounding:
   layer. The tower keeps its SDPA / flash kernels and stops after the last layer needed.
 * ``eager`` (faithful): the model's own forward with eager attention and every map kept.
 
-Scores are computed in float32 whatever the model dtype (DECISION).
+Scores are computed in float32 whatever the model dtype (DECISION). In half precision the two backends
+can still keep a few different tokens: the eager path runs the tower as the release does (eager
+attention in the model dtype for every layer, q k^T included, and the probabilities cast to that dtype
+after a float32 softmax) and averages those maps, while the fast path keeps the tower's SDPA kernels and
+scores the captured q, k in float32. In float32 they agree to float rounding.
 """
 
 from __future__ import annotations

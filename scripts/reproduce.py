@@ -60,8 +60,10 @@ def offline_plan(model: str, methods: list[str], limit: int, ablation_limit: int
     ablations of HIVTP on POPE-adversarial (a few points by default, all with ``full``), and one
     latency run that times every method interleaved in one process, so that its ratios are like for
     like. Offline-only methods (``oracle``, the reference) run at every budget but are not timed:
-    they are references, not methods anyone would deploy. The full ablations are also sweeps
-    (`make sweep SWEEP=layers_offline`, `geometry`, `stages`)."""
+    they are references, not methods anyone would deploy. The full ablations are also sweeps on the same
+    model and benchmark: ``make sweep SWEEP=layers_offline ARGS="+experiment=offline model=toy-llava
+    benchmark.tasks=[hivtp_pope_adv] benchmark.limit=1000"`` (``geometry``, ``stages`` alike); without
+    ``model=`` a sweep runs on the default model, the random-weight ``tiny-llava``."""
     from hivtp.methods import is_offline_only
 
     base = ["+experiment=offline", f"model={model}", "mode=accuracy", "benchmark.batch_size=16"]
@@ -252,6 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=ROOT / "results")
     parser.add_argument("--runs-root", type=Path, default=None, help="default: artifacts/runs/<profile>")
     args = parser.parse_args(argv)
+    if args.profile == "paper":  # its plan is the paper's: every question, every point
+        given = [flag for flag, value in (("--full", args.full), ("--limit", args.limit), ("--ablation-limit", args.ablation_limit)) if value]
+        if given:
+            parser.error(f"{', '.join(given)} apply to the offline profile; the paper profile answers every question "
+                         "of the real benchmarks (hivtp.run -m +experiment=paper_... benchmark.limit=N for a partial run)")
     limit = args.limit or (FULL_LIMIT if args.full else DEFAULT_LIMIT)
     ablation_limit = args.ablation_limit or limit
     for name, value in (("--limit", limit), ("--ablation-limit", ablation_limit)):

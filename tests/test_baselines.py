@@ -697,18 +697,21 @@ def test_half_the_grid_runs_the_papers_rule_not_the_largest_preset_topped_up():
 
 
 def test_hivtp_parameters_default_to_paper_or_presets():
-    assert {k: build_method("hivtp").params()[k] for k in ("regions", "keep_ratio", "window")} == {
-        "regions": 2, "keep_ratio": 0.25, "window": 2,
-    }
+    def geometry(method):
+        return method.regions, method.keep_ratio, method.window
+
+    assert geometry(build_method("hivtp")) == (2, 0.25, 2)
     by_budget = {p["budget"]: p for p in load_presets()["presets"]}
     by_budget["paper"] = {"regions": 2, "keep_ratio": 0.25, "window": 2}  # the candidate of half the grid, 288
     for budget, nearest in [(64, 64), (128, 128), (192, 192), (140, 128), (150, 160), (270, 256), (280, "paper"),
                             (1000, "paper")]:
-        p = build_method("hivtp", budget=budget).params()
-        assert (p["regions"], p["keep_ratio"], p["window"]) == tuple(by_budget[nearest][k] for k in ("regions", "keep_ratio", "window"))
-    # a budget with explicit geometry: what is not given takes the paper's default
+        assert geometry(build_method("hivtp", budget=budget)) == tuple(by_budget[nearest][k] for k in ("regions", "keep_ratio", "window"))
+        # recorded as the presets (None), which a crop resolves from its own budget, not as this preset
+        assert {k: build_method("hivtp", budget=budget).params()[k] for k in ("regions", "keep_ratio", "window")} == dict.fromkeys(
+            ("regions", "keep_ratio", "window"))
+    # a budget with explicit geometry: what is not given takes the paper's default, and is recorded
     p = build_method("hivtp", budget=128, window=4).params()
-    assert (p["regions"], p["keep_ratio"], p["window"]) == (2, 0.25, 4)
+    assert (p["regions"], p["keep_ratio"], p["window"]) == (2, 0.25, 4) == geometry(build_method("hivtp", budget=128, window=4))
 
 
 def test_hivtp_budget_mode_is_exact_and_moves_few_tokens(tiny_llava, batch):
@@ -735,6 +738,30 @@ def test_pool_with_dropped_positions_hand_made():
     sel = AveragePool(budget=4).select(crops)
     assert sel.positions[0].tolist() == [4, 6, 8, 10]
     assert sel.features[0].flatten().tolist() == [4.5, 6.5, 10.5, 12.5]
+
+
+def test_pool_picks_its_cell_size_by_the_cells_unpadding_leaves():
+    """A 24x24 tile with its top 13 rows unpadded away and a budget of 64: by the full grid's counts f=3
+    (64 cells) is nearest, but only 4 of its 8 cell rows keep a patch (32 tokens); f=2 keeps 6 of 12 cell
+    rows (72 tokens), nearer the budget."""
+    valid = torch.ones(1, 576, dtype=torch.bool)
+    valid[0, : 24 * 13] = False
+    crops = _crops(torch.randn(1, 576, 2), budgets=[64])
+    crops.valid = valid
+    sel = AveragePool(budget=64).select(crops)
+    assert len(sel.positions[0]) == 72 and valid[0, sel.positions[0]].all()
+    assert AveragePool(budget=64).select(_crops(torch.randn(1, 576, 2), budgets=[64])).stats[0]["tokens_kept"] == 64
+
+
+@pytest.mark.parametrize("name", ["random", "divprune"])
+def test_the_default_budget_is_a_third_of_what_unpadding_leaves(name):
+    """No budget: a third of the crop's tokens, i.e. of the positions its packing keeps (264 of an unpadded
+    NeXT tile: 88), not of the full grid (192, which would keep 73% of that tile)."""
+    valid = torch.ones(2, 576, dtype=torch.bool)
+    valid[0, : 24 * 13] = False
+    crops = _crops(torch.randn(2, 576, 4), keys=["a", "b"])
+    crops.valid = valid
+    assert [len(p) for p in build_method(name).select(crops).positions] == [88, 192]
 
 
 @pytest.mark.parametrize("name", ["random", "fastervlm", "visionzip", "divprune", "hivtp"])

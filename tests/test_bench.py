@@ -4,6 +4,7 @@ and one failing job or method never costing the others their rows. Run on CPU at
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -153,6 +154,16 @@ def test_a_folder_of_another_protocol_is_refused_and_a_job_missing_methods_is_me
     run_plan([job], tmp_path, budget_s=600, **FAST)
     with pytest.raises(ConfigError, match="another protocol.*new_tokens 2 -> 3"):
         run_plan([job], tmp_path, budget_s=600, **{**FAST, "new_tokens": 3})
+    # warm-up rounds are in no row: a resume with other warm-up would mix protocols without a trace
+    with pytest.raises(ConfigError, match="another protocol.*warmup 0 -> 2"):
+        run_plan([job], tmp_path, budget_s=600, **{**FAST, "warmup": 2})
+    record = json.loads((tmp_path / "jobs.json").read_text())
+    assert record["protocol"]["torch"] == torch.__version__ and "protocol: " in (tmp_path / "fingerprint.txt").read_text()
+    older = {**record, "protocol": {**record["protocol"], "torch": "2.0.0"}}  # rows of a folder timed with another torch
+    (tmp_path / "jobs.json").write_text(json.dumps(older))
+    with pytest.raises(ConfigError, match="another protocol.*torch '2.0.0' -> '"):
+        run_plan([job], tmp_path, budget_s=600, **FAST)
+    (tmp_path / "jobs.json").write_text(json.dumps(record))
     again = run_plan([job], tmp_path, budget_s=600, **{**FAST, "faithful": True})  # HIVTP's eager twin is new
     assert again["measured"] == [job.name]
     rows = read_csv(tmp_path / "latency.csv")

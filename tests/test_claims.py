@@ -92,3 +92,15 @@ def test_claims_and_budgets_lookups():
         claim("llava2", "accuracy")
     with pytest.raises(KeyError, match="no 'speed' claim"):
         claim("llava15", "speed")
+
+
+def test_the_claimed_model_is_the_7b_the_paper_names_by_any_of_its_names():
+    from hivtp.claims import is_claimed_model
+
+    for name in ("llava-1.5-7b", "llava-hf/llava-1.5-7b-hf", "liuhaotian/llava-v1.5-7b", "/models/llava-1.5-7b"):
+        assert is_claimed_model(name, "llava15"), name
+    for name in ("tiny-llava", "toy-llava", "llava-1.5-13b", "llava-hf/llava-1.5-13b-hf"):
+        assert not is_claimed_model(name, "llava15"), name
+    assert is_claimed_model("llava-hf/llava-v1.6-vicuna-7b-hf", "llava_next")
+    assert not is_claimed_model("llava-hf/llava-v1.6-mistral-7b-hf", "llava_next")
+    assert not is_claimed_model("qwen2.5-vl-7b", "qwen2_5_vl")  # the paper makes no Qwen claim

@@ -189,6 +189,14 @@ def _reproduce():
     return module
 
 
+@pytest.mark.parametrize("flag", [["--full"], ["--limit", "10"], ["--ablation-limit", "10"]])
+def test_reproduce_refuses_offline_flags_on_the_paper_profile(tmp_path, capsys, flag):
+    """The paper plan answers every question: a question limit or --full given to it was ignored without a word."""
+    with pytest.raises(SystemExit) as exited:
+        _reproduce().main(["--profile", "paper", "--dry-run", "--runs-root", str(tmp_path), *flag])
+    assert exited.value.code == 2 and "apply to the offline profile" in capsys.readouterr().err
+
+
 def test_reproduce_paper_dry_run_composes(tmp_path, capsys):
     assert _reproduce().main(["--profile", "paper", "--dry-run", "--runs-root", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -365,3 +365,39 @@ def test_a_small_model_timed_on_a_gpu_is_offline_and_a_real_shape_is_paper(tiny_
     for real in ("llava-1.5-7b", "qwen2.5-vl-7b", "llava-hf/llava-1.5-7b-hf", str(odd)):
         assert latency_profile(real, cuda) == "paper", real
         assert latency_profile(real, cpu) == "offline", real
+
+
+def test_summary_credits_each_row_to_its_own_run_and_keeps_protocols_apart():
+    """Rows of two commits (a resumed bench) and two prompt lengths: the header names both commits, not
+    the first row's; each prompt length gets its own table against its own `none`; a measurement given
+    twice in one setting is an error, not a ratio picked by row order."""
+    def fake(method, ttft, commit, prompt_tokens):
+        base = {"model": "llava-1.5-7b", "batch": 1, "dtype": "float16", "attn": "sdpa", "device": "cuda",
+                "device_name": "NVIDIA H200", "new_tokens": 32, "tokens_total": 576, "prompt_tokens": prompt_tokens,
+                "method": method, "params": "{}", "budget": None, "tokens_kept": 1.0, "flops": 100, "p10_ms": 1.0,
+                "p90_ms": 1.0, "commit": commit, "date": "2026-12-04", "torch": "2.14.1", "weights": "random"}
+        return [{**base, "stage": s, "median_ms": ttft if s == "ttft" else 1.0,
+                 "tokens_per_s": 10.0 if s in ("decode", "e2e") else None} for s in STAGES]
+
+    rows = fake("none", 100.0, "aaaa", 60) + fake("hivtp", 50.0, "bbbb", 60) + fake("none", 400.0, "bbbb", 600)
+    text = summarize(rows)
+    assert "commit aaaa; bbbb (rows differ" in text and "torch 2.14.1," in text and "Image:" not in text
+    qwen = [dict(r, image_size="224x224 px") for r in fake("none", 100.0, "aaaa", 60)]  # only Qwen rows record it
+    assert "Image: 224x224 px." in summarize(rows[:len(rows) // 3] + [dict(r, model="qwen2.5-vl-7b") for r in qwen])
+    sections = [line for line in text.splitlines() if line.startswith("## ")]
+    assert sections == ["## llava-1.5-7b, batch 1, float16, sdpa, NVIDIA H200; 60 text tokens, 32 new, 576 image tokens unpruned",
+                        "## llava-1.5-7b, batch 1, float16, sdpa, NVIDIA H200; 600 text tokens, 32 new, 576 image tokens unpruned"]
+    assert "| hivtp | `{}` | 1.0 | 50.00 (1.00-1.00) | 0.500 |" in text  # against the none of its own prompt length
+    with pytest.raises(ValueError, match="two vision rows of none"):
+        summarize(rows + fake("none", 90.0, "cccc", 60))
+
+
+def test_faithful_adds_hivtps_eager_twin_once():
+    """``--faithful`` beside an eager entry listed already would time that entry twice (two rows of one
+    measurement, which the summary refuses after the whole run)."""
+    from hivtp.latency.measure import with_faithful
+
+    listed = [("none", {}), ("hivtp", {}), ("hivtp", {"backend": "eager"}), ("hivtp", {"budget": 64})]
+    assert with_faithful(listed) == [("none", {}), ("hivtp", {}), ("hivtp", {"backend": "eager"}),
+                                     ("hivtp", {"budget": 64}), ("hivtp", {"backend": "eager", "budget": 64})]
+    assert with_faithful([("none", {})]) == [("none", {}), ("hivtp", {"backend": "eager"})]

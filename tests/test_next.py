@@ -260,3 +260,19 @@ def test_real_shape_wiring_with_one_text_layer():
     pruned(input_ids=ids, pixel_values=pixels, image_sizes=sizes, logits_to_keep=1)
     stats = pruned.last_stats[0]
     assert stats["tokens_base"] + stats["tokens_tiles"] == 320
+
+
+def test_hivtps_recorded_params_rebuild_the_same_selection(tiny_llava_next):
+    """What a run records (``params()``, nulls dropped) selects what the method selected: under a budget each
+    crop takes the preset nearest its own share, so recording the whole budget's preset and giving it back
+    would apply that one geometry to every crop (and select other tokens)."""
+    model, processor = tiny_llava_next
+    inputs = _inputs(processor, [7, 8], [ODD_TALL, WIDE])
+    for budget in (160, 320):
+        first = hivtp.attach(model, "hivtp", budget=budget)
+        recorded = {k: v for k, v in first.method.params().items() if v is not None}
+        again = hivtp.attach(model, "hivtp", **recorded)
+        a, _, _ = first.encode_images(inputs["pixel_values"], inputs["image_sizes"])
+        b, _, _ = again.encode_images(inputs["pixel_values"], inputs["image_sizes"])
+        assert a.stats == b.stats, budget
+        assert all(torch.equal(x, y) for x, y in zip(a.features, b.features)), budget

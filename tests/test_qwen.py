@@ -17,7 +17,7 @@ from hivtp.importance import scores_from_tower
 from hivtp.methods.hivtp import HIVTP
 from hivtp.selection import _select_masks_uneven, select_masks
 from hivtp.vision import attention_implementation
-from hivtp.zoo import shape_config
+from hivtp.zoo import build_model, shape_config
 
 # (width, height) -> merged grids (rows x cols) 8x8, 6x10 and 5x4: square, wide, and odd sides
 SQUARE, WIDE, SMALL = (224, 224), (300, 170), (115, 145)
@@ -135,8 +135,7 @@ def test_batch_equals_single(tiny_qwen, batch, method, params):
 @pytest.mark.parametrize("budget", [1, 9, 19])
 def test_exact_budget_per_image(tiny_qwen, batch, method, budget):
     inputs, _ = batch
-    extra = {"object_layer": 1} if method == "hiprune" else {}  # its default (8) is past the tiny tower
-    pruned = hivtp.attach(tiny_qwen[0], method, budget=budget, **extra)
+    pruned = hivtp.attach(tiny_qwen[0], method, budget=budget)
     pruned.generate(**inputs, max_new_tokens=1, do_sample=False)
     assert [s["tokens_kept"] for s in pruned.last_stats] == [budget] * 3
 
@@ -274,7 +273,7 @@ def test_default_score_layer_is_the_middle_full_attention_block(tiny_qwen):
     assert hivtp.attach(tiny_qwen[0], "hivtp", layers=(0, 2)).method.layers == (0, 2)
 
 
-def test_family_default_layers_reach_a_method_object_and_only_hivtp(tiny_qwen, tiny_llava):
+def test_family_defaults_reach_a_method_object_and_only_the_parameters_they_mean(tiny_qwen, tiny_llava):
     """A method object gets the family's score layers as the same method named does (a copy: the
     caller's object is unchanged); pdrop's `layers` are LLM stage layers and keep their own default."""
     model = tiny_qwen[0]
@@ -284,6 +283,12 @@ def test_family_default_layers_reach_a_method_object_and_only_hivtp(tiny_qwen, t
     assert hivtp.attach(model, HIVTP(layers=(0, 2))).method.layers == (0, 2)
     pdrop = hivtp.attach(model, "pdrop").method
     assert pdrop.layers is None and pdrop.stage_layers(4) == [1, 2, 3]  # a quarter, half, three quarters
+    # HiPrune's object layer: the published 8 is a window block on the 7B (past the tiny tower's 4 blocks);
+    # the family's middle full-attention block instead, unless given
+    assert hivtp.attach(model, "hiprune").method.object_layer == 1 and hivtp.attach(model, "hiprune", object_layer=0).method.object_layer == 0
+    assert hivtp.attach(tiny_llava[0], "hiprune").method.object_layer == 8
+    seven = build_model("qwen2.5-vl-7b", dtype=torch.float16, device="meta")
+    assert hivtp.attach(seven, "hiprune", budget=64).method.object_layer == 15
 
 
 def test_none_refuses_a_budget_on_every_family(tiny_llava, tiny_llava_next, tiny_qwen):
@@ -652,8 +657,6 @@ def test_qwen_sweeps_attach_to_a_qwen(tiny_qwen):
             if "layers" in params:
                 depth = shape_config("qwen2.5-vl-7b").vision_config.depth
                 assert all(0 <= int(x) < depth for x in str(params.pop("layers")).split("-"))
-            if cfg["method"]["name"] == "hiprune":
-                params["object_layer"] = 1  # its published default (8) is past the tiny tower's 4 blocks
             hivtp.attach(tiny_qwen[0], cfg["method"]["name"], **params)
 
 

@@ -458,7 +458,13 @@ def test_a_run_on_an_extra_benchmark_leaves_the_main_table_to_the_runs_of_the_un
 def test_latency_table():
     t = latency_table(latency_frame())
     assert t.loc[("hivtp", "64"), "ttft ms"] == pytest.approx(40.0)
-    assert t.loc[("none", "all"), "tokens/s"] == pytest.approx(20.0)
+    assert t.loc[("none", "all"), "decode tokens/s"] == pytest.approx(20.0)
+    # the e2e stage's rate (prefill included) is a different number, never the decode column's
+    e2e = pd.concat([latency_frame(), pd.DataFrame([lat_row("none", {}, "e2e", 10.0, 576, tps=99.0),
+                                                   lat_row("random", {"budget": 64}, "e2e", 10.0, 64, tps=99.0)])])
+    t = latency_table(e2e)
+    assert t.loc[("none", "all"), "decode tokens/s"] == pytest.approx(20.0)
+    assert math.isnan(t.loc[("random", "64"), "decode tokens/s"])  # no decode row: no decode rate
 
 
 def test_text_table_shows_half_widths_and_marks_only_intervals_that_exclude_zero():
@@ -484,13 +490,55 @@ def test_ledger_keeps_offline_apart_and_computes_gains_at_the_rule():
     paper, offline = text.split("## Offline profile")
     assert "not measured" in paper and "60.0%" not in paper
     # TTFT 100 -> 55 ms at the rule; the best budget (64: 100 -> 40 ms) beside it
-    assert "45.0% at its rule (toy-llava, cpu float32 batch 1); best 60.0% (budget 64, toy-llava, cpu float32 batch 1)" in offline
+    assert "45.0% at its rule (toy-llava, cpu float32 batch 1 sdpa); best 60.0% (budget 64, toy-llava, cpu float32 batch 1 sdpa)" in offline
     assert "20.0% at its rule" in offline and "best 50.0% (budget 64" in offline  # 20 -> 24 / 30 tokens/s
     assert "ratio" not in offline and "50.0%" not in offline.replace("best 50.0% (budget 64", "")
-    paper_text = ledger_markdown(accuracy_frame(), lat.assign(profile="paper")).split("## Offline profile")[0]
+    paper_text = ledger_markdown(accuracy_frame(), lat.assign(profile="paper", model="llava-1.5-7b")).split("## Offline profile")[0]
     assert "| 0.90 |" in paper_text  # the ratio is the rule's: 45.0 / 50.0
     without_rule = ledger_markdown(accuracy_frame(), latency_frame().assign(profile="paper")).split("## Offline")[0]
-    assert "its rule not measured; best 60.0% (budget 64" in without_rule and "| 1.20 |" not in without_rule
+    assert "its rule not measured at batch 1 sdpa; best 60.0% (budget 64" in without_rule and "| 1.20 |" not in without_rule
+
+
+def test_ledger_ratio_is_the_paper_operating_point_and_the_best_elsewhere_is_labelled_beside_it():
+    """The paper times one request at a time with the default kernel on its 7B: batch 8, eager attention
+    and a tiny shape of the family (each a larger gain here) are shown as the best, never used for the ratio."""
+    def pair(ours, **kw):
+        return [{**lat_row("none", {}, "ttft", 100.0, 576), **kw}, {**lat_row("hivtp", {}, "ttft", ours, 270), **kw}]
+
+    seven = {"model": "llava-1.5-7b", "prompt_tokens": 60, "new_tokens": 32}
+    rows = (pair(60.0, **seven) + pair(20.0, **seven, batch=8) + pair(30.0, **{**seven, "backend": "eager"})
+            + pair(10.0, model="tiny-llava"))
+    lat = pd.DataFrame(rows, columns=latency_frame().columns).assign(profile="paper")
+    paper = ledger_markdown(pd.DataFrame(columns=ACCURACY_COLUMNS), lat).split("## Offline profile")[0]
+    ttft = next(line for line in paper.splitlines() if "LLaVA-v1.5-7B: TTFT reduced by" in line)
+    assert "40.0% at its rule (llava-1.5-7b, cpu float32 batch 1 sdpa, 60+32 tokens)" in ttft
+    assert "best 90.0% (tiny-llava, cpu float32 batch 1 sdpa)" in ttft and ttft.endswith("| 0.80 |")
+    without_7b = lat[lat["model"] != "llava-1.5-7b"]  # only the family's other model measured: its own point
+    text = ledger_markdown(pd.DataFrame(columns=ACCURACY_COLUMNS), without_7b).split("## Offline profile")[0]
+    assert "| 90.0% at its rule (tiny-llava, cpu float32 batch 1 sdpa) (not LLaVA-v1.5-7B: no ratio) | - |" in text
+    two_gpus = pd.concat([lat[lat["model"] == "llava-1.5-7b"],  # the 7B on a second GPU: two headline points, two ratios
+                          pd.DataFrame(pair(25.0, **seven, device_name="NVIDIA H200"), columns=lat.columns).assign(profile="paper")])
+    text = ledger_markdown(pd.DataFrame(columns=ACCURACY_COLUMNS), two_gpus).split("## Offline profile")[0]
+    ttft = next(line for line in text.splitlines() if "LLaVA-v1.5-7B: TTFT reduced by" in line)
+    assert "75.0% at its rule (llava-1.5-7b, NVIDIA H200 float32 batch 1 sdpa, 60+32 tokens)" in ttft
+    assert ttft.endswith("| 1.50 / 0.80 |")
+    only_batch_8 = lat[(lat["model"] == "llava-1.5-7b") & (lat["batch"] == 8)]
+    text = ledger_markdown(pd.DataFrame(columns=ACCURACY_COLUMNS), only_batch_8).split("## Offline profile")[0]
+    assert "| its rule not measured at batch 1 sdpa; best 80.0% (llava-1.5-7b, cpu float32 batch 8 sdpa, 60+32 tokens) | - |" in text
+
+
+def test_percent_of_unpruned_is_over_the_same_benchmarks_or_says_how_many():
+    """HIVTP at its rule ran on POPE only, the unpruned model on POPE and GQA: the tables leave its Avg and
+    % unpruned blank (an average over POPE alone would read as comparable with rows over both) and the
+    ledger names the benchmarks its number is over."""
+    frame = pd.concat([accuracy_frame(), pd.DataFrame([acc_row("hivtp", {}, "pope", 0.88, metric="f1", tokens=270)],
+                                                      columns=ACCURACY_COLUMNS)], ignore_index=True)
+    table = accuracy_table(frame)
+    assert math.isnan(table.loc[("hivtp", "default"), "Avg"]) and math.isnan(table.loc[("hivtp", "default"), "% unpruned"])
+    assert table.loc[("hivtp", "64"), "% unpruned"] == pytest.approx((0.72 / 0.80 + 0.40 / 0.50) / 2 * 100)
+    offline = ledger_markdown(frame, latency_frame().iloc[:0]).split("## Offline profile")[1]
+    rule = next(l for l in offline.splitlines() if l.startswith("| toy-llava | rule (no budget) |"))
+    assert "| 110.0% (1 of 2 benchmarks) |" in rule  # 0.88 / 0.80 on POPE
 
 
 def test_ledger_takes_each_models_own_unpruned_latency_as_the_baseline():
@@ -501,7 +549,7 @@ def test_ledger_takes_each_models_own_unpruned_latency_as_the_baseline():
     lat = pd.DataFrame(rows, columns=latency_frame().columns).assign(profile="paper")
     from hivtp.results.ledger import _gains
 
-    assert sorted(round(g, 6) for g, _, _ in _gains(lat, "ttft", "median_ms", False)) == [25.0, 40.0]
+    assert sorted(round(g["gain"], 6) for g in _gains(lat, "ttft", "median_ms", False)) == [25.0, 40.0]
 
 
 def test_ledger_says_better_or_worse_only_where_the_paired_interval_excludes_zero():
@@ -535,6 +583,10 @@ def test_ledger_hallucination_from_stages_rows():
                            latency_frame().iloc[:0])
     assert ("toy-llava (limit 20): global + local: hivtp_pope_adv 0.200; global only: hivtp_pope_adv 0.100 [0.500, 0.700] | "
             "toy-llava (limit 200): global + local: hivtp_pope_adv 0.700;") in text  # each setup its own arms
+    # on LLaVA-NeXT the 144 are split over the crops and "global + local" keeps no local token: no arms named
+    next_rows = pd.DataFrame(rows, columns=ACCURACY_COLUMNS).assign(model="llava-v1.6-vicuna-7b", profile="paper")
+    paper = ledger_markdown(next_rows, latency_frame().iloc[:0]).split("## Offline profile")[0]
+    assert "global + local" not in paper and "not measured (run the stages sweep on LLaVA-1.5)" in paper
 
 
 def test_accuracy_figure_draws_one_curve_per_setting_and_leaves_ablations_out():
@@ -1019,3 +1071,33 @@ def test_committed_gpu_measurements_join_the_collected_latency_rows_and_the_ledg
     paper = ledger_markdown(pd.DataFrame(columns=ACCURACY_COLUMNS), lat).split("## Offline profile")[0]
     ttft = next(line for line in paper.splitlines() if "LLaVA-v1.5-7B: TTFT reduced by" in line)
     assert "45.0% at its rule" in ttft and "NVIDIA H200" in ttft
+
+
+def test_ablation_figure_points_average_over_the_benchmarks_every_configuration_ran(capsys):
+    """Layers 2-3-4 ran on POPE and GQA, 6-7-8 on POPE only: averaging each over its own benchmarks would
+    set a two-benchmark mean beside a one-benchmark one on one axis; both points are over POPE, and the
+    figure says GQA was left out."""
+    from hivtp.results.figures import layer_curves
+
+    rows = [acc_row("hivtp", {"budget": 128, "layers": "2-3-4"}, "pope", 0.9, metric="f1", tokens=128),
+            acc_row("hivtp", {"budget": 128, "layers": "2-3-4"}, "gqa", 0.1, tokens=128),
+            acc_row("hivtp", {"budget": 128, "layers": "6-7-8"}, "pope", 0.6, metric="f1", tokens=128)]
+    line = dict(layer_curves(pd.DataFrame(rows, columns=ACCURACY_COLUMNS))[("offline", "toy-llava")])["3-layer window (middle layer)"]
+    assert line.to_dict() == pytest.approx({3.0: 0.9, 7.0: 0.6})
+    assert "gqa left out of the ablation figures" in capsys.readouterr().err
+
+
+def test_runs_a_figure_leaves_out_never_narrow_its_benchmarks(tmp_path, capsys):
+    """Geometry runs on POPE and GQA; the stages sweep (a budget beside its geometry: not a heat-map cell)
+    on POPE only. The heat map keeps both benchmarks; only a drawn configuration could narrow them."""
+    from hivtp.results.figures import geometry_heatmap
+
+    rows = [acc_row("hivtp", {"regions": r, "window": 2, "keep_ratio": 0.25}, bench, 0.5, tokens=270)
+            for r in (1, 2) for bench in ("pope", "gqa")]
+    rows += [acc_row("hivtp", {"budget": 144, "regions": 2, "window": 2, "keep_ratio": k}, "pope", 0.5, tokens=144)
+             for k in (0.25, 0.125)]
+    assert geometry_heatmap(pd.DataFrame(rows, columns=ACCURACY_COLUMNS), tmp_path)
+    assert "left out" not in capsys.readouterr().err
+    narrower = rows + [acc_row("hivtp", {"regions": 3, "window": 2, "keep_ratio": 0.25}, "pope", 0.5, tokens=270)]
+    assert geometry_heatmap(pd.DataFrame(narrower, columns=ACCURACY_COLUMNS), tmp_path)
+    assert "gqa left out of the ablation figures" in capsys.readouterr().err

@@ -106,7 +106,9 @@ class Qwen2_5_VLAdapter(ModelAdapter):
 
     @classmethod
     def default_method_params(cls, model: nn.Module) -> dict[str, Any]:
-        return {"layers": (default_score_layer(model.config.vision_config.fullatt_block_indexes),)}
+        # HIVTP's score layers and HiPrune's object layer: a window block's attention never leaves its window
+        middle = default_score_layer(model.config.vision_config.fullatt_block_indexes)
+        return {"layers": (middle,), "object_layer": middle}
 
     @property
     def pad_token_id(self) -> int:

@@ -22,7 +22,7 @@ folders below ``$OUT`` (``../.library/device/README.md``). So, unlike one proces
   (device, versions, the plan and what became of each job) are rewritten atomically in ``--out`` and
   ``--mirror`` (four files, no sub-folder). A job whose methods are all in ``jobs.json`` is skipped,
   so the same command on the same folder measures the rest; a folder of another protocol (device,
-  dtype, tokens, image size) is refused. A method that fails (a parameter the model refuses, out of
+  dtype, tokens, image size, warm-up rounds, torch, transformers) is refused. A method that fails (a parameter the model refuses, out of
   memory) is dropped and listed, and the job's other methods keep their rows; a job that fails is
   listed and the others still run.
 * **One model on the device at a time**, built with random weights of the real shape in seconds: a
@@ -182,8 +182,12 @@ def run_plan(jobs: Sequence[Job], out: Path, budget_s: float, device: str = "cud
     (another plan, ``faithful`` turned on) is measured again and its old rows replaced."""
     dev = check_device(device)
     out.mkdir(parents=True, exist_ok=True)
+    # everything that makes the rows of one folder one protocol: a resume under other warm-up rounds (no
+    # row records them) or other software (rows do, but a table mixes them) would mix protocols
+    software = fingerprint(dev)
     protocol = {"device": device_name(dev), "dtype": dtype, "new_tokens": new_tokens,
-                "prompt_tokens": prompt_tokens, "image_size": list(image_size)}
+                "prompt_tokens": prompt_tokens, "image_size": list(image_size), "warmup": warmup,
+                "torch": software["torch"], "transformers": software["transformers"]}
     record = Record(out, protocol)
     csv_path = out / "latency.csv"
     rows = read_csv(csv_path) if csv_path.is_file() else []
@@ -248,7 +252,7 @@ def _load(current: dict[str, Any], job: Job, dtype: str, dev, budget: Budget, pr
 def _write(out: Path, rows: list[dict[str, Any]], dev, jobs: Sequence[Job], outcome: dict[str, list[str]],
            record: Record, mirror: Path | None = None) -> None:
     """The four files, atomically, in ``out`` and (a lent GPU's ``$OUT``) ``mirror``."""
-    machine = _fingerprint_text(dev, jobs, outcome)
+    machine = _fingerprint_text(dev, jobs, outcome, record.protocol)
     for folder in (out, mirror) if mirror is not None else (out,):
         folder.mkdir(parents=True, exist_ok=True)
         if rows:
@@ -258,8 +262,8 @@ def _write(out: Path, rows: list[dict[str, Any]], dev, jobs: Sequence[Job], outc
         write_text(folder / "fingerprint.txt", machine)
 
 
-def _fingerprint_text(dev, jobs: Sequence[Job], outcome: dict[str, list[str]]) -> str:
-    """fingerprint.txt: the machine and software, the plan and what became of each job."""
+def _fingerprint_text(dev, jobs: Sequence[Job], outcome: dict[str, list[str]], protocol: dict[str, Any]) -> str:
+    """fingerprint.txt: the machine and software, the protocol (jobs.json's), the plan and what became of each job."""
     import torch
 
     lines = [f"{k}: {v}" for k, v in fingerprint(dev).items()]
@@ -267,6 +271,7 @@ def _fingerprint_text(dev, jobs: Sequence[Job], outcome: dict[str, list[str]]) -
     if dev.type == "cuda":
         props = torch.cuda.get_device_properties(dev)
         lines.append(f"gpu: {props.name}, {props.total_memory / 2**30:.0f} GiB, {props.multi_processor_count} SMs")
+    lines.append("protocol: " + ", ".join(f"{k} {v}" for k, v in protocol.items()))
     lines.append("plan: " + "; ".join(j.name for j in jobs))
     lines += [f"{k}: {'; '.join(v) if v else '-'}" for k, v in outcome.items()]
     return "\n".join(lines) + "\n"

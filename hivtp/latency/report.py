@@ -55,8 +55,37 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
         return [{k: value(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+#: what makes rows one measurement setting (a table of ratios against its own ``none``): the model, batch,
+#: kernel and device, and the machine, prompt and decode lengths and image size (``collect.LATENCY_MACHINE``'s)
+SETTING = ("model", "batch", "dtype", "attn", "device", "device_name", "prompt_tokens", "new_tokens", "tokens_total")
+
+
 def _key(row: dict[str, Any]) -> tuple:
-    return (row["model"], row["batch"], row["dtype"], row["attn"], row["device"])
+    return tuple(row.get(k) for k in SETTING)
+
+
+def _heading(key: tuple) -> str:
+    s = dict(zip(SETTING, key))
+    where = s["device_name"] or s["device"]
+    total = s["tokens_total"]
+    total = format(total, "g") if isinstance(total, (int, float)) else total  # a mean over samples: 576.0 -> 576
+    return (f"{s['model']}, batch {s['batch']}, {s['dtype']}, {s['attn']}, {where}; {s['prompt_tokens']} text tokens, "
+            f"{s['new_tokens']} new, {total} image tokens unpruned")
+
+
+def _values(rows: Sequence[dict[str, Any]], key: str) -> str:
+    """Every value of ``key`` among the ``rows`` that have one, in order of appearance ("a; b" where rows
+    differ), so that the header never credits every row to the first one's commit; "" for none."""
+    seen = list(dict.fromkeys(str(r[key]) for r in rows if r.get(key) is not None))
+    if len(seen) <= 1:
+        return "".join(seen)
+    return f"{'; '.join(seen)} (rows differ: see the CSV's {key} column)"
+
+
+def _dates(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows' dates as one date or a range (each job of a bench is stamped when it ran)."""
+    dates = sorted({str(r["date"]) for r in rows if r.get("date")})
+    return "" if not dates else dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
 
 
 def _ratio(a: float | None, b: float | None) -> float:
@@ -70,7 +99,11 @@ def _fmt(x: float | None, spec: str) -> str:
 def _by_method(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
     out: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for r in rows:
-        out.setdefault((r["method"], r["params"]), {})[r["stage"]] = r
+        stages = out.setdefault((r["method"], r["params"]), {})
+        if r["stage"] in stages:  # two timings of one thing in one setting: which one a ratio used would be chance
+            raise ValueError(f"two {r['stage']} rows of {r['method']} {r['params']} in one setting ({_heading(_key(r))}); "
+                             "a CSV holds each measurement once (a re-run replaces its rows).")
+        stages[r["stage"]] = r
     return out
 
 
@@ -175,18 +208,17 @@ def _faithful_lines(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown: per setting (model, batch, dtype, attn, device) a table of ratios against ``none``
-    and the paper's claims beside them."""
+    """Markdown: per setting (``SETTING``: model, batch, dtype, kernel, machine, lengths) a table of ratios
+    against ``none`` and the paper's claims beside them."""
     if not rows:
         return "# Latency summary\n\n(no rows)\n"
-    first = rows[0]
+    images = _values(rows, "image_size")  # recorded by the families whose token count follows it
     out = [
         "# Latency summary",
         "",
-        f"Device: {first.get('device_name')}; torch {first.get('torch')}, transformers {first.get('transformers')}, "
-        f"commit {first.get('commit')}, {first.get('date')}. Weights: {first.get('weights')}; "
-        f"{first.get('prompt_tokens')} text tokens around the image; {first.get('new_tokens')} new tokens (EOS off)."
-        + (f" Image: {first['image_size']}." if first.get("image_size") else ""),
+        f"Device: {_values(rows, 'device_name')}; torch {_values(rows, 'torch')}, transformers "
+        f"{_values(rows, 'transformers')}, commit {_values(rows, 'commit')}, {_dates(rows)}. "
+        f"Weights: {_values(rows, 'weights')}; EOS off." + (f" Image: {images}." if images else ""),
         "",
         "Ratios are method / none (lower TTFT ratio is faster; higher throughput ratio is faster). "
         "FLOPs-ideal ratio: analytic TTFT FLOPs (vision + select + projector + prefill) method / none. "
@@ -195,14 +227,15 @@ def summarize(rows: Sequence[dict[str, Any]]) -> str:
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(_key(r), []).append(r)
-    for (model, batch, dtype, attn, device), group in groups.items():
+    for key, group in groups.items():
         table, ratios = _setting_table(group)
         # Offline (tiny-shape, CPU) ratios measure the wiring, not the paper's setting: no claims beside them.
-        claims = [] if group[0].get("profile") == "offline" else _claims(model, ratios)
-        out += ["", f"## {model}, batch {batch}, {dtype}, {attn}, {device}", "", *table, "", *claims]
+        claims = [] if group[0].get("profile") == "offline" else _claims(key[0], ratios)
+        out += ["", f"## {_heading(key)}", "", *table, "", *claims]
         out += _faithful_lines(group)
-    if first.get("profile") == "offline":
-        out += ["", "Offline profile (tiny shapes on CPU): wiring and protocol only, never compared with the paper."]
+    if any(r.get("profile") == "offline" for r in rows):
+        out += ["", "Offline profile (small models on any device, any model on a CPU): wiring and protocol only, never "
+                "compared with the paper."]
     return "\n".join(out) + "\n"
 
 

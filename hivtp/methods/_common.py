@@ -5,7 +5,8 @@ Conventions shared by every baseline:
 * ``budget`` is the number of visual tokens kept per 24x24 crop grid (LLaVA-1.5) or per image
   (LLaVA-NeXT; the adapter splits it over the image's crops and hands each crop its share in
   ``CropBatch.budgets``). ``budget=None`` means the method's default, :func:`default_budget`: one third
-  of each crop's tokens (192 of 576), unless the method's docstring says otherwise.
+  of each crop's tokens (192 of 576; of the positions unpadding keeps on a LLaVA-NeXT crop), unless the
+  method's docstring says otherwise.
 * Ties in any ranking go to the lower raster index (stable descending sort), as in HIVTP.
 * Scores are computed in float32 whatever the model dtype.
 """
@@ -51,7 +52,8 @@ def crop_budgets(crops: CropBatch, default: int | None = None) -> list[int]:
         raise ConfigError(f"got {len(budgets)} budgets for {crops.num_crops} crops.")
     out = []
     for b in budgets:
-        b = default_budget(p) if b is None and default is None else (default if b is None else b)
+        if b is None:  # the default is a third of what the crop can hand on (its valid positions on NeXT)
+            b = default_budget(p if valid is None else int(valid[len(out)])) if default is None else default
         if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= p:
             raise ConfigError(
                 f"budget {b!r} is out of range for a crop of {p} tokens: keep between 1 and {p} tokens per "

@@ -18,13 +18,16 @@ the other end of the adjacent row (and clamping can repeat 0 or 575); this modul
 neighbours, which is what the paper describes. The two differ only for anchors on the left or right
 edge.
 
-Parameters: ``budget`` (default None -> one third of each crop: 192 of 576), ``alpha``, ``object_layer``,
+Parameters: ``budget`` (default None -> one third of each crop: 192 of 576), ``alpha``, ``object_layer``
+(None: the published 8 on a CLIP tower; on Qwen2.5-VL, whose blocks but four attend only inside their
+112 px window, the family's default, the middle full-attention block, as HIVTP's score layer),
 ``backend`` (``fast``: q, k of the two layers captured, SDPA tower; ``eager``: the model's eager
 attention maps). Ties go to the lower raster index; scores in float32.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -63,9 +66,12 @@ class HiPrune(PruningMethod):
         self,
         budget: int | None = None,
         alpha: float = PUBLISHED["alpha"],
-        object_layer: int = PUBLISHED["object_layer"],
+        object_layer: int | None = None,
         backend: str | None = None,
     ) -> None:
+        #: left unset, a family with its own default (Qwen2.5-VL's middle full-attention block) gives it
+        self.object_layer_given = object_layer is not None
+        object_layer = PUBLISHED["object_layer"] if object_layer is None else object_layer
         self.budget = check_budget(budget)
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
             raise ConfigError(f"alpha (share of the budget for anchors and their neighbours) must be in [0, 1], got {alpha!r}.")
@@ -78,6 +84,13 @@ class HiPrune(PruningMethod):
 
     def params(self) -> dict[str, Any]:
         return {"budget": self.budget, "alpha": self.alpha, "object_layer": self.object_layer, "backend": self.backend}
+
+    def with_family_defaults(self, defaults: dict[str, Any]) -> HiPrune:
+        if self.object_layer_given or "object_layer" not in defaults:
+            return self
+        out = copy.copy(self)
+        out.object_layer = int(defaults["object_layer"])
+        return out
 
     def check(self, grid: tuple[int, int], num_layers: int, feature_attention_layer: int) -> None:
         if self.object_layer > feature_attention_layer:

@@ -114,10 +114,14 @@ class HIVTP(PruningMethod):
             raise ConfigError(f"score layers are 0-based encoder layer indices >= 0, got {list(self.layers)}.")
 
     def params(self) -> dict[str, Any]:
+        # Under the presets the geometry is chosen per crop from its own budget (a LLaVA-NeXT crop's share,
+        # a Qwen2.5-VL image's keep=): recorded as None (what selects the presets), never as the whole
+        # budget's preset, which, given back, would apply that one geometry to every crop.
+        auto = self.auto_preset
         return {
-            "regions": self.regions,
-            "keep_ratio": self.keep_ratio,
-            "window": self.window,
+            "regions": None if auto else self.regions,
+            "keep_ratio": None if auto else self.keep_ratio,
+            "window": None if auto else self.window,
             "layers": list(self.layers),
             "backend": self.backend,
             "budget": self.budget,

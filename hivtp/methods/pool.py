@@ -17,8 +17,10 @@ budget (or Qwen2.5-VL's ``keep=``), which it would ignore, it is a ConfigError.
 Parameters: ``budget`` (default None -> kernel 2, 144 of 576), ``kernel`` (None: from the budget).
 Each pooled token stands for a representative patch of its cell: the patch at offset
 ``((f-1)//2, (f-1)//2)`` inside the cell (its top-left for f=2); positions are unique and tokens come
-in raster order of their cells. On LLaVA-NeXT, a cell whose representative patch is removed by
-unpadding is dropped with it (the adapter counts what is actually placed).
+in raster order of their cells. On LLaVA-NeXT a cell averages the patches unpadding keeps, a cell with
+none is dropped, one whose representative patch is unpadded away stands for its first kept patch
+(:func:`pool_valid`), and a budget picks the cell size by the cells that keep a patch (an unpadded
+tile has fewer than the full grid's).
 
 Families whose grids vary per image (Qwen2.5-VL, ``CropBatch.uneven_partition``; its merged grids are
 often prime-sided): cells of f x f tile the grid from the top-left and the last row / column of cells is
@@ -46,9 +48,16 @@ def pooling_kernels(height: int, width: int) -> list[int]:
     return [f for f in range(1, min(height, width) + 1) if height % f == 0 and width % f == 0]
 
 
-def kernel_for_budget(height: int, width: int, budget: int) -> int:
-    """The cell size whose token count is nearest to ``budget`` (ties: more tokens)."""
-    return min(pooling_kernels(height, width), key=lambda f: (abs((height // f) * (width // f) - budget), f))
+def kernel_for_budget(height: int, width: int, budget: int, valid: torch.Tensor | None = None) -> int:
+    """The cell size whose token count is nearest to ``budget`` (ties: more tokens). With ``valid`` ([H*W]
+    bool, the positions the packing keeps) a cell counts only if it holds a valid patch, as
+    :func:`pool_valid` keeps only those: an unpadded NeXT tile's count, not the full grid's."""
+    def count(f: int) -> int:
+        if valid is None:
+            return (height // f) * (width // f)
+        return int(valid.reshape(height // f, f, width // f, f).any(dim=3).any(dim=1).sum())
+
+    return min(pooling_kernels(height, width), key=lambda f: (abs(count(f) - budget), f))
 
 
 def representative_positions(height: int, width: int, f: int) -> torch.Tensor:
@@ -129,7 +138,8 @@ class AveragePool(PruningMethod):
                 f"kernel={self.kernel} does not tile the {grid[0]}x{grid[1]} grid; choose one of {pooling_kernels(*grid)}."
             )
 
-    def kernel_for(self, grid: tuple[int, int], budget: int | None, uneven: bool = False) -> int:
+    def kernel_for(self, grid: tuple[int, int], budget: int | None, uneven: bool = False,
+                   valid: torch.Tensor | None = None) -> int:
         if self.kernel is not None:
             return self.kernel
         if uneven:  # every cell size applies (cut-short edge cells)
@@ -139,7 +149,7 @@ class AveragePool(PruningMethod):
             return min(sizes, key=lambda f: (abs(uneven_cell_count(*grid, f) - budget), f))
         if budget is None:
             return DEFAULT_KERNEL if DEFAULT_KERNEL in pooling_kernels(*grid) else 1
-        return kernel_for_budget(grid[0], grid[1], budget)
+        return kernel_for_budget(grid[0], grid[1], budget, valid)
 
     def select(self, crops: CropBatch) -> CropSelection:
         h, w = crops.grid
@@ -149,7 +159,8 @@ class AveragePool(PruningMethod):
         for i in range(c):
             if budgets[i] is not None and not 1 <= budgets[i] <= p:
                 raise ConfigError(f"budget {budgets[i]} is out of range for a crop of {p} tokens (1..{p}).")
-            f = self.kernel_for((h, w), budgets[i], crops.uneven_partition)
+            valid = None if crops.valid is None else crops.valid[i].bool().cpu()
+            f = self.kernel_for((h, w), budgets[i], crops.uneven_partition, valid)
             if (h % f or w % f) and not crops.uneven_partition:
                 raise ConfigError(f"kernel={f} does not tile the {h}x{w} grid; choose one of {pooling_kernels(h, w)}.")
             if crops.uneven_partition and (h % f or w % f):

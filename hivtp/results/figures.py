@@ -170,15 +170,35 @@ def comparable_scores(rows: pd.DataFrame, setup: pd.DataFrame) -> tuple[pd.Serie
     return None
 
 
-def _hivtp_rows_with(acc: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """HIVTP's primary-metric rows whose params set every one of ``keys`` (as columns)."""
+def _hivtp_rows_with(acc: pd.DataFrame, keys: list[str], only_keys: bool = False, say: bool = True) -> pd.DataFrame:
+    """HIVTP's primary-metric rows whose params set every one of ``keys`` (as columns) and, with
+    ``only_keys``, nothing else; on the benchmarks every one of those runs answered
+    (:func:`_on_shared_benchmarks`: the runs a figure leaves out never narrow its benchmarks)."""
     rows = _primary(acc[acc["method"] == "hivtp"]) if len(acc) else acc
     if rows.empty:
         return rows
     p = _params(rows)
     if not set(keys) <= set(p.columns):
         return rows.iloc[:0]
-    return rows.join(p[keys]).dropna(subset=keys)
+    rows = rows.join(p[keys]).dropna(subset=keys)
+    if only_keys:
+        rows = rows[rows["params"].map(lambda q: _setting(q, drop=tuple(keys)) == "")]
+    return _on_shared_benchmarks(rows, say)
+
+
+def _on_shared_benchmarks(rows: pd.DataFrame, say: bool = True) -> pd.DataFrame:
+    """``rows`` on the benchmarks every configuration (params) among them has: a point is a mean over
+    benchmarks, and means over different benchmark sets are not one axis. What is left out is said."""
+    if rows.empty:
+        return rows
+    sets = rows.groupby("params")["benchmark"].agg(lambda b: frozenset(map(str, b)))
+    shared = frozenset.intersection(*sets)
+    dropped = sorted(frozenset.union(*sets) - shared)
+    if dropped and say:
+        print(f"[hivtp.results.figures] {', '.join(sorted(set(map(str, rows['model']))))}: {', '.join(dropped)} left out "
+              f"of the ablation figures (not every configuration ran on it; the points average over "
+              f"{', '.join(sorted(shared)) or 'nothing'}).", file=sys.stderr)
+    return rows[rows["benchmark"].astype(str).isin(shared)]
 
 
 def layer_curves(acc: pd.DataFrame) -> dict[tuple[str, ...], list[tuple[str, pd.Series]]]:
@@ -215,7 +235,7 @@ def layer_ablation(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
         for label, pts in lines:
             ax.plot(pts.index, pts.values, "o-", label=label, ms=4)
         part = parts[key]  # the reference line comes from the same setup as the curves
-        g = _hivtp_rows_with(part, ["layers"])
+        g = _hivtp_rows_with(part, ["layers"], say=False)  # layer_curves said what it left out
         ylabel = comparable_scores(g, part)[1]
         cls = part[(part["method"] == "fastervlm") & part["benchmark"].isin(g["benchmark"].unique())
                    & part["budget"].isin(g["budget"].unique())]
@@ -233,8 +253,7 @@ def geometry_heatmap(acc: pd.DataFrame, out_dir: Path) -> list[Path]:
     and nothing else (a run with a budget, or other score layers, measures something else)."""
     written: list[Path] = []
     for key, part in _per_setup(acc):
-        g = _hivtp_rows_with(part, ["regions", "window", "keep_ratio"])
-        g = g[g["params"].map(lambda p: _setting(p, drop=("regions", "window", "keep_ratio")) == "")] if len(g) else g
+        g = _hivtp_rows_with(part, ["regions", "window", "keep_ratio"], only_keys=True)
         scores = comparable_scores(g, part) if len(g) else None
         if scores is None:
             continue

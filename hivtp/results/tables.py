@@ -130,11 +130,13 @@ def accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:
     table = _by_benchmark(frame, "value")
     tokens = frame.groupby(["method", "budget_label"])["tokens_kept_mean"].mean()
     benches = list(table.columns)
-    if (table[benches].abs() <= 1).all().all():  # a plain average only when every column is a 0-1 score
-        table["Avg"] = table[benches].mean(axis=1)  # (MME's 0-800 scale would swamp it; % unpruned does not)
+    # Both averages are over the same benchmarks for every row, or left blank (NaN): a row that ran on
+    # one of two benchmarks would otherwise be averaged over that one only and read as comparable.
+    if table[benches].abs().max().max() <= 1:  # a plain average only when every column is a 0-1 score
+        table["Avg"] = table[benches].mean(axis=1, skipna=False)  # (MME's 0-800 scale would swamp it)
     if "none" in table.index.get_level_values("method"):
-        base = table.xs("none", level="method")[benches].iloc[0]
-        table["% unpruned"] = (table[benches] / base * 100).mean(axis=1)
+        base = table.xs("none", level="method")[benches].iloc[0].dropna()  # the unpruned model's benchmarks
+        table["% unpruned"] = (table[base.index] / base * 100).mean(axis=1, skipna=False)
     table.insert(0, "tokens", tokens.reindex(table.index))
     return _ordered(table)
 
@@ -146,7 +148,8 @@ ACCURACY_LEGEND = (
     "resampled together; over questions for a run that did not record its images: the ci_unit column). "
     f"{BETTER} / {WORSE}: the paired 95% interval of (row − HIVTP with default geometry at the same "
     "budget, same questions) lies above / below zero; without a mark the two are not told apart. "
-    "Avg and % unpruned carry no interval. A row marked \"" + OFFLINE_REFERENCE + "\" (oracle: keeps the patches "
+    "Avg and % unpruned carry no interval and average over every benchmark of the table (% unpruned: every one "
+    "the unpruned model ran), blank for a row that misses one. A row marked \"" + OFFLINE_REFERENCE + "\" (oracle: keeps the patches "
     "the scene's objects cover, known by construction) is the offline testbed's reference, not a competing "
     "method and not a bound (a selection that spreads its tokens can score above it): it carries its interval "
     "but no mark."
@@ -206,7 +209,8 @@ def _sort_budget(label: str) -> tuple[int, str]:
 
 
 def latency_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One model/profile/device's latency rows -> median ms per stage (index: method, budget)."""
+    """One model/profile/device's latency rows -> median ms per stage and the decode stage's tokens/s
+    (index: method, budget)."""
     if frame.empty:
         return pd.DataFrame()
     frame = frame.copy()
@@ -214,8 +218,10 @@ def latency_table(frame: pd.DataFrame) -> pd.DataFrame:
     frame = _told_apart(frame)
     table = frame.pivot_table(index=["method", "budget_label"], columns="stage", values="median_ms", aggfunc="median")
     table = table.rename(columns=lambda s: f"{s} ms")
-    if "tokens_per_s" in frame and frame["tokens_per_s"].notna().any():
-        table["tokens/s"] = frame.groupby(["method", "budget_label"])["tokens_per_s"].max()
+    # the decode stage's rate only (the throughput claim's): the e2e stage's, which counts the prefill, is not it
+    decode = frame[frame["stage"] == "decode"]
+    if "tokens_per_s" in frame and decode["tokens_per_s"].notna().any():
+        table["decode tokens/s"] = decode.groupby(["method", "budget_label"])["tokens_per_s"].median()
     return _ordered(table)
 
 
