@@ -15,6 +15,7 @@ so that a typo is an error, not a silently ignored keyword.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -120,6 +121,11 @@ class PruningMethod:
     #: their ``positions`` name the one patch each stands for, so a per-patch measure of what was kept
     #: (``scripts/toy_selection_anatomy.py``) reads them at that patch only
     merges_tokens: ClassVar[bool] = False
+    #: parameters whose default the model family may set (``ModelAdapter.default_method_params``), each
+    #: with how the family's value is read; applied only where the caller left the parameter unset
+    #: (listed in ``self.unset_by_caller``): HIVTP's score ``layers``, HiPrune's ``object_layer``
+    family_parameters: ClassVar[dict[str, Any]] = {}
+    unset_by_caller: frozenset[str] = frozenset()
 
     def params(self) -> dict[str, Any]:
         """The resolved parameters, for records and run names."""
@@ -144,7 +150,13 @@ class PruningMethod:
         and one passed as an object to ``hivtp.attach`` behave the same. Returns ``self`` when none
         applies (the default: no parameter of this method has a family default), else a copy: the
         caller's object is never changed."""
-        return self
+        given = {k: read(defaults[k]) for k, read in self.family_parameters.items() if k in defaults and k in self.unset_by_caller}
+        if not given:
+            return self
+        out = copy.copy(self)
+        for name, value in given.items():
+            setattr(out, name, value)
+        return out
 
     def tower_request(self) -> TowerRequest:
         return TowerRequest()

@@ -27,7 +27,6 @@ attention maps). Ties go to the lower raster index; scores in float32.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -61,6 +60,7 @@ def grid_neighbours(positions: torch.Tensor, grid: tuple[int, int]) -> torch.Ten
 @register_method
 class HiPrune(PruningMethod):
     name = "hiprune"
+    family_parameters = {"object_layer": int}
 
     def __init__(
         self,
@@ -70,7 +70,7 @@ class HiPrune(PruningMethod):
         backend: str | None = None,
     ) -> None:
         #: left unset, a family with its own default (Qwen2.5-VL's middle full-attention block) gives it
-        self.object_layer_given = object_layer is not None
+        self.unset_by_caller = frozenset({"object_layer"} if object_layer is None else ())
         object_layer = PUBLISHED["object_layer"] if object_layer is None else object_layer
         self.budget = check_budget(budget)
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
@@ -84,13 +84,6 @@ class HiPrune(PruningMethod):
 
     def params(self) -> dict[str, Any]:
         return {"budget": self.budget, "alpha": self.alpha, "object_layer": self.object_layer, "backend": self.backend}
-
-    def with_family_defaults(self, defaults: dict[str, Any]) -> HiPrune:
-        if self.object_layer_given or "object_layer" not in defaults:
-            return self
-        out = copy.copy(self)
-        out.object_layer = int(defaults["object_layer"])
-        return out
 
     def check(self, grid: tuple[int, int], num_layers: int, feature_attention_layer: int) -> None:
         if self.object_layer > feature_attention_layer:

@@ -20,7 +20,6 @@ Parameters ``regions`` / ``keep_ratio`` / ``window`` default to None:
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 from pathlib import Path
@@ -75,6 +74,7 @@ def preset_for(budget: int, num_patches: int | None = None) -> dict[str, Any]:
 @register_method
 class HIVTP(PruningMethod):
     name = "hivtp"
+    family_parameters = {"layers": parse_layers}
 
     def __init__(
         self,
@@ -102,7 +102,7 @@ class HIVTP(PruningMethod):
         self.window = window
         # Left at the signature's default (that very object), the score layers are the family's default:
         # (6, 7, 8) on LLaVA, the middle full-attention block on Qwen2.5-VL (with_family_defaults).
-        self.layers_given = layers is not DEFAULT_LAYERS
+        self.unset_by_caller = frozenset(() if layers is not DEFAULT_LAYERS else {"layers"})
         self.layers = parse_layers(layers)
         self.backend = check_backend(backend)
         self.budget = budget
@@ -126,13 +126,6 @@ class HIVTP(PruningMethod):
             "backend": self.backend,
             "budget": self.budget,
         }
-
-    def with_family_defaults(self, defaults: dict[str, Any]) -> HIVTP:
-        if self.layers_given or "layers" not in defaults:
-            return self
-        out = copy.copy(self)
-        out.layers = parse_layers(defaults["layers"])
-        return out
 
     def check(self, grid: tuple[int, int] | None, num_layers: int, feature_attention_layer: int) -> None:
         if grid is None:
